@@ -1,0 +1,77 @@
+# paperbook: the one place where the project's commands are spelled out.
+#   make book   builds the whole book (every chapter executed at its default preset) into _build/html
+#   make test   sync check, unit tests, distributed tests, every notebook under nbval
+# Both start with `setup`, so on a fresh machine they are the only two commands needed.
+
+PYTHON  ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PY      := $(BIN)/python
+# The CPU build of torch lies on this machine's disk; any other pin downloads a multi-GB CUDA build.
+TORCH   ?= torch==2.13.0
+# Debian packages the chapters need (installed by `setup` when apt-get is available and we are root).
+DEB_PACKAGES ?=
+
+NBS     := $(wildcard nbs/*.ipynb)
+BOOK_SRC := _config.yml _toc.yml $(wildcard book/*.md book/*.bib book/_ext/*.py) $(NBS)
+RUNS    := $(CURDIR)/_build/runs
+
+.PHONY: setup book test test-unit test-dist test-nbs sync export clean lint
+
+setup: $(VENV)/.stamp-setup
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.stamp-setup: pyproject.toml | $(PY)
+	@if [ -n "$(DEB_PACKAGES)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES); }; \
+	  else echo "note: install the Debian packages $(DEB_PACKAGES) for the chapters that use them"; fi; \
+	fi
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[all,dev,book]"
+	touch $@
+
+# ---- the book ---------------------------------------------------------------------------------
+book: _build/html/index.html
+
+_build/html/index.html: $(VENV)/.stamp-setup $(BOOK_SRC) $(wildcard paperbook/*.py)
+	rm -rf $(RUNS)
+	PAPERBOOK_RUNS=$(RUNS) $(BIN)/jupyter-book build . --path-output . --warningiserror --keep-going
+	$(PY) tests/check_offline_html.py _build/html
+	@echo "book: file://$(CURDIR)/_build/html/index.html"
+
+# ---- tests ------------------------------------------------------------------------------------
+# One pytest session (so one summary line): unit, CLI and distributed tests, then every notebook.
+test: setup sync
+	PAPERBOOK_PROGRESS=0 $(BIN)/pytest tests/ --nbval-lax nbs/ -p no:cacheprovider
+
+# nbdev-export, clearing outputs and nbdev-clean must leave the committed library and notebooks unchanged.
+sync: export
+	@git diff --exit-code --stat -- paperbook nbs || { echo "nbs/ and paperbook/ are out of sync: run 'make export' and commit both"; exit 1; }
+
+export: setup
+	$(BIN)/nbdev-export
+	$(BIN)/jupyter nbconvert --log-level=WARN --clear-output --inplace $(NBS)
+	$(BIN)/nbdev-clean
+
+# Unit tests and the distributed tests (torchrun with gloo, marked `dist`).
+test-unit: setup
+	PAPERBOOK_PROGRESS=0 $(BIN)/pytest tests/ -q
+
+test-dist: setup
+	PAPERBOOK_PROGRESS=0 $(BIN)/pytest tests/ -q -m dist
+
+# Every notebook executes at its default preset.
+test-nbs: setup
+	PAPERBOOK_PROGRESS=0 $(BIN)/pytest --nbval-lax nbs/ -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check paperbook tests benchmarks
+
+clean:
+	rm -rf _build runs .pytest_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -1,0 +1,19 @@
+"""Small helpers shared by the tests."""
+
+import os
+import subprocess
+import sys
+
+ENV = {**os.environ, "PAPERBOOK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    "Run `python -m paperbook.cli ARGS` and capture its output."
+    return subprocess.run([sys.executable, "-m", "paperbook.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=ENV, timeout=timeout)
+
+
+def torchrun(nproc: int, *args, timeout=300) -> subprocess.CompletedProcess:
+    "Run `torchrun --standalone --nproc_per_node=N ARGS` on the CPU (gloo)."
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)

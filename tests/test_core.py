@@ -1,0 +1,182 @@
+"""paperbook.core: preset resolution, coercion, seeding, devices, run records, tables."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+import torch
+
+from paperbook.core import (
+    BaseConfig, Chapter, Result, claim, config_keys, load_runs, pick_device, repro_table, resolve,
+    run_dir, seed_everything, start_run, summarize_runs, write_json,
+)
+
+
+@dataclass(kw_only=True)
+class Model:
+    d: int = 16
+    heads: int = 2
+    dropout: float = 0.1
+
+
+@dataclass(kw_only=True)
+class Cfg(BaseConfig):
+    lr: float = 1e-3
+    steps: int = 10
+    use_amp: bool = False
+    schedule: Literal["cosine", "constant"] = "cosine"
+    sizes: tuple[int, ...] = (1, 2)
+    cap: int | None = None
+    data: Path = Path("data")
+    model: Model = field(default_factory=Model)
+
+    def __post_init__(self):
+        if self.model.d % self.model.heads:
+            raise ValueError(f"model.d ({self.model.d}) must be divisible by model.heads ({self.model.heads})")
+
+
+CH = Chapter(name="t", title="T", summary="s", paper="p", config=Cfg, notebook="t.ipynb",
+             presets={"cpu-toy": Cfg(), "gpu-1": Cfg(device="cuda", steps=1000)},
+             main=lambda cfg, *, run=None: Result(metrics={"x": 1}))
+
+
+def test_resolve_returns_preset_copy():
+    cfg = resolve(CH, "gpu-1")
+    assert cfg.steps == 1000 and cfg.device == "cuda"
+    assert cfg is not CH.presets["gpu-1"]
+
+
+def test_overrides_coerce_nested_and_dotted():
+    cfg = resolve(CH, "cpu-toy", {"lr": "3e-4", "steps": "20", "use_amp": "true", "schedule": "constant",
+                                  "sizes": "4,8", "cap": "none", "data": "/tmp/x", "model.d": "32",
+                                  "model": {"heads": 4}})
+    assert (cfg.lr, cfg.steps, cfg.use_amp, cfg.schedule, cfg.sizes) == (3e-4, 20, True, "constant", (4, 8))
+    assert cfg.cap is None and cfg.data == Path("/tmp/x") and (cfg.model.d, cfg.model.heads) == (32, 4)
+    assert CH.presets["cpu-toy"].model.d == 16  # presets are never mutated
+
+
+def test_overrides_json_string_like_papermill():
+    assert resolve(CH, "cpu-toy", '{"steps": 3, "model": {"d": 8}}').model.d == 8
+    assert resolve(CH, "cpu-toy", "").steps == 10
+
+
+@pytest.mark.parametrize("preset, overrides, words", [
+    ("gpu-2", {}, ["unknown preset 'gpu-2'", "cpu-toy, gpu-1"]),
+    ("cpu-toy", {"lrr": 1}, ["unknown override 'lrr'", "lr", "model.d"]),
+    ("cpu-toy", {"model.depth": 1}, ["unknown override 'model.depth'", "model.heads"]),
+    ("cpu-toy", {"steps": "ten"}, ["'steps'", "int", "'ten'"]),
+    ("cpu-toy", {"steps": 2.5}, ["'steps'", "int"]),
+    ("cpu-toy", {"steps": True}, ["'steps'", "int"]),
+    ("cpu-toy", {"lr": "fast"}, ["'lr'", "float", "'fast'"]),
+    ("cpu-toy", {"use_amp": "maybe"}, ["'use_amp'", "bool"]),
+    ("cpu-toy", {"schedule": "linear"}, ["'schedule'", "'cosine', 'constant'", "'linear'"]),
+    ("cpu-toy", {"sizes": "a,b"}, ["'sizes[0]'", "int"]),
+    ("cpu-toy", {"model": 3}, ["'model'", "model.d"]),
+    ("cpu-toy", {"model.d": 30, "model.heads": 4}, ["model.d (30)", "divisible"]),
+    ("cpu-toy", "[1, 2]", ["mapping"]),
+    ("cpu-toy", "{bad json", ["JSON"]),
+])
+def test_bad_input_names_the_problem(preset, overrides, words):
+    with pytest.raises(ValueError) as e:
+        resolve(CH, preset, overrides)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_unknown_chapter_lists_allowed():
+    with pytest.raises(ValueError, match="unknown chapter 'nope'; allowed: .*example"):
+        resolve("nope")
+
+
+def test_config_keys_are_dotted():
+    assert {"lr", "model.d", "model.heads", "seed", "device"} <= set(config_keys(Cfg()))
+
+
+def test_chapter_needs_cpu_toy():
+    with pytest.raises(ValueError, match="cpu-toy"):
+        Chapter(name="x", title="", summary="", paper="", config=Cfg, presets={"gpu-1": Cfg()}, notebook="",
+                main=CH.main)
+
+
+def test_seed_everything_repeats():
+    seed_everything(5)
+    a = (np.random.rand(), torch.rand(1).item())
+    seed_everything(5)
+    assert a == (np.random.rand(), torch.rand(1).item())
+
+
+def test_pick_device():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            pick_device("cuda")
+
+
+def test_run_record_contents(tmp_path):
+    cfg = resolve(CH, "cpu-toy", {"seed": 7})
+    run = start_run(CH, "cpu-toy", cfg)
+    rows = [claim("x is one", paper="1 (Table 2)", ours=np.float32(1.0), holds=np.bool_(True))]
+    rec = run.finish({"x": np.array([1.0, 2.0]), "t": torch.tensor(0.5)}, rows, out=tmp_path / "r")
+    on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert on_disk == rec
+    assert on_disk["metrics"] == {"x": [1.0, 2.0], "t": 0.5}
+    assert on_disk["reproduction"] == [{"claim": "x is one", "paper": "1 (Table 2)", "ours": 1.0, "holds": True}]
+    assert on_disk["config"]["seed"] == 7 and on_disk["config"]["model"]["d"] == 16
+    env = on_disk["environment"]
+    for key in ("commit", "preset", "device", "torch", "python", "wall_time_s", "peak_rss_mib", "chapter"):
+        assert key in env, key
+    assert env["preset"] == "cpu-toy" and env["device"] == "cpu" and env["peak_rss_mib"] > 0
+    assert not list((tmp_path / "r").glob(".*tmp"))  # atomic write leaves no temporary file
+    assert "cpu-toy" in run.stamp()
+
+
+def test_run_dir_from_environment(monkeypatch, tmp_path):
+    assert run_dir("t", "cpu-toy") is None
+    monkeypatch.setenv("PAPERBOOK_RUNS", str(tmp_path))
+    assert run_dir("t", "cpu-toy") == tmp_path / "t" / "cpu-toy"
+    monkeypatch.setenv("PAPERBOOK_RUN_DIR", str(tmp_path / "exact"))
+    assert run_dir("t", "cpu-toy") == tmp_path / "exact"
+
+
+def test_no_write_without_a_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = start_run(CH, "cpu-toy", resolve(CH))
+    run.finish({"x": 1})
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_claim_requires_a_computed_boolean():
+    with pytest.raises(ValueError, match="holds"):
+        claim("c", paper="p", ours=1, holds=None)
+    assert claim("c", paper="p", ours=1, holds=np.bool_(False))["holds"] is False
+
+
+def test_repro_table_columns():
+    rows = [claim("a", paper="1 (Tab. 1)", ours=1, holds=True),
+            claim("b", paper="2 (Fig. 3)", ours=3, holds=False, note="toy scale")]
+    df = repro_table(rows)
+    assert list(df.columns) == ["claim", "paper", "ours", "holds", "note"]
+    assert df["holds"].tolist() == [True, False]
+    assert list(repro_table(rows[:1]).columns) == ["claim", "paper", "ours", "holds"]
+
+
+def test_load_and_summarize_runs(tmp_path):
+    for seed, val in [(0, 1.0), (1, 3.0)]:
+        write_json(tmp_path / f"seed{seed}" / "metrics.json", {
+            "metrics": {}, "config": {"seed": seed},
+            "environment": {"chapter": "t", "preset": "cpu-toy", "commit": "abc", "device": "cpu"},
+            "reproduction": [claim("c", paper="p", ours=val, holds=val > 2)]})
+    runs = load_runs(tmp_path)
+    assert len(runs) == 2 and set(runs["seed"]) == {0, 1}
+    s = summarize_runs(runs)
+    assert s.loc[0, "holds"] == "1/2" and s.loc[0, "ours"].startswith("2 ±")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a paperbook run record"):
+        load_runs(tmp_path)
