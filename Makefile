@@ -40,7 +40,7 @@ book: _build/html/index.html
 
 _build/html/index.html: $(VENV)/.stamp-setup $(BOOK_SRC) $(wildcard paperbook/*.py)
 	rm -rf $(RUNS)
-	PAPERBOOK_RUNS=$(RUNS) $(BIN)/jupyter-book build . --path-output . --warningiserror --keep-going
+	PAPERBOOK_RUNS=$(RUNS) $(BIN)/jupyter-book build . --all --path-output . --warningiserror --keep-going
 	$(PY) tests/check_offline_html.py _build/html
 	@echo "book: file://$(CURDIR)/_build/html/index.html"
 
