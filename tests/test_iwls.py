@@ -1,0 +1,304 @@
+"""IWLS 2020 chapter: PLA I/O, AIG construction, AIGER round trips, simulation, ABC, learners, CLI."""
+
+import gzip
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from paperbook.iwls.aig import (
+    AIG, abc_check, abc_command, abc_optimize, accuracy, from_aiger, pack, read_aiger, simulate, to_aiger,
+    write_aiger,
+)
+from paperbook.iwls.data import (
+    PLA, benchmark_names, contest_function, family, format_pla, generate, load_benchmark, parse_pla, read_pla,
+    write_pla,
+)
+from paperbook.iwls.learn import fit_candidate, learn_espresso, learn_forest, learn_lut, learn_tree, portfolio
+
+from helpers import ENV
+
+needs_abc = pytest.mark.skipif(abc_command() is None, reason="ABC (Debian berkeley-abc) is not installed")
+needs_data = pytest.mark.skipif(not benchmark_names(), reason="the IWLS 2020 benchmark folder (PAPERBOOK_DATA) is absent")
+
+
+def all_minterms(n):
+    return np.array([[(m >> i) & 1 for i in range(n)] for m in range(2**n)], dtype=np.uint8)
+
+
+# ---- PLA ----------------------------------------------------------------------------------------
+def test_pla_round_trip_plain_and_gzip(tmp_path):
+    rng = np.random.default_rng(1)
+    pla = PLA(rng.integers(0, 2, (40, 9), dtype=np.uint8), rng.integers(0, 2, (40, 1), dtype=np.uint8))
+    for name in ("a.pla", "a.pla.gz"):
+        back = read_pla(write_pla(pla, tmp_path / name))
+        assert (back.X == pla.X).all() and (back.Y == pla.Y).all() and back.type == "fr"
+    assert gzip.decompress((tmp_path / "a.pla.gz").read_bytes()).startswith(b".i 9\n.o 1\n.p 40\n.type fr")
+
+
+def test_pla_dont_cares_and_missing_end():
+    pla = parse_pla(".i 3\n.o 1\n# comment\n0-1 1\n111 0\n")
+    assert pla.X.tolist() == [[0, 2, 1], [1, 1, 1]] and pla.y.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("text, words", [
+    (".i 3\n.o 1\n0101 1\n", ["line 3", "expected 3 input bits, got 4"]),
+    (".i 3\n.o 1\n01x 1\n", ["line 3", "'x'", "not 0, 1 or -"]),
+    (".i 3\n.o 1\n010 z\n", ["line 3", "'z'", "output"]),
+    (".i 3\n.o 1\n.p 2\n010 1\n", [".p says 2 rows", "has 1"]),
+    (".i 3\n.o 1\n", ["no minterms"]),
+    ("010 1\n", ["line 1", "before the .i and .o"]),
+    (".i 3\n.o 1\n010 1\n.i 4\n0101 1\n", ["line 4", ".i 4 after rows of 3 inputs"]),
+    (".i three\n", ["line 1", ".i needs one whole number"]),
+    ("hello", ["line 1"]),
+])
+def test_malformed_pla_names_the_line(text, words):
+    with pytest.raises(ValueError) as e:
+        parse_pla(text, name="bad.pla")
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert "bad.pla" in str(e.value)
+
+
+def test_family_names():
+    assert [family(f"ex{i:02d}") for i in (0, 15, 27, 31, 49, 50, 69, 77, 83)] == [
+        "adder", "divider", "multiplier", "comparator", "sqrt", "picojava", "mcnc-i10", "mcnc+symmetric", "mnist"]
+    assert family("comparator-20") == "comparator"
+
+
+def test_generators_match_arithmetic():
+    rng = np.random.default_rng(0)
+    for k in (3, 5):
+        X = rng.integers(0, 2, (200, 2 * k), dtype=np.uint8)
+        a = X[:, :k] @ (1 << np.arange(k)[::-1])
+        b = X[:, k:] @ (1 << np.arange(k)[::-1])
+        assert (contest_function(f"adder-{k}-{k}")[1](X) == ((a + b) >> k & 1)).all()
+        assert (contest_function(f"comparator-{k}")[1](X) == (a > b)).all()
+        assert (contest_function(f"multiplier-{k}-{k - 1}")[1](X) == ((a * b) >> (k - 1) & 1)).all()
+    X = rng.integers(0, 2, (100, 16), dtype=np.uint8)
+    assert (contest_function("symmetric-16-3_8")[1](X) == np.isin(X.sum(1), [3, 8])).all()
+    with pytest.raises(ValueError, match="bad function spec 'adder-x'; allowed"):
+        contest_function("adder-x")
+
+
+def test_generate_contest_split():
+    tr, va, te = generate("adder-16-16", seed=3)
+    assert (len(tr), len(va), len(te)) == (6400, 6400, 6400) and tr.n == 32 and tr.type == "fr"
+    assert len({r.tobytes() for r in np.vstack([tr.X, va.X, te.X])}) == 19200
+    d_tr, d_va, d_te = generate("digits-0_1", seed=0)
+    assert d_tr.n == 64 and len(d_tr) + len(d_va) + len(d_te) == 1797
+
+
+@needs_data
+def test_real_benchmark_reads():
+    tr, va = load_benchmark("ex31")
+    assert len(tr) == len(va) == 6400 and tr.n == va.n == 40 and set(np.unique(tr.y)) <= {0, 1}
+
+
+# ---- AIG ----------------------------------------------------------------------------------------
+def test_strash_and_constant_folding():
+    g = AIG(2)
+    a, b = g.input(0), g.input(1)
+    assert g.AND(a, b) == g.AND(b, a) and len(g.ands) == 1
+    assert g.AND(a, 0) == 0 and g.AND(a, 1) == a and g.AND(a, a) == a and g.AND(a, a ^ 1) == 0
+    assert g.OR(a, 1) == 1 and g.MUX(a, b, b) == b and len(g.ands) == 1
+
+
+def test_gates_truth_tables():
+    g = AIG(3)
+    a, b, c = (g.input(i) for i in range(3))
+    g.outputs = [g.AND(a, b), g.OR(a, b), g.XOR(a, b), g.MUX(a, b, c), g.at_least([a, b, c], 2)]
+    X = all_minterms(3)
+    A, B, C = X.T
+    want = np.stack([A & B, A | B, A ^ B, np.where(A == 1, B, C), (A + B + C >= 2)], 1)
+    assert (simulate(g, X) == want).all()
+
+
+def test_pack_layout():
+    X = np.zeros((70, 2), np.uint8)
+    X[65, 1] = 1
+    w = pack(X)
+    assert w.shape == (2, 2) and w[1, 1] == 2 and w[0].sum() == 0
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_aiger_round_trip(tmp_path, binary):
+    rng = np.random.default_rng(0)
+    g = AIG(6)
+    lits = [g.input(i) for i in range(6)]
+    for _ in range(40):
+        i, j = rng.integers(0, len(lits), 2)
+        lits.append(g.AND(lits[i] ^ int(rng.integers(2)), lits[j] ^ int(rng.integers(2))))
+    g.outputs = [lits[-1] ^ 1]
+    path = write_aiger(g, tmp_path / ("c.aig" if binary else "c.aag"))
+    assert path.read_bytes()[:3] == (b"aig" if binary else b"aag")
+    back = read_aiger(path)
+    X = all_minterms(6)
+    assert back.num_ands == g.num_ands and (simulate(back, X) == simulate(g, X)).all()
+
+
+def test_binary_aiger_hand_encoded():
+    g = AIG(2)
+    g.outputs = [g.AND(g.input(0), g.input(1) ^ 1)]  # x0 ∧ ¬x1: node 6 = 4 ∧ 3... as 2 ∧ 5
+    # header, output literal, then deltas 6-5=1 and 5-2=3
+    assert to_aiger(g) == b"aig 3 2 0 1 1\n6\n\x01\x03"
+
+
+def test_bad_aiger_is_an_error():
+    with pytest.raises(ValueError, match="not an AIGER file"):
+        from_aiger(b"hello\n")
+    with pytest.raises(ValueError, match="latches"):
+        from_aiger(b"aag 1 0 1 0 0\n2 3\n")
+    with pytest.raises(ValueError, match="ends inside the AND section"):
+        from_aiger(b"aig 3 2 0 1 1\n6\n\x81")
+
+
+def test_simulate_rejects_wrong_width():
+    with pytest.raises(ValueError, match="2 inputs, the minterms 3"):
+        simulate(AIG(2), np.zeros((4, 3), np.uint8))
+
+
+@needs_abc
+def test_abc_agrees_with_our_simulation_and_count():
+    tr, va, _ = generate("comparator-8", seed=2, size=640)
+    g = learn_tree(tr, max_depth=6)
+    abc = abc_check(g, va)
+    assert abc["ands"] == g.num_ands
+    assert abc["accuracy"] == pytest.approx(accuracy(g, va.X, va.y), abs=1e-12)
+    assert abc_check(g, PLA(va.X[:100], va.Y[:100]))["accuracy"] == pytest.approx(accuracy(g, va.X[:100], va.y[:100]))
+
+
+@needs_abc
+def test_abc_optimize_keeps_function():
+    tr, _, _ = generate("adder-6-6", seed=0, size=500)
+    g = learn_forest(tr, trees=7, max_depth=6)
+    small = abc_optimize(g)
+    X = all_minterms(12)
+    assert small.num_ands <= g.num_ands and (simulate(small, X) == simulate(g, X)).all()
+
+
+# ---- learners -------------------------------------------------------------------------------------
+def test_tree_circuit_equals_sklearn_tree():
+    from sklearn.tree import DecisionTreeClassifier
+
+    tr, va, _ = generate("comparator-6", seed=0, size=800)
+    clf = DecisionTreeClassifier(criterion="entropy", max_depth=7, random_state=0).fit(tr.X, tr.y)
+    g = learn_tree(tr, max_depth=7)
+    assert (simulate(g, va.X)[:, 0] == clf.predict(va.X)).all()
+
+
+def test_forest_majority_vote_equals_hard_vote():
+    from sklearn.ensemble import RandomForestClassifier
+
+    tr, va, _ = generate("adder-6-6", seed=0, size=600)
+    g = learn_forest(tr, trees=5, max_depth=5, seed=0)
+    rf = RandomForestClassifier(n_estimators=5, max_depth=5, max_features=0.5, criterion="entropy", random_state=0,
+                                n_jobs=1).fit(tr.X, tr.y)
+    votes = np.stack([est.predict(va.X) for est in rf.estimators_]).sum(0)
+    assert (simulate(g, va.X)[:, 0] == (votes >= 3)).all()
+    with pytest.raises(ValueError, match="odd"):
+        learn_forest(tr, trees=4)
+
+
+def test_espresso_is_exact_on_the_care_set():
+    tr, va, _ = generate("comparator-5", seed=0, size=120)
+    g = learn_espresso(tr, timeout_s=60)
+    assert accuracy(g, tr.X, tr.y) == 1.0  # on-set and off-set respected; the rest was free
+
+
+def test_espresso_timeout_delivers_nothing():
+    tr, _, _ = generate("adder-32-32", seed=0, size=3000)
+    assert learn_espresso(tr, timeout_s=0.01) is None
+
+
+def test_lut_network_memorises_small_function():
+    X = all_minterms(4)
+    y = (X[:, 0] ^ X[:, 1]).astype(np.uint8)
+    pla = PLA(X, y[:, None])
+    g = learn_lut(pla, k=4, widths=(), seed=0)  # one 4-input table over all inputs (wired at random)
+    assert accuracy(g, X, y) >= 0.5
+
+
+def test_portfolio_prefers_accuracy_then_size_and_respects_limit():
+    tr, va, _ = generate("comparator-6", seed=1, size=800)
+    cands = [fit_candidate("tree", {"max_depth": d}, tr, va) for d in (2, 6)]
+    assert portfolio(cands).params == {"max_depth": 6}
+    over = fit_candidate("tree", {"max_depth": 12}, tr, va, max_ands=3, optimize=False)
+    assert over.valid_accuracy == 0 and "over 3 ANDs" in over.note
+    with pytest.raises(ValueError, match="unknown method 'svm'"):
+        fit_candidate("svm", {}, tr, va)
+
+
+# ---- chapter config and CLI --------------------------------------------------------------------
+def test_chapter_config_errors():
+    from paperbook.core import resolve
+
+    with pytest.raises(ValueError, match="forest_trees must be odd"):
+        resolve("iwls2020", overrides={"forest_trees": 4})
+    with pytest.raises(ValueError, match="functions is empty"):
+        resolve("iwls2020", overrides={"functions": []})
+
+
+def test_unknown_benchmark_is_named(monkeypatch):
+    from paperbook.core import resolve
+    from paperbook.iwls.chapter import resolve_functions
+
+    if not benchmark_names():
+        pytest.skip("needs the real benchmark")
+    with pytest.raises(ValueError, match=r"unknown benchmark\(s\) \['ex99'\]"):
+        resolve_functions(resolve("iwls2020", overrides={"functions": ["ex99"]}))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "paperbook.iwls", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+
+
+def test_cli_learn_writes_aig_within_limit(tmp_path):
+    tr, va, _ = generate("comparator-10", seed=0, size=1000)
+    write_pla(tr, tmp_path / "x.train.pla.gz")
+    write_pla(va, tmp_path / "x.valid.pla")
+    r = _cli("learn", "--train", tmp_path / "x.train.pla.gz", "--valid", tmp_path / "x.valid.pla",
+             "--out", tmp_path / "x.aig", "--espresso-timeout", "2")
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    fields = dict(kv.split("=") for kv in line.split())
+    assert set(fields) == {"validation_accuracy", "ands", "method"}
+    g = read_aiger(tmp_path / "x.aig")
+    assert g.num_ands == int(fields["ands"]) <= 5000
+    assert float(fields["validation_accuracy"]) == pytest.approx(accuracy(g, va.X, va.y), abs=1e-6)
+
+
+@needs_data
+def test_cli_on_a_real_benchmark(tmp_path):
+    from paperbook.iwls.data import data_root
+
+    d = data_root() / "iwls2020"
+    r = _cli("learn", "--train", d / "ex31.train.pla.gz", "--valid", d / "ex31.valid.pla.gz", "--out",
+             tmp_path / "ex31.aig", "--method", "tree")
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.split("validation_accuracy=")[1].split()[0]) > 0.9
+
+
+def test_cli_bad_input(tmp_path):
+    (tmp_path / "bad.pla").write_text(".i 3\n.o 1\n01 1\n")
+    (tmp_path / "ok.pla").write_text(format_pla(PLA(np.zeros((2, 4), np.uint8), np.zeros((2, 1), np.uint8))))
+    r = _cli("learn", "--train", tmp_path / "bad.pla", "--valid", tmp_path / "ok.pla", "--out", tmp_path / "o.aig")
+    assert r.returncode == 2 and "line 3" in r.stderr and not (tmp_path / "o.aig").exists()
+    r = _cli("learn", "--train", tmp_path / "ok.pla", "--valid", tmp_path / "missing.pla", "--out", tmp_path / "o.aig")
+    assert r.returncode == 2 and "no PLA file" in r.stderr
+    (tmp_path / "ok3.pla").write_text(".i 3\n.o 1\n010 1\n")
+    r = _cli("learn", "--train", tmp_path / "ok.pla", "--valid", tmp_path / "ok3.pla", "--out", tmp_path / "o.aig")
+    assert r.returncode == 2 and "4 inputs (.i) but --valid has 3" in r.stderr
+
+
+@pytest.mark.slow
+def test_claims_hold_at_cpu_toy():
+    from paperbook.core import resolve
+    from paperbook.iwls.chapter import main
+
+    result = main(resolve("iwls2020"))
+    failed = [r for r in result.claims if not r["holds"] and "ABC not installed" not in str(r["ours"])]
+    assert not failed, failed
+    assert result.metrics["functions"] >= 8
