@@ -25,7 +25,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.stamp-setup: pyproject.toml | $(PY)
+$(VENV)/.stamp-setup: pyproject.toml Makefile | $(PY)
 	@if [ -n "$(DEB_PACKAGES)" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES); }; \

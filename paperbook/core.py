@@ -477,22 +477,29 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, disable=off or kwargs.pop("disable", False), **kwargs)
 
 # %% ../nbs/00_core.ipynb #89c39d33
-def _show(obj, markdown: bool = False) -> None:
-    "Display in a notebook, print elsewhere."
+def _plain() -> bool:
+    "True outside IPython/Jupyter."
     try:
         from IPython import get_ipython
-        from IPython.display import Markdown, display
     except ImportError:
-        get_ipython = lambda: None  # noqa: E731
-    if get_ipython() is None:
+        return True
+    return get_ipython() is None
+
+
+def _show(obj, markdown: bool = False) -> None:
+    "Display in a notebook, print elsewhere."
+    if _plain():
         print(obj.to_string(index=False) if hasattr(obj, "to_string") else str(obj).replace("`", ""))
     else:
+        from IPython.display import Markdown, display
+
         display(Markdown(obj) if markdown else obj)
 
 
 def show_table(rows) -> None:
-    "Display the reproduction table of `rows`."
-    _show(repro_table(rows))
+    "Display the reproduction table of `rows` (as Markdown in a notebook, so no cell is cut short)."
+    table = repro_table(rows)
+    _show(table if _plain() else markdown_table(table), markdown=not _plain())
 
 
 def show_stamp(run: Run) -> None:
