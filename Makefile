@@ -46,7 +46,7 @@ _build/html/index.html: $(VENV)/.stamp-setup $(BOOK_SRC) $(wildcard paperbook/*.
 
 # ---- tests ------------------------------------------------------------------------------------
 # One pytest session (so one summary line): unit, CLI and distributed tests, then every notebook.
-test: setup sync
+test: setup sync lint
 	PAPERBOOK_PROGRESS=0 $(BIN)/pytest tests/ --nbval-lax nbs/ -p no:cacheprovider
 
 # nbdev-export, clearing outputs and nbdev-clean must leave the library and notebooks unchanged

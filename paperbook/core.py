@@ -10,7 +10,6 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import time
 import types
 import typing

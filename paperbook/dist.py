@@ -42,7 +42,7 @@ def _env_int(name: str, default: int) -> int:
 
 def init_distributed(device: str = "auto", *, timeout_s: float = 120.0) -> DistInfo:
     "Join torchrun's process group (gloo on CPU, NCCL on CUDA); a world of one needs no group."
-    world, rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0)
+    world = _env_int("WORLD_SIZE", 1)
     local_rank, local_world = _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", 1)
     dev = pick_device(device)
     if dev.type == "cuda":

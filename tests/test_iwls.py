@@ -20,7 +20,7 @@ from paperbook.iwls.learn import fit_candidate, learn_espresso, learn_forest, le
 from helpers import ENV
 
 needs_abc = pytest.mark.skipif(abc_command() is None, reason="ABC (Debian berkeley-abc) is not installed")
-needs_data = pytest.mark.skipif(not benchmark_names(), reason="the IWLS 2020 benchmark folder (PAPERBOOK_DATA) is absent")
+needs_data = pytest.mark.skipif(not benchmark_names(), reason="the IWLS 2020 benchmark (PAPERBOOK_DATA) is absent")
 
 
 def all_minterms(n):

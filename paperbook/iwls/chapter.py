@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core import BaseConfig, Chapter, Result, claim, progress
 from .aig import abc_check, abc_command, accuracy, write_aiger
-from .data import PLA, benchmark_names, data_root, family, generate, load_benchmark
+from .data import PLA, benchmark_names, family, generate, load_benchmark
 from .learn import MAX_ANDS, fit_candidate, portfolio
 
 # %% auto #0

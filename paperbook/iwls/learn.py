@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
