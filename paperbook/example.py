@@ -70,9 +70,9 @@ class Config(BaseConfig):
 PRESETS = {
     "cpu-toy": Config(),
     "cpu-dist": Config(device="cpu", nproc_per_node=2),
-    "gpu-1": Config(device="cuda", num_samples=2**32, block_size=2**24, sizes=tuple(4**k for k in range(3, 11)),
+    "gpu-1": Config(device="auto", num_samples=2**32, block_size=2**24, sizes=tuple(4**k for k in range(3, 11)),
                     repeats=2000),
-    "node-8": Config(device="cuda", nproc_per_node=8, num_samples=2**36, block_size=2**26,
+    "node-8": Config(device="auto", nproc_per_node=8, num_samples=2**36, block_size=2**26,
                      sizes=tuple(4**k for k in range(3, 11)), repeats=2000),
 }
 

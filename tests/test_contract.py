@@ -31,10 +31,14 @@ def test_every_preset_resolves(name):
         assert cfg.world_size >= 1
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_one_parameters_cell_with_preset_and_overrides(name, root):
-    cells = [c for c in _cells(root / "nbs" / get_chapter(name).notebook)
-             if "parameters" in c.get("metadata", {}).get("tags", [])]
+ROOT_NBS = __import__("pathlib").Path(__file__).resolve().parents[1] / "nbs"
+PARAM_NOTEBOOKS = sorted({get_chapter(n).notebook for n in NAMES}
+                         | {p.name for p in ROOT_NBS.glob("[0-9][0-9]*.ipynb") if not p.name.startswith("00")})
+
+
+@pytest.mark.parametrize("notebook", PARAM_NOTEBOOKS)
+def test_one_parameters_cell_with_preset_and_overrides(notebook, root):
+    cells = [c for c in _cells(root / "nbs" / notebook) if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(cells) == 1
     ns: dict = {}
     exec("".join(cells[0]["source"]), ns)  # the cell holds two literals and nothing else

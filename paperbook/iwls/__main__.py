@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['learn_cli']
 
-# %% ../../nbs/08d_iwls_cli.ipynb #9a96af04
+# %% ../../nbs/08d_iwls_cli.ipynb #c9f96772
 import argparse
 import sys
 
