@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, get_args, get_origin, get_type_hints
 
 # %% auto #0
-__all__ = ['CHAPTERS', 'BaseConfig', 'Result', 'Chapter', 'get_chapter', 'config_keys', 'resolve', 'seed_everything',
-           'pick_device', 'environment_stamp', 'write_json', 'claim', 'repro_table', 'run_dir', 'Run', 'start_run',
-           'load_runs', 'summarize_runs', 'markdown_table', 'plot_style', 'progress', 'show_table', 'show_stamp']
+__all__ = ['CHAPTERS', 'BaseConfig', 'Result', 'Chapter', 'get_chapter', 'config_keys', 'resolve', 'shared_data',
+           'seed_everything', 'pick_device', 'environment_stamp', 'write_json', 'claim', 'repro_table', 'run_dir',
+           'Run', 'start_run', 'load_runs', 'summarize_runs', 'markdown_table', 'plot_style', 'progress', 'show_table',
+           'show_stamp']
 
 # %% ../nbs/00_core.ipynb #dbd060e3
 CHAPTERS: dict[str, str] = {
@@ -253,6 +254,16 @@ def resolve(chapter: str | Chapter, preset: str = "cpu-toy", overrides: Mapping 
         return _apply(base, _nest(_as_mapping(overrides)), prefix="", allowed=config_keys(base))
     except (TypeError, ValueError) as e:  # __post_init__ checks of the chapter land here too
         raise ValueError(f"{ch.name} preset {preset!r}: {e}") from None
+
+# %% ../nbs/00_core.ipynb #shareddata2
+def shared_data(name: str) -> Path | None:
+    "The folder `name` of the real data sets ($PAPERBOOK_DATA, else ../shared/data), or None if absent."
+    if os.environ.get("PAPERBOOK_DATA"):
+        roots = [Path(os.environ["PAPERBOOK_DATA"])]
+    else:
+        here = [Path(__file__).resolve().parents[2]] if "__file__" in globals() else []
+        roots = [r / "shared/data" for r in here] + [Path.cwd() / "../shared/data", Path.cwd() / "../../shared/data"]
+    return next(((r / name).resolve() for r in roots if (r / name).is_dir()), None)
 
 # %% ../nbs/00_core.ipynb #e0468eaa
 def seed_everything(seed: int) -> None:

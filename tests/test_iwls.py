@@ -272,9 +272,9 @@ def test_cli_learn_writes_aig_within_limit(tmp_path):
 
 @needs_data
 def test_cli_on_a_real_benchmark(tmp_path):
-    from paperbook.iwls.data import data_root
+    from paperbook.iwls.data import benchmark_dir
 
-    d = data_root() / "iwls2020"
+    d = benchmark_dir()
     r = _cli("learn", "--train", d / "ex31.train.pla.gz", "--valid", d / "ex31.valid.pla.gz", "--out",
              tmp_path / "ex31.aig", "--method", "tree")
     assert r.returncode == 0, r.stderr

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import shared_data
+
 # %% auto #0
-__all__ = ['DC', 'FAMILIES', 'PLA', 'parse_pla', 'read_pla', 'format_pla', 'write_pla', 'family', 'data_root', 'benchmark_names',
-           'load_benchmark', 'contest_function', 'sample_minterms', 'generate']
+__all__ = ['DC', 'FAMILIES', 'PLA', 'parse_pla', 'read_pla', 'format_pla', 'write_pla', 'family', 'benchmark_dir',
+           'benchmark_names', 'load_benchmark', 'contest_function', 'sample_minterms', 'generate']
 
 # %% ../../nbs/08a_iwls_data.ipynb #d173f011
 DC = 2  # the code of '-' in a PLA matrix
@@ -155,37 +157,30 @@ def family(name: str) -> str:
     return name.split("-")[0]
 
 
-def data_root() -> Path | None:
-    "The shared data folder: $PAPERBOOK_DATA, else ../shared/data beside the project, if present."
-    env = os.environ.get("PAPERBOOK_DATA")
-    candidates = [Path(env)] if env else [Path.cwd() / "../shared/data", Path.cwd() / "../../shared/data",
-                                          Path(__file__).resolve().parents[3] / "shared/data"
-                                          if "__file__" in globals() else Path("/nonexistent")]
-    return next((p.resolve() for p in candidates if (p / "iwls2020").is_dir()), None)
+def benchmark_dir() -> Path | None:
+    "The real benchmark's folder (shared data set `iwls2020`), or None when it is absent."
+    return shared_data("iwls2020")
 
 
-def benchmark_names(root: Path | None = None) -> list[str]:
-    "The benchmark functions present under root/iwls2020 (ex00 ... ex89)."
-    root = root or data_root()
-    if root is None:
-        return []
-    return sorted(p.name.split(".")[0] for p in (Path(root) / "iwls2020").glob("ex*.train.pla*"))
+def benchmark_names(folder: Path | None = None) -> list[str]:
+    "The benchmark functions present in the benchmark folder (ex00 ... ex89)."
+    folder = folder or benchmark_dir()
+    return sorted(p.name.split(".")[0] for p in Path(folder).glob("ex*.train.pla*")) if folder else []
 
 
-def load_benchmark(name: str, root: Path | None = None) -> tuple[PLA, PLA]:
+def load_benchmark(name: str, folder: Path | None = None) -> tuple[PLA, PLA]:
     "The (train, valid) PLAs of benchmark `name`, e.g. 'ex31'."
-    root = root or data_root()
-    if root is None:
+    folder = folder or benchmark_dir()
+    if folder is None:
         raise FileNotFoundError("the IWLS 2020 benchmark folder was not found: set PAPERBOOK_DATA to the "
                                 "folder that holds iwls2020/")
-    folder = Path(root) / "iwls2020"
 
     def one(split):
         for suffix in (".pla.gz", ".pla"):
             if (folder / f"{name}.{split}{suffix}").is_file():
                 return read_pla(folder / f"{name}.{split}{suffix}")
         raise FileNotFoundError(f"{folder}/{name}.{split}.pla[.gz] not found; present: "
-                                f"{', '.join(benchmark_names(root)[:5])}, ...")
+                                f"{', '.join(benchmark_names(folder)[:5])}, ...")
 
     return one("train"), one("valid")
 
