@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
