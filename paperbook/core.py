@@ -26,6 +26,7 @@ __all__ = ['CHAPTERS', 'BaseConfig', 'Result', 'Chapter', 'get_chapter', 'config
 # %% ../nbs/00_core.ipynb #dbd060e3
 CHAPTERS: dict[str, str] = {
     "example": "paperbook.example",
+    "pangu-alpha": "paperbook.pangu.chapter",
     "iwls2020": "paperbook.iwls.chapter",
 }
 

@@ -1,0 +1,105 @@
+"""PanGu-α model: Table 1 counts, packed sequences, masks, initialisation, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from paperbook.core import resolve
+from paperbook.pangu.chapter import TABLE1, main, table1_rows
+from paperbook.pangu.model import SIZES, ModelConfig, PanguAlpha, count_on_meta, num_params, positions_and_mask
+
+TINY = ModelConfig(vocab_size=50, seq_len=32, num_layers=3, d=16, num_heads=4, dropout=0.0)
+
+
+def test_formula_equals_meta_count_and_table1():
+    for cfg in SIZES.values():
+        assert count_on_meta(cfg) == num_params(cfg)
+    assert abs(num_params(SIZES["2.6B"]) / TABLE1["2.6B"] - 1) < 0.01
+    assert abs(num_params(SIZES["200B"]) / TABLE1["200B"] - 1) < 0.01
+    assert num_params(SIZES["13B"]) == 12_800_870_400  # the 2.3 % gap the chapter explains
+    assert abs(num_params(SIZES["13B"], tied=False) / TABLE1["13B"] - 1) < 0.01
+
+
+def test_small_model_count_by_hand():
+    L, d, V, S = 3, 16, 50, 32
+    by_hand = L * (12 * d * d + 13 * d) + V * d + 2 * S * d + 2 * d
+    assert sum(p.numel() for p in PanguAlpha(TINY).parameters()) == by_hand
+
+
+def test_positions_and_mask_reset_at_eod():
+    ids = torch.tensor([[3, 0, 4, 5, 0, 6]])
+    pos, mask = positions_and_mask(ids, eod_id=0)
+    assert pos.tolist() == [[0, 1, 0, 1, 2, 0]]
+    m = mask[0, 0].int().tolist()
+    assert m[3] == [0, 0, 1, 1, 0, 0] and m[5] == [0, 0, 0, 0, 0, 1] and m[1] == [1, 1, 0, 0, 0, 0]
+    pos, mask = positions_and_mask(ids)
+    assert pos.tolist() == [[0, 1, 2, 3, 4, 5]] and mask[0, 0].equal(torch.ones(6, 6, dtype=torch.bool).tril())
+
+
+def test_packed_equals_each_document_alone():
+    torch.manual_seed(0)
+    model = PanguAlpha(TINY).eval()
+    docs = [torch.tensor([5, 9, 0]), torch.tensor([7, 8, 2, 11, 0]), torch.tensor([4, 0])]
+    with torch.no_grad():
+        together = model(torch.cat(docs)[None], eod_id=0)[0]
+        alone = torch.cat([model(d[None], eod_id=0)[0] for d in docs])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_causal_no_peeking():
+    torch.manual_seed(0)
+    model = PanguAlpha(TINY).eval()
+    a = torch.tensor([[1, 2, 3, 4]])
+    b = torch.tensor([[1, 2, 3, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(a)[0, :3], model(b)[0, :3])
+
+
+def test_query_layer_uses_position_query():
+    torch.manual_seed(0)
+    model = PanguAlpha(TINY).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        before = model(ids)
+        model.top_query.weight.add_(1.0)
+        assert not torch.allclose(before, model(ids))
+
+
+def test_initialisation_scales():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=2000, seq_len=64, num_layers=8, d=256, num_heads=4)
+    m = PanguAlpha(cfg)
+    assert m.blocks[0].attn.q.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert m.blocks[0].attn.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert m.blocks[0].ffn.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert m.tok.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert m.blocks[0].attn.q.bias.abs().sum() == 0 and m.ln_f.weight.eq(1).all()
+
+
+def test_output_layer_is_tied_and_gradients_flow():
+    torch.manual_seed(0)
+    m = PanguAlpha(TINY)
+    logits = m(torch.tensor([[1, 2, 3, 4]]))
+    assert logits.shape == (1, 4, 50)
+    torch.nn.functional.cross_entropy(logits[0, :-1], torch.tensor([2, 3, 4])).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert not any(n.startswith("head") for n, _ in m.named_parameters())
+
+
+def test_bad_input_names_the_limit():
+    with pytest.raises(ValueError, match="longer than the position table \\(32\\)"):
+        PanguAlpha(TINY)(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="d \\(30\\) must be divisible by num_heads \\(4\\)"):
+        ModelConfig(d=30, num_heads=4)
+    with pytest.raises(ValueError, match="model.d \\(30\\) must be divisible|d \\(30\\)"):
+        resolve("pangu-alpha", overrides={"model.d": 30})
+
+
+def test_chapter_claims_at_cpu_toy():
+    result = main(resolve("pangu-alpha"))
+    holds = {r["claim"]: r["holds"] for r in result.claims}
+    assert holds["PanGu-α 2.6B has 2.6B parameters"] and holds["PanGu-α 200B has 207B parameters"]
+    assert not holds["PanGu-α 13B has 13.1B parameters"]  # stated honestly, explained in the note
+    assert [r for r in result.claims if "packed" in r["claim"]][0]["holds"]
+    assert len(table1_rows()) == 3
