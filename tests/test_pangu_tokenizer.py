@@ -7,7 +7,8 @@ import pytest
 from paperbook.pangu.tokenizer import NEWLINE, SPACE, Tokenizer, segment
 
 rng = random.Random(0)
-COMMON = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经"
+COMMON = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就"
+          "分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经")
 TEXTS = ["".join(rng.choice(COMMON) for _ in range(rng.randint(50, 200))) + "。\n第二行 有空格" for _ in range(300)]
 
 
