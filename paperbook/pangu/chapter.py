@@ -3,29 +3,46 @@
 # %% ../../nbs/01_pangu_alpha.ipynb #45fdd5c8
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import torch
 
-from ..core import BaseConfig, Chapter, Result, claim
+from ..core import BaseConfig, Chapter, Result, claim, progress
 from .model import SIZES, ModelConfig, PanguAlpha, count_on_meta, num_params
+from .train import pack, perplexity, split_by_document, train_lm
+
 
 # %% auto #0
-__all__ = ['TABLE1', 'PRESETS', 'CHAPTER', 'Config', 'table1_rows', 'packing_gap', 'make_claims', 'main']
+__all__ = ['TABLE1', 'TABLE6', 'PRESETS', 'CHAPTER', 'Config', 'table1_rows', 'packing_gap', 'corpus_tokens', 'scaling_study',
+           'make_claims', 'main']
 
 # %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319
 TABLE1 = {"2.6B": 2.6e9, "13B": 13.1e9, "200B": 207.0e9}  # Table 1, "#Parameters"
 
 
+TABLE6 = {"2.6B": 19.33, "13B": 17.69, "200B": 15.59}  # Table 6, validation perplexity
+
+
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=8000, seq_len=256, num_layers=4, d=128,
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=4000, seq_len=64, num_layers=4, d=160,
                                                                    num_heads=4))
+    max_docs: int = 1500  # cleaned documents used (0: all)
+    valid_fraction: float = 0.1  # documents held out for validation perplexity
+    steps: int = 150
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: int = 15
+    weight_decay: float = 0.1
+    # the scaling study: (layers, d, heads) of three sizes trained on the same data and token budget
+    scaling_sizes: tuple[tuple[int, int, int], ...] = ((2, 48, 4), (3, 96, 4), (4, 160, 4))
 
 
 PRESETS = {
     "cpu-toy": Config(),
-    "gpu-1": Config(model=ModelConfig(num_layers=24, d=1024, num_heads=16)),  # about 350M parameters
+    "gpu-1": Config(model=ModelConfig(num_layers=24, d=1024, num_heads=16), max_docs=0, steps=5000, batch_size=32,
+                    lr=3e-4, warmup=200, scaling_sizes=((12, 512, 8), (16, 768, 12), (24, 1024, 16))),  # ~350M
     "node-8": Config(model=SIZES["2.6B"], nproc_per_node=8),
     "cluster-512": Config(model=SIZES["2.6B"], nnodes=64, nproc_per_node=8),
     "cluster-1024": Config(model=SIZES["13B"], nnodes=128, nproc_per_node=8),
@@ -57,9 +74,39 @@ def packing_gap(model_cfg: ModelConfig, seed: int = 0, lengths=(5, 7, 3), eod_id
         alone = torch.cat([model(d[None], eod_id=eod_id)[0] for d in docs])
     return float((together - alone).abs().max())
 
+# %% ../../nbs/01_pangu_alpha.ipynb #ba95d986
+def corpus_tokens(cfg: Config):
+    "(tokenizer, train rows, valid rows): the cleaned corpus, split by document, tokenised and packed."
+    from paperbook.pangu.data import clean_corpus, load_corpus
+    from paperbook.pangu.tokenizer import Tokenizer
+
+    docs, _ = clean_corpus(load_corpus())
+    random.Random(cfg.seed).shuffle(docs)
+    docs = docs[: cfg.max_docs] if cfg.max_docs else docs
+    train_docs, valid_docs = split_by_document(docs, cfg.valid_fraction, cfg.seed)
+    tok = Tokenizer.train([d.text for d in train_docs], vocab_size=cfg.model.vocab_size, seed=cfg.seed)
+    rows = lambda ds: pack([tok.encode(d.text) for d in ds], cfg.model.seq_len, tok.eod_id)  # noqa: E731
+    return tok, rows(train_docs), rows(valid_docs)
+
+
+def scaling_study(cfg: Config, tok, train_rows, valid_rows) -> list[dict]:
+    "Train each of `cfg.scaling_sizes` with the same data and token budget; their validation perplexity."
+    out = []
+    for L, d, h in progress(cfg.scaling_sizes, desc="sizes"):
+        mc = ModelConfig(vocab_size=tok.vocab_size, seq_len=cfg.model.seq_len, num_layers=L, d=d, num_heads=h,
+                         dropout=cfg.model.dropout)
+        torch.manual_seed(cfg.seed)
+        model = PanguAlpha(mc)
+        losses = train_lm(model, train_rows, eod_id=tok.eod_id, steps=cfg.steps, batch_size=cfg.batch_size,
+                          lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay, seed=cfg.seed, desc=f"L{L} d{d}")
+        out.append({"layers": L, "d": d, "heads": h, "params": num_params(mc), "losses": losses,
+                    "tokens": cfg.steps * cfg.batch_size * cfg.model.seq_len,
+                    "valid_ppl": perplexity(model, valid_rows, tok.eod_id)})
+    return out
+
 # %% ../../nbs/01_pangu_alpha.ipynb #1d1f4bea
-def make_claims(rows: list[dict], gap: float) -> list[dict]:
-    "Reproduction rows: Table 1 counts and the packing property."
+def make_claims(rows: list[dict], gap: float, study: list[dict] | None = None) -> list[dict]:
+    "Reproduction rows: Table 1 counts, the packing property, perplexity against size."
     by = {r["model"].split()[-1]: r for r in rows}
     out = [claim(f"PanGu-α {name} has {TABLE1[name] / 1e9:g}B parameters", paper=f"{TABLE1[name] / 1e9:g}B (Table 1)",
                  ours=f"{by[name]['ours'] / 1e9:.3f}B ({100 * by[name]['rel_diff']:+.2f}%)",
@@ -75,6 +122,13 @@ def make_claims(rows: list[dict], gap: float) -> list[dict]:
     out.append(claim("packed documents are computed as if alone (attention and positions reset at EOD)",
                      paper="released code: EOD resets (data pipeline)", ours=f"max |Δlogit| {gap:.1e}",
                      holds=gap < 1e-5))
+    if study:
+        ppl = [s["valid_ppl"] for s in study]
+        out.append(claim("validation perplexity falls strictly with model size (same data and tokens)",
+                         paper=" / ".join(f"{v:g}" for v in TABLE6.values()) + " for 2.6B/13B/200B (Table 6)",
+                         ours=" / ".join(f"{v:.1f}" for v in ppl) + " for "
+                              + "/".join(f"{s['params'] / 1e6:.2f}M" for s in study),
+                         holds=all(a > b for a, b in zip(ppl, ppl[1:]))))
     return out
 
 
@@ -82,8 +136,10 @@ def main(cfg: Config, *, run=None) -> Result:
     "The chapter's entry point (`paperbook run pangu-alpha`): what is reproduced so far."
     rows = table1_rows()
     gap = packing_gap(cfg.model, cfg.seed) if num_params(cfg.model) < 5e8 else float("nan")
-    metrics = {"table1": rows, "packing_max_abs_diff": gap, "model_params": num_params(cfg.model)}
-    return Result(metrics=metrics, claims=make_claims(rows, gap))
+    study = scaling_study(cfg, *corpus_tokens(cfg))
+    metrics = {"table1": rows, "packing_max_abs_diff": gap, "model_params": num_params(cfg.model),
+               "scaling": [{k: v for k, v in s.items() if k != "losses"} for s in study]}
+    return Result(metrics=metrics, claims=make_claims(rows, gap, study))
 
 
 CHAPTER = Chapter(name="pangu-alpha", title="PanGu-α: a 200B-parameter Chinese language model",

@@ -46,7 +46,7 @@ class Tokenizer:
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type="unigram",
-                character_coverage=0.9995, byte_fallback=True, normalization_rule_name="identity",
+                character_coverage=0.995, byte_fallback=True, normalization_rule_name="identity",
                 user_defined_symbols=["<eod>", SPACE, NEWLINE],
                 input_sentence_size=max_sentences, shuffle_input_sentence=False,
                 max_sentence_length=1 << 16, num_threads=2, minloglevel=2)
