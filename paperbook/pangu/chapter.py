@@ -15,7 +15,7 @@ from .train import pack, perplexity, split_by_document, train_lm
 
 # %% auto #0
 __all__ = ['TABLE1', 'TABLE6', 'PRESETS', 'CHAPTER', 'Config', 'table1_rows', 'packing_gap', 'corpus_tokens', 'scaling_study',
-           'make_claims', 'main']
+           'fewshot_study', 'make_claims', 'main']
 
 # %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319
 TABLE1 = {"2.6B": 2.6e9, "13B": 13.1e9, "200B": 207.0e9}  # Table 1, "#Parameters"
@@ -37,6 +37,10 @@ class Config(BaseConfig):
     weight_decay: float = 0.1
     # the scaling study: (layers, d, heads) of three sizes trained on the same data and token budget
     scaling_sizes: tuple[tuple[int, int, int], ...] = ((2, 48, 4), (3, 96, 4), (4, 160, 4))
+    # few-shot sentiment on held-out product reviews (never in the training corpus), by the largest model
+    fewshot_reviews: int = 200  # balanced positive/negative test reviews
+    fewshot_shots: tuple[int, ...] = (0, 1, 2)  # K
+    fewshot_chars: int = 20  # reviews cut to this many characters, so K examples fit the context
 
 
 PRESETS = {
@@ -101,12 +105,28 @@ def scaling_study(cfg: Config, tok, train_rows, valid_rows) -> list[dict]:
                           lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay, seed=cfg.seed, desc=f"L{L} d{d}")
         out.append({"layers": L, "d": d, "heads": h, "params": num_params(mc), "losses": losses,
                     "tokens": cfg.steps * cfg.batch_size * cfg.model.seq_len,
-                    "valid_ppl": perplexity(model, valid_rows, tok.eod_id)})
+                    "valid_ppl": perplexity(model, valid_rows, tok.eod_id), "model": model.eval()})
     return out
 
+
+def fewshot_study(cfg: Config, model, tok) -> dict[int, float]:
+    "K-shot accuracy (K in cfg.fewshot_shots) on held-out reviews, perplexity-based (§5.3.2)."
+    from paperbook.pangu.data import reviews
+    from paperbook.pangu.fewshot import few_shot_accuracy
+
+    data = reviews()
+    random.Random(cfg.seed).shuffle(data)
+    pairs = [(d.text[: cfg.fewshot_chars], d.label) for d in data]
+    half = cfg.fewshot_reviews // 2
+    test = [p for p in pairs if p[1] == "pos"][:half] + [p for p in pairs if p[1] == "neg"][:half]
+    pool = [p for p in pairs if p not in test][:2000]
+    return {k: few_shot_accuracy(model, tok, test, pool, k, seed=cfg.seed, max_len=cfg.model.seq_len)
+            for k in progress(cfg.fewshot_shots, desc="K")}
+
 # %% ../../nbs/01_pangu_alpha.ipynb #1d1f4bea
-def make_claims(rows: list[dict], gap: float, study: list[dict] | None = None) -> list[dict]:
-    "Reproduction rows: Table 1 counts, the packing property, perplexity against size."
+def make_claims(rows: list[dict], gap: float, study: list[dict] | None = None, fewshot: dict | None = None,
+                n_reviews: int = 0) -> list[dict]:
+    "Reproduction rows: Table 1 counts, the packing property, perplexity against size, few-shot accuracy."
     by = {r["model"].split()[-1]: r for r in rows}
     out = [claim(f"PanGu-α {name} has {TABLE1[name] / 1e9:g}B parameters", paper=f"{TABLE1[name] / 1e9:g}B (Table 1)",
                  ours=f"{by[name]['ours'] / 1e9:.3f}B ({100 * by[name]['rel_diff']:+.2f}%)",
@@ -129,6 +149,17 @@ def make_claims(rows: list[dict], gap: float, study: list[dict] | None = None) -
                          ours=" / ".join(f"{v:.1f}" for v in ppl) + " for "
                               + "/".join(f"{s['params'] / 1e6:.2f}M" for s in study),
                          holds=all(a > b for a, b in zip(ppl, ppl[1:]))))
+    if fewshot:
+        se = 0.5 / max(1, n_reviews) ** 0.5  # standard error of accuracy at chance
+        ks = sorted(fewshot)
+        out.append(claim("perplexity-based K-shot classification beats chance (50%)",
+                         paper="zero/one/few-shot on CLUE tasks (§5.3.2, Tables 9-10)",
+                         ours=", ".join(f"K={k}: {100 * fewshot[k]:.1f}%" for k in ks) + f" (n={n_reviews})",
+                         holds=max(fewshot.values()) > 0.5 + 2 * se,
+                         note="toy model, one minute of training on news and poems"))
+        out.append(claim("more in-context examples help", paper="few-shot ≥ zero-shot on most tasks (Table 9)",
+                         ours=f"K={ks[0]}: {100 * fewshot[ks[0]]:.1f}% -> K={ks[-1]}: {100 * fewshot[ks[-1]]:.1f}%",
+                         holds=fewshot[ks[-1]] > fewshot[ks[0]]))
     return out
 
 
@@ -136,10 +167,13 @@ def main(cfg: Config, *, run=None) -> Result:
     "The chapter's entry point (`paperbook run pangu-alpha`): what is reproduced so far."
     rows = table1_rows()
     gap = packing_gap(cfg.model, cfg.seed) if num_params(cfg.model) < 5e8 else float("nan")
-    study = scaling_study(cfg, *corpus_tokens(cfg))
+    tok, train_rows, valid_rows = corpus_tokens(cfg)
+    study = scaling_study(cfg, tok, train_rows, valid_rows)
+    fewshot = fewshot_study(cfg, study[-1]["model"], tok)
     metrics = {"table1": rows, "packing_max_abs_diff": gap, "model_params": num_params(cfg.model),
-               "scaling": [{k: v for k, v in s.items() if k != "losses"} for s in study]}
-    return Result(metrics=metrics, claims=make_claims(rows, gap, study))
+               "scaling": [{k: v for k, v in s.items() if k not in ("losses", "model")} for s in study],
+               "fewshot_accuracy": fewshot}
+    return Result(metrics=metrics, claims=make_claims(rows, gap, study, fewshot, cfg.fewshot_reviews))
 
 
 CHAPTER = Chapter(name="pangu-alpha", title="PanGu-α: a 200B-parameter Chinese language model",
