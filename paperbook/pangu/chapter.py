@@ -29,6 +29,11 @@ class Config(BaseConfig):
     model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=4000, seq_len=64, num_layers=4, d=160,
                                                                    num_heads=4))
     max_docs: int = 1500  # cleaned documents used (0: all)
+    min_chars: int = 150  # §3.2: drop documents shorter than this ...
+    min_chinese_ratio: float = 0.6  # ... or with a smaller share of Chinese characters
+    sensitive_words: tuple[str, ...] = ("赌博", "色情")  # the report's list is not published; a stand-in
+    max_sensitive: int = 0
+    dedup_threshold: float = 0.7  # MinHash LSH Jaccard threshold
     valid_fraction: float = 0.1  # documents held out for validation perplexity
     steps: int = 150
     batch_size: int = 16
@@ -84,7 +89,9 @@ def corpus_tokens(cfg: Config):
     from paperbook.pangu.data import clean_corpus, load_corpus
     from paperbook.pangu.tokenizer import Tokenizer
 
-    docs, _ = clean_corpus(load_corpus())
+    docs, _ = clean_corpus(load_corpus(), min_chars=cfg.min_chars, min_chinese_ratio=cfg.min_chinese_ratio,
+                           sensitive_words=cfg.sensitive_words, max_sensitive=cfg.max_sensitive,
+                           dedup_threshold=cfg.dedup_threshold)
     random.Random(cfg.seed).shuffle(docs)
     docs = docs[: cfg.max_docs] if cfg.max_docs else docs
     train_docs, valid_docs = split_by_document(docs, cfg.valid_fraction, cfg.seed)
