@@ -49,12 +49,19 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 # %% ../../nbs/01d_pangu_train.ipynb #fc29aad8
-def lm_loss(model, ids: torch.Tensor, eod_id: int) -> torch.Tensor:
-    "Mean next-token cross-entropy of a packed batch (predictions from EOD positions excluded)."
+def _next_token_loss(model, ids: torch.Tensor, eod_id: int, reduction: str = "mean") -> tuple[torch.Tensor, int]:
+    "Next-token cross-entropy of a packed batch (predictions from EOD positions excluded), and the token count."
     logits = model(ids, eod_id=eod_id)[:, :-1]  # (B, T-1, V)
     target = ids[:, 1:].clone()
     target[ids[:, :-1] == eod_id] = -100  # the token after an EOD starts a new document
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+                           reduction=reduction)
+    return loss, int((target != -100).sum())
+
+
+def lm_loss(model, ids: torch.Tensor, eod_id: int) -> torch.Tensor:
+    "Mean next-token cross-entropy of a packed batch."
+    return _next_token_loss(model, ids, eod_id)[0]
 
 
 @torch.no_grad()
@@ -64,13 +71,8 @@ def perplexity(model, data: torch.Tensor, eod_id: int, batch_size: int = 32) -> 
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
-        ids = data[i:i + batch_size]
-        logits = model(ids, eod_id=eod_id)[:, :-1]
-        target = ids[:, 1:].clone()
-        target[ids[:, :-1] == eod_id] = -100
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
-                               reduction="sum")
-        total, count = total + loss.item(), count + int((target != -100).sum())
+        loss, n = _next_token_loss(model, data[i:i + batch_size], eod_id, reduction="sum")
+        total, count = total + loss.item(), count + n
     model.train(was)
     return math.exp(total / count)
 
