@@ -365,7 +365,7 @@ def write_json(path: str | Path, obj) -> Path:
 # %% ../nbs/00_core.ipynb #144d4993
 def claim(claim: str, *, paper: str, ours, holds: bool, note: str = "") -> dict:
     "One reproduction row. `holds` must be computed by the run, never typed in."
-    if not hasattr(holds, "__bool__") or holds is None:
+    if holds is None or (isinstance(holds, (str, int, float)) and not isinstance(holds, bool)):
         raise ValueError(f"holds must be a boolean computed by the run, got {holds!r}")
     row = {"claim": claim, "paper": paper, "ours": _jsonable(ours), "holds": bool(holds)}
     return row | ({"note": note} if note else {})

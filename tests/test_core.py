@@ -189,3 +189,9 @@ def test_shared_data_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PAPERBOOK_DATA", str(tmp_path))
     assert shared_data("ecoli") == (tmp_path / "ecoli").resolve()
     assert shared_data("iwls2020") is None
+
+
+def test_claim_rejects_non_boolean_holds():
+    for bad in ("yes", 1, 0.5):
+        with pytest.raises(ValueError, match="holds must be a boolean"):
+            claim("c", paper="p", ours=1, holds=bad)

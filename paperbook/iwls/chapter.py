@@ -107,13 +107,14 @@ def run_function(name: str, source: str, cfg: Config) -> list[dict]:
     const = int(train.y.mean() >= 0.5)
     rows = [base | {"learner": "constant", "ands": 0, "accuracy": float((score.y == const).mean()), "note": ""}]
     cands = []
+    singles = single_learners(cfg)
     extra = [("tree", {"max_depth": d}) for d in cfg.portfolio_depths if d != cfg.tree_depth]
-    for i, (method, params) in enumerate(single_learners(cfg) + extra):
+    for i, (method, params) in enumerate(singles + extra):
         t = time.perf_counter()
         c = fit_candidate(method, params, train, select, max_ands=cfg.max_ands)
         c.score = accuracy(c.aig, score.X, score.y) if c.aig is not None and c.valid_accuracy > 0 else 0.0
         cands.append(c)
-        if i < 4:  # the single learners
+        if i < len(singles):  # a single learner's own row
             rows.append(base | {"learner": method, "ands": c.ands, "accuracy": c.score, "note": c.note,
                                 "seconds": round(time.perf_counter() - t, 2)})
     best = portfolio(cands)

@@ -83,7 +83,8 @@ def espresso_cubes(train: PLA, *, timeout_s: float = 30.0, fast: bool = True) ->
     p.start()
     child.close()
     cubes = parent.recv() if parent.poll(timeout_s) else None
-    p.kill() if cubes is None else None
+    if cubes is None:
+        p.kill()
     p.join()
     return cubes
 
