@@ -10,7 +10,7 @@ PY      := $(BIN)/python
 # The CPU build of torch lies on this machine's disk; any other pin downloads a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
 # Debian packages the chapters need (installed by `setup` when apt-get is available and we are root).
-DEB_PACKAGES ?= berkeley-abc fortunes-zh
+DEB_PACKAGES ?= berkeley-abc fortunes-zh dataset-fashion-mnist
 
 NBS     := $(wildcard nbs/*.ipynb)
 BOOK_SRC := _config.yml _toc.yml $(wildcard book/*.md book/*.bib book/_ext/*.py) $(NBS)

@@ -27,6 +27,7 @@ __all__ = ['CHAPTERS', 'BaseConfig', 'Result', 'Chapter', 'get_chapter', 'config
 CHAPTERS: dict[str, str] = {
     "example": "paperbook.example",
     "pangu-alpha": "paperbook.pangu.chapter",
+    "acsl": "paperbook.acsl.chapter",
     "iwls2020": "paperbook.iwls.chapter",
 }
 
@@ -485,7 +486,8 @@ def progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
 
     off = os.environ.get("PAPERBOOK_PROGRESS", "1") == "0" or int(os.environ.get("RANK", "0")) != 0
-    return tqdm(iterable, disable=off or kwargs.pop("disable", False), **kwargs)
+    disable = kwargs.pop("disable", False) or off  # pop first: `or` short-circuits
+    return tqdm(iterable, disable=disable, **kwargs)
 
 # %% ../nbs/00_core.ipynb #89c39d33
 def _plain() -> bool:

@@ -1,0 +1,319 @@
+"""ACSL chapter: the losses and their gradients, the data (IDX, long tail, scenes, proposals, LVIS format),
+RoI align, AP, DDP equivalence of stage 1, configs and the CLI."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from paperbook.acsl.data import (box_iou, frequency_group, label_proposals, load_base_images, load_lvis,
+                                 lvis_scenes, make_long_tail, make_scenes, read_idx, sample_rois, eval_proposals,
+                                 train_pool)
+from paperbook.acsl.detector import average_precision, evaluate, keep_top, roi_align
+from paperbook.acsl.losses import (acsl_loss, acsl_weights, bce_loss, ce_loss, class_loss, class_scores, eql_loss,
+                                   focal_loss, one_hot)
+from paperbook.core import resolve
+
+from helpers import cli, torchrun
+
+GROUPS = ["-", "r", "c", "f", "f"]
+
+
+# ---- losses ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("xi", [0.0, 0.3, 0.7, 0.95])
+def test_acsl_gradient_is_w_times_p_minus_y(xi):
+    torch.manual_seed(1)
+    z = (3 * torch.randn(40, 5)).requires_grad_()
+    y = torch.randint(0, 5, (40,))
+    acsl_loss(z, y, xi=xi).backward()
+    p = torch.sigmoid(z.detach())
+    t = one_hot(y, 5)
+    w = ((p >= xi) | (t > 0)).float()
+    assert torch.allclose(z.grad, w * (p - t) / 40, atol=1e-6)
+    assert 0 < w.mean() <= 1
+
+
+def test_acsl_hand_computed_values():
+    p = torch.tensor([[0.5, 0.9, 0.8, 0.2], [0.75, 0.1, 0.3, 0.71]])
+    z = torch.logit(p).requires_grad_()
+    y = torch.tensor([1, 0])
+    loss = acsl_loss(z, y, xi=0.7)
+    # sample 1 (category 1): w = (0, 1, 1, 0); sample 2 (background): w = (1, 0, 0, 1)
+    expect = -(np.log(0.9) + np.log(0.2) + np.log(0.75) + np.log(0.29)) / 2
+    assert loss.item() == pytest.approx(expect, rel=1e-5)
+    loss.backward()
+    assert torch.allclose(z.grad, torch.tensor([[0, -0.1, 0.8, 0], [-0.25, 0, 0, 0.71]]) / 2, atol=1e-6)
+
+
+def test_acsl_limits_bce_and_ground_truth_only():
+    torch.manual_seed(0)
+    z, y = torch.randn(30, 4), torch.randint(0, 4, (30,))
+    assert torch.equal(acsl_loss(z, y, xi=0.0), bce_loss(z, y))
+    assert acsl_loss(z, y, xi=1.0).item() == pytest.approx((-F.logsigmoid(z.gather(1, y[:, None]))).sum().item() / 30,
+                                                           rel=1e-6)
+    assert bce_loss(z, y).item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(z, one_hot(y, 4), reduction="sum").item() / 30, rel=1e-6)
+
+
+def test_code_background_rule_follows_the_released_code():
+    g = torch.Generator().manual_seed(0)
+    z = torch.logit(torch.full((300, 5), 0.8))  # every score above xi
+    y = torch.zeros(300, dtype=torch.long)
+    y[:100] = 2  # 100 foreground samples of category 2, 200 background
+    w = acsl_weights(z, y, xi=0.7, background="code", groups=GROUPS, generator=g)
+    assert (w[:100] == 1).all()  # foreground: as the paper (all scores >= xi)
+    bg = w[100:]
+    assert (bg[:, 0] == 1).all() and bg[:, 3:].sum().item() == 2 * 200  # frequent columns on all background
+    assert bg[:, 1].sum().item() == 2 and bg[:, 2].sum().item() == 20  # rare on 1%, common on 10%
+    paper = acsl_weights(z, y, xi=0.7, background="paper")
+    assert (paper == 1).all()
+
+
+def test_eql_drops_tail_negatives_of_foreground_samples_only():
+    tail = torch.tensor([False, True, True, False, False])
+    z = torch.zeros(2, 5, requires_grad=True)
+    y = torch.tensor([3, 0])  # a foreground sample of category 3, a background sample
+    eql_loss(z, y, tail=tail).backward()
+    grad = z.grad * 2
+    assert torch.allclose(grad[0], torch.tensor([0.5, 0.0, 0.0, -0.5, 0.5]))
+    assert torch.allclose(grad[1], torch.tensor([-0.5, 0.5, 0.5, 0.5, 0.5]))
+
+
+def test_focal_and_ce_reduce_to_known_losses():
+    torch.manual_seed(2)
+    z, y = torch.randn(20, 4), torch.randint(0, 4, (20,))
+    assert focal_loss(z, y, gamma=0.0, alpha=0.5).item() == pytest.approx(0.5 * bce_loss(z, y).item(), rel=1e-6)
+    assert focal_loss(z, y).item() < bce_loss(z, y).item()
+    assert torch.equal(ce_loss(z, y), F.cross_entropy(z, y))
+    assert torch.allclose(class_scores("ce", z).sum(1) + torch.softmax(z, 1)[:, 0], torch.ones(20))
+    assert class_scores("acsl", z).shape == (20, 3)
+
+
+def test_loss_errors_name_the_problem():
+    z, y = torch.zeros(3, 4), torch.tensor([0, 1, 4])
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.3"):
+        bce_loss(z, y)
+    with pytest.raises(ValueError, match="allowed: ce, bce, focal, eql, acsl"):
+        class_loss("softmax", z, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="needs the LVIS groups"):
+        acsl_loss(z, torch.tensor([0, 1, 2]), background="code")
+    with pytest.raises(ValueError, match="allowed: paper, code"):
+        acsl_loss(z, torch.tensor([0, 1, 2]), background="lvis")
+    with pytest.raises(ValueError, match="xi must lie in"):
+        acsl_loss(z, torch.tensor([0, 1, 2]), xi=1.5)
+    with pytest.raises(ValueError, match="'r', 'c', 'f'"):
+        acsl_loss(z, torch.tensor([0, 1, 2]), background="code", groups=["-", "r", "x", "f"])
+    with pytest.raises(ValueError, match="tail"):
+        class_loss("eql", z, torch.tensor([0, 1, 2]))
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def _write_idx(path, arr, type_code=0x08):
+    raw = bytes([0, 0, type_code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape) + arr.tobytes()
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+
+
+def test_idx_round_trip_and_bad_files(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a.idx", "a.idx.gz"):
+        _write_idx(tmp_path / name, arr)
+        assert np.array_equal(read_idx(tmp_path / name), arr)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")
+    _write_idx(tmp_path / "f.idx", arr, type_code=0x0D)
+    with pytest.raises(ValueError, match="allowed: 0x08"):
+        read_idx(tmp_path / "f.idx")
+    (tmp_path / "t.idx").write_bytes((tmp_path / "a.idx").read_bytes()[:-5])
+    with pytest.raises(ValueError, match="but the file holds"):
+        read_idx(tmp_path / "t.idx")
+
+
+def test_base_images_fashion_folder_and_digits_fallback(tmp_path):
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 6), ("t10k", 4)):
+        _write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+        _write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
+    b = load_base_images("auto", tmp_path)
+    assert b.source == "fashion-mnist" and b.X_train.shape == (6, 28, 28) and b.y_test.shape == (4,)
+    d = load_base_images("auto", tmp_path / "absent")
+    assert d.source == "digits" and d.X_train.shape[1:] == (28, 28) and d.X_train.dtype == np.uint8
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        load_base_images("fashion-mnist", tmp_path / "absent")
+    with pytest.raises(ValueError, match="allowed: auto, fashion-mnist, digits"):
+        load_base_images("cifar")
+
+
+def test_long_tail_follows_the_lvis_split():
+    assert [frequency_group(n) for n in (1, 10, 11, 100, 101)] == ["r", "r", "c", "c", "f"]
+    with pytest.raises(ValueError, match="at least one"):
+        frequency_group(0)
+    cats = make_long_tail(10, n_max=400, n_min=1, rng=np.random.default_rng(0))
+    assert len(cats) == 50 and [c.id for c in cats] == list(range(1, 51))
+    counts = sorted((c.count for c in cats), reverse=True)
+    assert counts[0] == 400 and counts[-1] == 1
+    assert all(c.frequency == frequency_group(c.count) for c in cats)
+    assert all(c.frequency == "f" for c in cats if c.variant == 0)  # the plain garments are the head
+    assert {c.frequency for c in cats} == {"r", "c", "f"}
+    with pytest.raises(ValueError, match="n_min <= n_max"):
+        make_long_tail(10, n_max=5, n_min=9, rng=np.random.default_rng(0))
+
+
+def test_scenes_and_proposals():
+    rng = np.random.default_rng(0)
+    base = load_base_images("digits")
+    cats = make_long_tail(10, n_max=20, n_min=1, rng=rng, names=base.names)
+    ids = np.concatenate([[c.id] * c.count for c in cats])
+    scenes = make_scenes(ids, cats, base.X_train, base.y_train, canvas=48, obj_size=20, per_image=3, rng=rng)
+    assert sum(len(s.labels) for s in scenes) == len(ids)
+    assert sorted(np.concatenate([s.labels for s in scenes])) == sorted(ids)
+    s = scenes[0]
+    assert s.image.shape == (3, 48, 48) and 0 <= s.image.min() and s.image.max() <= 1
+    assert (label_proposals(s.boxes, s) == s.labels).all()
+    P, L = eval_proposals(s, rng, n_background=7)
+    assert len(P) == len(s.labels) + 7 and (L[:len(s.labels)] == s.labels).all() and (L[len(s.labels):] == 0).all()
+    assert (box_iou(P[:len(s.labels)], s.boxes).diagonal() >= 0.7).all()
+    pool = train_pool(s, rng)
+    rois, labels = sample_rois(pool, rng, rois_per_image=16, pos_fraction=0.25)
+    assert rois.shape == (16, 4) and 0 < (labels > 0).sum() <= 4
+    with pytest.raises(ValueError, match="no objects"):
+        make_scenes(np.array([], int), cats, base.X_train, base.y_train, canvas=48, obj_size=20, per_image=3, rng=rng)
+
+
+def _lvis_file(tmp_path, **change):
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 80, 3), 200, np.uint8)).save(tmp_path / "a.jpg")
+    spec = {"images": [{"id": 1, "file_name": "a.jpg", "width": 80, "height": 40}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [8, 4, 40, 20]},
+                            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [50, 10, 10, 10]}],
+            "categories": [{"id": 3, "name": "pug", "frequency": "r"}, {"id": 7, "name": "dog", "frequency": "f"}]}
+    spec.update(change)
+    (tmp_path / "lvis.json").write_text(json.dumps(spec))
+    return tmp_path / "lvis.json"
+
+
+def test_lvis_loader_reads_the_real_format(tmp_path):
+    lvis = load_lvis(_lvis_file(tmp_path))
+    assert [c["frequency"] for c in lvis.categories] == ["r", "f"]
+    scenes, groups = lvis_scenes(lvis, tmp_path, canvas=40)
+    assert groups == ["-", "r", "f"]
+    s = scenes[0]
+    assert s.image.shape == (3, 40, 40) and list(s.labels) == [2, 1]
+    assert np.allclose(s.boxes[0], [4, 4, 24, 24]) and np.allclose(s.boxes[1], [25, 10, 30, 20])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"categories": [{"id": 3, "name": "pug", "frequency": "rare"}, {"id": 7, "name": "dog", "frequency": "f"}]},
+     "allowed: r, c, f"),
+    ({"annotations": [{"id": 1, "image_id": 9, "category_id": 7, "bbox": [0, 0, 5, 5]}]}, "unknown image 9"),
+    ({"annotations": [{"id": 1, "image_id": 1, "category_id": 8, "bbox": [0, 0, 5, 5]}]}, "unknown category 8"),
+    ({"annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [0, 0, 0, 5]}]}, "width > 0"),
+    ({"annotations": []}, "no annotations"),
+    ({"categories": []}, "no categories"),
+])
+def test_lvis_loader_errors(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        load_lvis(_lvis_file(tmp_path, **change))
+
+
+def test_lvis_loader_bad_json_and_missing_image(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_lvis(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match="missing the list 'annotations'"):
+        load_lvis(tmp_path / "y.json")
+    lvis = load_lvis(_lvis_file(tmp_path))
+    with pytest.raises(FileNotFoundError, match="a.jpg not found"):
+        lvis_scenes(lvis, tmp_path / "elsewhere", canvas=32)
+
+
+# ---- detector and evaluation -------------------------------------------------------------------
+def _bilinear(fmap, x, y):
+    "Reference bilinear sample of fmap (C, H, W) at pixel coordinates (x, y), zero outside."
+    C, H, W = fmap.shape
+    x, y = x - 0.5, y - 0.5
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    out = torch.zeros(C)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            wgt = (1 - abs(x - xi)) * (1 - abs(y - yi))
+            if 0 <= xi < W and 0 <= yi < H:
+                out += wgt * fmap[:, yi, xi]
+    return out
+
+
+def test_roi_align_matches_a_reference_bilinear_sampler():
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 3, 12, 12)  # stride 4 of a 48-pixel image
+    rois = torch.tensor([[[4.0, 8.0, 30.0, 40.0], [0.0, 0.0, 48.0, 48.0]], [[10.0, 2.0, 20.0, 22.0], [3, 5, 9, 11]]])
+    out = roi_align(fmap, rois, out=3, image_size=48).view(2, 2, 3, 3, 3)
+    for n in range(2):
+        for r in range(2):
+            x1, y1, x2, y2 = rois[n, r].tolist()
+            for i in range(3):
+                for j in range(3):
+                    px = (x1 + (x2 - x1) * (j + 0.5) / 3) / 4  # feature-map pixels
+                    py = (y1 + (y2 - y1) * (i + 0.5) / 3) / 4
+                    assert torch.allclose(out[n, r, :, i, j], _bilinear(fmap[n], px, py), atol=1e-5)
+
+
+def test_average_precision_by_hand():
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2) == \
+        pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert average_precision(np.array([0.9, 0.1]), np.array([True, True]), 2) == 1.0
+    assert average_precision(np.array([0.9]), np.array([True]), 2) == pytest.approx(51 / 101)  # half the objects missed
+    assert np.isnan(average_precision(np.array([0.5]), np.array([False]), 0))
+
+
+def test_per_image_budget_and_perfect_scores():
+    scores = torch.tensor([[0.9, 0.8], [0.7, 0.1], [0.95, 0.2]])
+    image = torch.tensor([0, 0, 1])
+    keep = keep_top(scores, image, 2)
+    assert keep.tolist() == [[True, True], [False, False], [True, True]]
+    labels = torch.tensor([1, 2, 0, 2, 1, 0])
+    perfect = F.one_hot(labels, 3)[:, 1:].float()
+    r = evaluate(perfect, labels, torch.tensor([0, 0, 0, 1, 1, 1]), ["-", "r", "f"], max_dets=2)
+    assert r["mAP"] == 100 and r["APr"] == 100 and r["APf"] == 100 and np.isnan(r["APc"])
+
+
+def test_stage1_ddp_two_processes_equal_one(tmp_path):
+    script = Path(__file__).parent / "dist_scripts" / "acsl_ddp.py"
+    one = torchrun(1, script, tmp_path / "one.json")
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(2, script, tmp_path / "two.json")
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert b["world"] == 2
+    assert np.allclose(a["losses"], b["losses"], atol=1e-5)
+    assert np.allclose(a["params"], b["params"], atol=1e-5)
+
+
+# ---- config and CLI ---------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,message", [
+    ({"losses": ["softmax"]}, "allowed: ce, bce, focal, eql, acsl"),
+    ({"xi": 1.5}, r"xi must lie in \[0, 1\]"),
+    ({"background": "lvis"}, "paper"),
+    ({"lvis_json": "a.json"}, "LVIS needs all of"),
+    ({"n_min": 50, "n_max": 10}, "n_min <= n_max"),
+    ({"seeds": 0}, "seeds must be >= 1"),
+])
+def test_bad_config_fails_before_compute(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve("acsl", "cpu-toy", overrides)
+
+
+def test_cli_runs_a_tiny_acsl_experiment(tmp_path):
+    sets = ["seeds=1", "n_max=30", "epochs=1", "cls_epochs=1", "test_per_class=2", "width=8", "hidden=16",
+            "xi_sweep=[0.0]", "images=digits"]
+    r = cli("run", "acsl", "--out", tmp_path, *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ACSL raises rare-category AP" in r.stdout and "ξ = 0 turns ACSL into binary cross-entropy" in r.stdout
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"ce", "bce", "focal", "eql", "acsl"} <= set(m["metrics"]["summary"])
