@@ -317,3 +317,11 @@ def test_cli_runs_a_tiny_acsl_experiment(tmp_path):
     assert "ACSL raises rare-category AP" in r.stdout and "ξ = 0 turns ACSL into binary cross-entropy" in r.stdout
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert {"ce", "bce", "focal", "eql", "acsl"} <= set(m["metrics"]["summary"])
+
+
+def test_run_takes_its_device_from_the_config():
+    from paperbook.acsl.chapter import run_seed
+
+    cfg = resolve("acsl", "cpu-toy", {"device": "cuda:7" if not torch.cuda.is_available() else "cuda:999"})
+    with pytest.raises(ValueError, match="cuda"):
+        run_seed(cfg, 0)

@@ -13,7 +13,7 @@ from .data import (groups_of, lvis_scenes, load_base_images, load_lvis, make_lon
                                  sample_rois, eval_proposals, train_pool)
 from .detector import Detector, evaluate, retrain_classifier, roi_features, train_representation
 from .losses import LOSSES, class_scores
-from ..core import BaseConfig, Chapter, Result, claim, seed_everything
+from ..core import BaseConfig, Chapter, Result, claim, pick_device, seed_everything
 
 # %% auto #0
 __all__ = ['PRESETS', 'README', 'CHAPTER', 'Config', 'Task', 'build_task', 'methods', 'run_seed', 'run_all', 'summary',
@@ -125,10 +125,10 @@ def methods(cfg: Config) -> list[tuple[str, str, dict]]:
 
 def run_seed(cfg: Config, seed: int, info=None) -> dict:
     "One full run: task, stage 1, features, stage 2 for every method, evaluation."
+    device = info.device if info is not None else pick_device(cfg.device)  # a bad device fails before any work
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     task = build_task(cfg, rng)
-    device = info.device if info is not None else torch.device("cpu")
     net = Detector(len(task.names), width=cfg.width, hidden=cfg.hidden, roi_out=cfg.roi_out,
                    image_size=cfg.canvas).to(device)
     pools = [train_pool(s, rng) for s in task.train]
