@@ -66,7 +66,7 @@ def plan_info(chapter: str, preset: str, sets: dict | None = None) -> dict:
                          f"torchrun --nnodes={cfg.nnodes} --nproc_per_node={cfg.nproc_per_node} "
                          f"--rdzv_id=$SLURM_JOB_ID {rdzv} {cmd}")
     if ch.plan is not None:
-        info |= ch.plan(cfg)
+        info |= {k: v.replace("{preset}", preset) if isinstance(v, str) else v for k, v in ch.plan(cfg).items()}
     return info
 
 

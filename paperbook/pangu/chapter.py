@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import BaseConfig, Chapter, Result, claim, progress
+from .parallel import ParallelPlan
 from .model import SIZES, ModelConfig, PanguAlpha, count_on_meta, num_params
-from .train import pack, perplexity, split_by_document, train_lm
+from .train import OPTIMIZERS, pack, perplexity, split_by_document, train_lm
 
 
 # %% auto #0
@@ -47,16 +48,44 @@ class Config(BaseConfig):
     fewshot_reviews: int = 200  # balanced positive/negative test reviews
     fewshot_shots: tuple[int, ...] = (0, 1, 2)  # K
     fewshot_chars: int = 20  # reviews cut to this many characters, so K examples fit the context
+    # chapter 1b, the parallel run (`torchrun -m paperbook.pangu.train`): how it is split, and its trainer
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)
+    optimizer: str = "adamw"  # or "sgd"
+    bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
+    data: str = "corpus"  # "corpus": the cleaned corpus above; "synthetic": Zipf-token documents
+    synthetic_rows: int = 512
+    ckpt_dir: str = ""  # torch.distributed.checkpoint folder; training resumes from its latest step-N
+    ckpt_every: int = 0  # save every this many steps (0: never)
+    stop_at: int = 0  # stop after this step (to split a run across jobs); 0: run all `steps`
+    dist_timeout: float = 300.0  # seconds before a stuck collective fails instead of hanging
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.data not in ("corpus", "synthetic"):
+            raise ValueError(f"data {self.data!r} is not one of corpus, synthetic")
+        self.parallel.check(self.model, batch_size=self.batch_size, world_size=self.world_size)
 
 
 PRESETS = {
     "cpu-toy": Config(),
     "gpu-1": Config(model=ModelConfig(num_layers=24, d=1024, num_heads=16), raw_docs=0, max_docs=0, steps=5000, batch_size=32,
                     lr=3e-4, warmup=200, scaling_sizes=((12, 512, 8), (16, 768, 12), (24, 1024, 16))),  # ~350M
-    "node-8": Config(model=SIZES["2.6B"], nproc_per_node=8),
-    "cluster-512": Config(model=SIZES["2.6B"], nnodes=64, nproc_per_node=8),
-    "cluster-1024": Config(model=SIZES["13B"], nnodes=128, nproc_per_node=8),
-    "cluster-2048": Config(model=SIZES["200B"], nnodes=256, nproc_per_node=8),
+    # 4 processes with gloo on one CPU: pipeline 2 × op-level 2 (chapter 1b); synthetic data keeps it short, and
+    # without dropout (each layout would draw other masks) the run can be compared with one process
+    "cpu-dist": Config(model=ModelConfig(vocab_size=4000, seq_len=64, num_layers=4, d=160, num_heads=4, dropout=0.0),
+                       nproc_per_node=4, data="synthetic", steps=30, warmup=3,
+                       parallel=ParallelPlan(pp=2, tp=2, microbatches=4)),
+    "node-8": Config(model=SIZES["2.6B"], nproc_per_node=8, batch_size=64, lr=1e-4, warmup=500,
+                     parallel=ParallelPlan(dp_shard=8, remat="selective")),
+    # the report's cluster runs (Table 5). Only the 200B layout is published (§4.1: 16 stages × op-level 8 ×
+    # data/optimizer 16, recompute per layer); the 2.6B/13B layouts and all batch sizes are our choice.
+    "cluster-512": Config(model=SIZES["2.6B"], nnodes=64, nproc_per_node=8, batch_size=512, lr=1e-4, warmup=2000,
+                          parallel=ParallelPlan(tp=8, dp_shard=64, remat="full")),
+    "cluster-1024": Config(model=SIZES["13B"], nnodes=128, nproc_per_node=8, batch_size=512, lr=5e-5, warmup=2000,
+                           parallel=ParallelPlan(tp=8, pp=4, dp_shard=32, microbatches=8, remat="full")),
+    "cluster-2048": Config(model=SIZES["200B"], nnodes=256, nproc_per_node=8, batch_size=512, lr=2e-5, warmup=2000,
+                           parallel=ParallelPlan(tp=8, pp=16, dp_shard=16, microbatches=32, remat="full")),
 }
 
 # %% ../../nbs/01_pangu_alpha.ipynb #a0304ea8
@@ -185,7 +214,14 @@ def main(cfg: Config, *, run=None) -> Result:
     return Result(metrics=metrics, claims=make_claims(rows, gap, study, fewshot, cfg.fewshot_reviews))
 
 
+def _plan(cfg: Config) -> dict:
+    "`paperbook plan pangu-alpha`: the parallel layout, memory per device and launch lines (part 8)."
+    from paperbook.pangu.cluster import plan_report
+
+    return plan_report(cfg)
+
+
 CHAPTER = Chapter(name="pangu-alpha", title="PanGu-α: a 200B-parameter Chinese language model",
                   summary="PanGu-α: Table 1 on the meta device, corpus cleaning, tokenizer, perplexity vs size, few-shot",
                   paper="Zeng et al., arXiv 2104.12369", config=Config, presets=PRESETS,
-                  notebook="01_pangu_alpha.ipynb", main=main)
+                  notebook="01_pangu_alpha.ipynb", main=main, plan=_plan)

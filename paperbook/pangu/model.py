@@ -58,10 +58,10 @@ class Attention(nn.Module):
 
     def forward(self, q_in, kv_in, mask):
         B, T, d = q_in.shape
-        split = lambda x: x.view(B, T, self.h, self.dh).transpose(1, 2)  # noqa: E731  (B, h, T, dh)
+        split = lambda x: x.view(B, T, -1, self.dh).transpose(1, 2)  # noqa: E731  (B, h, T, dh)
         q, k, v = split(self.q(q_in)), split(self.k(kv_in)), split(self.v(kv_in))
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
-        return self.drop(self.proj(a.transpose(1, 2).reshape(B, T, d)))  # (B, T, d)
+        return self.drop(self.proj(a.transpose(1, 2).reshape(B, T, -1)))  # (B, T, d)
 
 
 class FFN(nn.Module):
@@ -125,6 +125,8 @@ class PanguAlpha(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers - 1))
         self.ln_f = nn.LayerNorm(cfg.d)
         self.query_layer = QueryLayer(cfg)
+        self.head = nn.Linear(cfg.d, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok.weight  # the output layer is tied to the word embedding
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
 
@@ -132,6 +134,8 @@ class PanguAlpha(nn.Module):
         "N(0, 0.02) weights and embeddings, 0.02/sqrt(2L) for residual output projections, zero biases."
         resid = 0.02 / math.sqrt(2 * self.cfg.num_layers)
         for name, m in self.named_modules():
+            if m is self.head:  # tied: initialised as the embedding
+                continue
             if isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
@@ -145,11 +149,18 @@ class PanguAlpha(nn.Module):
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than the position table ({self.cfg.seq_len})")
         pos, mask = positions_and_mask(ids, eod_id)
-        x = self.drop(self.tok(ids) + self.pos(pos))  # (B, T, d)
+        x = self.embed(ids, pos)
         for block in self.blocks:
             x = block(x, mask)
-        x = self.query_layer(self.ln_f(x), mask, self.top_query(pos))
-        return x @ self.tok.weight.T  # (B, T, V), tied output layer without bias
+        return self.output(x, pos, mask)
+
+    def embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        "Word plus position embeddings: (B, T, d)."
+        return self.drop(self.tok(ids) + self.pos(pos))
+
+    def output(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        "Final LayerNorm, the query layer (query p_n), and the tied output layer without bias: (B, T, V)."
+        return self.head(self.query_layer(self.ln_f(x), mask, self.top_query(pos)))
 
 # %% ../../nbs/01a_pangu_model.ipynb #096a8034
 def num_params(cfg: ModelConfig, *, tied: bool = True) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 from ..core import progress
 
 # %% auto #0
-__all__ = ['split_by_document', 'pack', 'param_groups', 'lr_at', 'lm_loss', 'perplexity', 'train_lm']
+__all__ = ['OPTIMIZERS', 'split_by_document', 'pack', 'param_groups', 'make_optimizer', 'lr_at', 'next_token_targets', 'lm_loss',
+           'perplexity', 'train_lm']
 
 # %% ../../nbs/01d_pangu_train.ipynb #4a19afd8
 def split_by_document(docs: list, valid_fraction: float, seed: int = 0) -> tuple[list, list]:
@@ -41,6 +43,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_optimizer(groups: list[dict], name: str, lr: float) -> torch.optim.Optimizer:
+    "AdamW(β1 0.9, β2 0.95, ε 1e-8) as the chapter trains, or plain SGD (used to check gradient scales)."
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
 def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:
     "Linear warm-up to `lr`, then cosine decay to `min_ratio * lr` at `total`."
     if step < warmup:
@@ -49,13 +63,18 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 # %% ../../nbs/01d_pangu_train.ipynb #fc29aad8
+def next_token_targets(ids: torch.Tensor, eod_id: int) -> torch.Tensor:
+    "Targets (B, T) for logits at every position: the next token; -100 (ignored) at the last position and at EODs."
+    target = torch.full_like(ids, -100)
+    target[:, :-1] = ids[:, 1:]
+    target[ids == eod_id] = -100  # the token after an EOD starts a new document
+    return target
+
+
 def _next_token_loss(model, ids: torch.Tensor, eod_id: int, reduction: str = "mean") -> tuple[torch.Tensor, int]:
     "Next-token cross-entropy of a packed batch (predictions from EOD positions excluded), and the token count."
-    logits = model(ids, eod_id=eod_id)[:, :-1]  # (B, T-1, V)
-    target = ids[:, 1:].clone()
-    target[ids[:, :-1] == eod_id] = -100  # the token after an EOD starts a new document
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
-                           reduction=reduction)
+    logits, target = model(ids, eod_id=eod_id), next_token_targets(ids, eod_id)  # (B, T, V), (B, T)
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction=reduction)
     return loss, int((target != -100).sum())
 
 
@@ -78,9 +97,10 @@ def perplexity(model, data: torch.Tensor, eod_id: int, batch_size: int = 32) -> 
 
 
 def train_lm(model, data: torch.Tensor, *, eod_id: int, steps: int, batch_size: int, lr: float, warmup: int,
-             weight_decay: float = 0.1, clip: float = 1.0, seed: int = 0, desc: str = "train") -> list[float]:
+             weight_decay: float = 0.1, clip: float = 1.0, seed: int = 0, desc: str = "train",
+             optimizer: str = "adamw") -> list[float]:
     "Train `model` on rows of `data` with AdamW(0.9, 0.95), warm-up + cosine, clipping; returns the losses."
-    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    opt = make_optimizer(param_groups(model, weight_decay), optimizer, lr)
     g = torch.Generator().manual_seed(seed)
     model.train()
     losses = []
@@ -98,3 +118,9 @@ def train_lm(model, data: torch.Tensor, *, eod_id: int, steps: int, batch_size: 
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     return losses
+
+# %% ../../nbs/01d_pangu_train.ipynb #fd3be9f1
+if __name__ == "__main__" and sys.argv[0].endswith("train.py"):  # python -m paperbook.pangu.train, not a notebook
+    from paperbook.pangu.distributed import main
+
+    raise SystemExit(main())

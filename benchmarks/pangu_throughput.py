@@ -1,0 +1,117 @@
+"""Throughput of the PanGu-α parallel trainer: tokens/s and model-FLOPs utilisation (MFU).
+
+MFU = 6 · N · tokens/s over the matmul peak measured on this machine with the same threads and dtype (N: all
+parameters; attention's own FLOPs are not counted, as in the usual 6N estimate). Prints, does not assert.
+
+    python benchmarks/pangu_throughput.py                      # single process, the trainer at ~14M parameters
+    python benchmarks/pangu_throughput.py --profile            # ... and where the time goes (torch.profiler)
+    python benchmarks/pangu_throughput.py --nproc 2 --set parallel.dp_shard=2   # distributed, through torchrun
+    python benchmarks/pangu_throughput.py --preset gpu-1 --steps 50           # on a GPU (bf16 autocast)
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from paperbook.cli import _sets
+from paperbook.core import pick_device, resolve
+from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
+from paperbook.pangu.model import ModelConfig, num_params
+from paperbook.pangu.parallel import ParallelPlan
+
+BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, "model.d": 384,
+         "model.num_heads": 6, "model.dropout": 0.0, "batch_size": 8, "data": "synthetic", "synthetic_rows": 256,
+         "warmup": 2}
+
+
+def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10) -> float:
+    "Best FLOP/s of an (n × k) @ (k × k) matmul, the shape of the model's FFN matmuls."
+    a, b = torch.randn(n, k, device=device, dtype=dtype), torch.randn(k, k, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 5 * 2 * n * k * k / (time.perf_counter() - t))
+    return best
+
+
+def single(cfg, steps: int, profile: bool) -> dict:
+    device = pick_device(cfg.device)
+    rows = synthetic_rows(cfg.synthetic_rows, cfg.model.seq_len, cfg.model.vocab_size, seed=cfg.seed)
+    par = build_parallel(cfg.model, ParallelPlan(remat=cfg.parallel.remat), device=device, eod_id=0)
+    amp = torch.bfloat16 if cfg.bf16 and device.type == "cuda" else None
+    kw = dict(eod_id=0, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, device=device, autocast_dtype=amp)
+    train_parallel(par, rows, steps=3, **kw)  # warm-up (allocator, kernels)
+    runs = sorted((train_parallel(par, rows, steps=steps, **kw) for _ in range(3)), key=lambda r: r["seconds"])
+    res = runs[1]  # the median of three repeats
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as prof
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with prof(activities=acts) as p:
+            train_parallel(par, rows, steps=3, **kw)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(p.key_averages().table(sort_by=key, row_limit=12))
+    return {"tokens_per_s": res["tokens"] / res["seconds"], "device": device,
+            "dtype": amp or torch.float32}
+
+
+def distributed(args, sets) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "m.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "paperbook.pangu.train", "--preset", args.preset, "--out", out]
+        for k, v in {**sets, "nproc_per_node": args.nproc, "steps": args.steps}.items():
+            cmd += ["--set", f"{k}={v}"]
+        env = {**os.environ, "PAPERBOOK_PROGRESS": "0"}
+        subprocess.run(cmd, check=True, env=env)
+        m = json.load(open(out))
+    return {"tokens_per_s": m["tokens"] / m["seconds"], "device": torch.device(m["device"]),
+            "dtype": torch.bfloat16 if m["device"].startswith("cuda") else torch.float32}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu-toy")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    sets = _sets(args.set)
+    if args.preset == "cpu-toy":
+        sets = {**BENCH, **sets}
+    cfg = resolve("pangu-alpha", args.preset, {**sets, "nproc_per_node": args.nproc})
+    n = num_params(ModelConfig(**{**vars(cfg.model)}))
+    if args.nproc == 1:
+        r = single(cfg, args.steps, args.profile)
+    else:
+        r = distributed(args, sets)
+    if args.nproc > 1 and r["device"].type == "cpu":  # the processes share the machine: compare with all its cores
+        torch.set_num_threads(os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    peak = max(matmul_peak(r["device"], r["dtype"]) for _ in range(3))  # the best this machine reaches now
+    peak_note = f"{threads} threads" if r["device"].type == "cpu" else torch.cuda.get_device_name()
+    mfu = 6 * n * r["tokens_per_s"] / peak
+    L, d, T = cfg.model.num_layers, cfg.model.d, cfg.model.seq_len
+    mfu_attn = (6 * n + 12 * L * d * T) * r["tokens_per_s"] / peak  # PaLM's count, attention scores included
+    print(f"model {n / 1e6:.1f}M parameters, seq {cfg.model.seq_len}, batch {cfg.batch_size}, "
+          f"processes {args.nproc}, plan {vars(cfg.parallel)}")
+    print(f"tokens/s {r['tokens_per_s']:,.0f}   model FLOP/s {6 * n * r['tokens_per_s'] / 1e9:,.1f} G   "
+          f"matmul peak {peak / 1e9:,.1f} G ({r['dtype']}, {peak_note})   MFU {100 * mfu:.0f}% "
+          f"({100 * mfu_attn:.0f}% counting attention's FLOPs)")
+
+
+if __name__ == "__main__":
+    main()
