@@ -124,6 +124,8 @@ def build_parallel(model_cfg: ModelConfig, plan: ParallelPlan, *, device="cpu", 
     if meta_init:
         for m in par.modules:
             m.to_empty(device=device)
+            if m.is_first and m.is_last and m.head.weight is not m.tok.weight:  # to_empty unties plain tensors
+                m.head.weight = m.tok.weight
         torch.manual_seed(seed + par.pp_rank)
         model.reset_parameters()  # the parts this rank holds; the rest stay on the meta device
     return par

@@ -3,13 +3,11 @@
 # %% ../../nbs/01f_pangu_parallel.ipynb #5056da11
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from .model import ModelConfig, PanguAlpha, positions_and_mask

@@ -12,9 +12,9 @@ import sys
 import torch
 
 from paperbook.dist import distributed, print0
-from paperbook.pangu.distributed import ScaledLoss, build_parallel, forward_backward, synthetic_rows, train_parallel
+from paperbook.pangu.distributed import build_parallel, forward_backward, synthetic_rows, train_parallel
 from paperbook.pangu.model import ModelConfig
-from paperbook.pangu.parallel import ParallelPlan, gather_named, sync_tied_grads
+from paperbook.pangu.parallel import ParallelPlan, build_mesh, gather_named, sync_tied_grads
 
 LAYOUTS = {
     "dp2": dict(dp_replicate=2),
@@ -60,8 +60,6 @@ def main(out, names):
         for name in names:
             plan = ParallelPlan(**LAYOUTS[name]).check(MODEL, batch_size=TRAIN["batch_size"],
                                                        world_size=info.world_size)
-            from paperbook.pangu.parallel import build_mesh
-
             mesh = build_mesh(plan, "cpu")
             loss0, grads = first_grads(plan, data, mesh)
             r = {"loss0_diff": abs(loss0 - ref_loss),

@@ -1,0 +1,228 @@
+"""PanGu-α in parallel (chapter 1b): plans, stages, the trainer, checkpoints, the cluster plan, and every layout
+of the issue under torchrun (gloo) against one process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from paperbook.core import resolve
+from paperbook.pangu.cluster import GiB, dry_run, memory_plan
+from paperbook.pangu.distributed import (build_parallel, latest_checkpoint, synthetic_rows, train_parallel)
+from paperbook.pangu.model import SIZES, ModelConfig, PanguAlpha
+from paperbook.pangu.parallel import ParallelPlan, split_stages, stage_layers
+from paperbook.pangu.train import next_token_targets, train_lm
+
+from helpers import ENV, cli, torchrun
+
+SCRIPT = Path(__file__).parent / "dist_scripts" / "pangu_parallel.py"
+SMALL = ModelConfig(vocab_size=96, seq_len=16, num_layers=4, d=32, num_heads=4, dropout=0.0)
+TINY_SETS = ["data=synthetic", "model.vocab_size=96", "model.seq_len=16", "model.num_layers=4", "model.d=32",
+             "model.num_heads=4", "model.dropout=0", "steps=6", "warmup=1", "batch_size=8", "synthetic_rows=64"]
+
+
+# ---- the plan -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("plan, world, needle", [
+    (ParallelPlan(tp=3), 3, "num_heads (32) must be divisible by tp (3)"),
+    (ParallelPlan(pp=3), 3, "num_layers (32, the query layer included) must be divisible by pp"),
+    (ParallelPlan(tp=2, dp_shard=2), 8, "world size 8 != pp × dp_replicate × dp_shard × tp = 1 × 1 × 2 × 2 = 4"),
+    (ParallelPlan(schedule="zero-bubble"), 1, "schedule 'zero-bubble' is not one of gpipe, 1f1b, interleaved-1f1b"),
+    (ParallelPlan(remat="some"), 1, "remat 'some' is not one of off, full, selective"),
+    (ParallelPlan(tp=0), 1, "tp must be a positive integer, got 0"),
+    (ParallelPlan(microbatches=4), 1, "microbatches and stages_per_rank > 1 need pp > 1"),
+    (ParallelPlan(pp=2, schedule="interleaved-1f1b"), 2, "interleaved-1f1b needs stages_per_rank >= 2"),
+    (ParallelPlan(pp=2, stages_per_rank=2), 2, "stages_per_rank > 1 needs schedule 'interleaved-1f1b'"),
+])
+def test_invalid_plans_name_the_constraint(plan, world, needle):
+    with pytest.raises(ValueError) as e:
+        plan.check(SIZES["2.6B"], world_size=world)
+    assert needle in str(e.value)
+
+
+def test_batch_must_split_over_data_parallel_ranks_and_microbatches():
+    with pytest.raises(ValueError, match=r"batch_size \(10\) must be divisible by dp_replicate × dp_shard × "
+                                         r"microbatches \(1 × 2 × 2\)"):
+        ParallelPlan(dp_shard=2, pp=2, microbatches=2).check(SMALL, batch_size=10)
+    assert ParallelPlan(dp_shard=2, pp=2, microbatches=2).check(SMALL, batch_size=8, world_size=4)
+
+
+def test_the_reports_200b_layout_is_valid_and_presets_resolve():
+    cfg = resolve("pangu-alpha", "cluster-2048")
+    assert (cfg.parallel.pp, cfg.parallel.tp, cfg.parallel.dp, cfg.parallel.remat) == (16, 8, 16, "full")
+    assert cfg.parallel.world_size == cfg.world_size == 2048
+    assert resolve("pangu-alpha", "cpu-dist").parallel.world_size == 4
+
+
+def test_bad_plan_override_fails_in_resolve_naming_it():
+    with pytest.raises(ValueError, match="pangu-alpha preset 'cpu-dist'.*num_heads \\(4\\) must be divisible by tp"):
+        resolve("pangu-alpha", "cpu-dist", {"parallel.tp": 3, "nproc_per_node": 6})
+    with pytest.raises(ValueError, match="parallel.zero"):
+        resolve("pangu-alpha", "cpu-dist", {"parallel.zero": 1})
+
+
+def test_entry_point_refuses_a_plan_for_another_world_size_before_any_work():
+    r = subprocess.run([sys.executable, "-m", "paperbook.pangu.train", "--preset", "cpu-dist"], capture_output=True,
+                       text=True, env=ENV, timeout=120)
+    assert r.returncode != 0
+    assert "world size 1 != pp × dp_replicate × dp_shard × tp = 2 × 1 × 1 × 2 = 4" in r.stderr
+
+
+# ---- stages ---------------------------------------------------------------------------------------
+def test_stage_layers_and_round_robin_placement():
+    assert stage_layers(8, 4) == [range(0, 2), range(2, 4), range(4, 6), range(6, 8)]
+    torch.manual_seed(0)
+    model = PanguAlpha(SMALL)
+    plan = ParallelPlan(pp=2, stages_per_rank=2, schedule="interleaved-1f1b", microbatches=4)
+    rank0, rank1 = split_stages(model, plan, 0), split_stages(model, plan, 1)
+    assert [s for s, _ in rank0] == [0, 2] and [s for s, _ in rank1] == [1, 3]
+    assert rank0[0][1].is_first and rank1[1][1].is_last and not rank1[1][1].blocks
+    names = {n for _, st in rank0 + rank1 for n, _ in st.named_parameters()}
+    assert names - {"head.weight"} == {n for n, _ in model.named_parameters()}
+
+
+def test_stages_chained_equal_the_model():
+    torch.manual_seed(0)
+    model = PanguAlpha(SMALL).eval()
+    ids = torch.randint(1, 96, (3, 16))
+    ids[:, 5] = 0
+    plan = ParallelPlan(pp=4, microbatches=4)
+    stages = [split_stages(model, plan, r, eod_id=0)[0][1] for r in range(4)]
+    x = ids
+    with torch.no_grad():
+        for st in stages:
+            x = st(x, ids=ids)
+        assert torch.equal(x, model(ids, eod_id=0))
+
+
+def test_next_token_targets_by_hand():
+    ids = torch.tensor([[5, 6, 0, 7, 8]])
+    assert next_token_targets(ids, eod_id=0).tolist() == [[6, 0, -100, 8, -100]]
+
+
+def test_synthetic_rows():
+    a = synthetic_rows(20, 16, 50, seed=3)
+    assert a.shape == (20, 16) and a.dtype == torch.long and int(a.min()) == 0 and int(a.max()) < 50
+    assert torch.equal(a, synthetic_rows(20, 16, 50, seed=3)) and not torch.equal(a, synthetic_rows(20, 16, 50))
+
+
+# ---- the trainer in one process ---------------------------------------------------------------------
+@pytest.mark.parametrize("optimizer, lr", [("adamw", 3e-3), ("sgd", 0.05)])
+def test_one_process_trainer_is_the_chapters_train_lm(optimizer, lr):
+    rows = synthetic_rows(64, 16, 96, mean_doc=6)
+    kw = dict(eod_id=0, steps=4, batch_size=8, lr=lr, warmup=1, seed=0, optimizer=optimizer)
+    torch.manual_seed(0)
+    ref = train_lm(PanguAlpha(SMALL), rows, **kw)
+    ours = train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, **kw)["losses"]
+    assert max(abs(a - b) for a, b in zip(ref, ours)) < 1e-5
+    assert ref[-1] < ref[0]
+
+
+@pytest.mark.parametrize("remat", ["full", "selective"])
+def test_rematerialisation_changes_no_number(remat):
+    rows = synthetic_rows(64, 16, 96, mean_doc=6)
+    kw = dict(eod_id=0, steps=3, batch_size=8, lr=3e-3, warmup=1)
+    plain = train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, **kw)["losses"]
+    again = train_parallel(build_parallel(SMALL, ParallelPlan(remat=remat), eod_id=0), rows, **kw)["losses"]
+    assert max(abs(a - b) for a, b in zip(plain, again)) < 1e-6
+
+
+def test_meta_device_initialisation_keeps_the_tie_and_trains():
+    par = build_parallel(SMALL, ParallelPlan(), eod_id=0, meta_init=True)
+    (stage,) = par.modules
+    assert stage.head.weight is stage.tok.weight and not stage.tok.weight.is_meta
+    assert abs(float(stage.tok.weight.std()) - 0.02) < 0.002 and float(stage.ln_f.weight.min()) == 1.0
+    losses = train_parallel(par, synthetic_rows(64, 16, 96), eod_id=0, steps=4, batch_size=8, lr=3e-3, warmup=1)
+    assert losses["losses"][-1] < losses["losses"][0]
+
+
+def test_latest_checkpoint_skips_unfinished_ones(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for n in (3, 12, 40):
+        (tmp_path / f"step-{n}").mkdir()
+    (tmp_path / "step-3" / ".metadata").write_text("x")
+    (tmp_path / "step-12" / ".metadata").write_text("x")  # step-40 has no metadata: a save that did not finish
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-12"
+
+
+# ---- the cluster plan -------------------------------------------------------------------------------
+def test_dry_run_of_the_2048_way_plan_shards_as_expected():
+    plan = resolve("pangu-alpha", "cluster-2048").parallel
+    first, last = dry_run(SIZES["200B"], plan, 0), dry_run(SIZES["200B"], plan, 2047)
+    assert first["coordinate"] == {"pp": 0, "dp_replicate": 0, "dp_shard": 0, "tp": 0} and first["stages"] == [0]
+    assert first["layers"] == [["0", "1", "2", "3"]] and last["layers"] == [["60", "61", "62", "query_layer"]]
+    q = first["shapes"]["blocks.0.attn.q.weight"]
+    assert q["global"] == (16384, 16384) and q["local"] == (16384 // 8 // 16, 16384)  # columns by tp, then FSDP
+    assert first["shapes"]["tok.weight"]["local"] == (-(-40000 // 8 // 16), 16384)
+    assert "tok.weight" not in last["shapes"] and "head.weight" in last["shapes"]
+    # rank 0's share: 4 layers whose matrices and column-parallel biases are split 8 × 16 ways while LayerNorms
+    # and row-parallel biases (6d) are split by FSDP only; 313 of the embedding's 40,000 rows; positions / 16
+    d = 16384
+    layer = (12 * d * d + 7 * d) // 128 + 6 * d // 16
+    assert first["local_params"] == 4 * layer + 313 * d + 1024 * d // 16
+
+
+def test_memory_plan_by_hand():
+    cfg = ModelConfig(vocab_size=1000, seq_len=128, num_layers=8, d=256, num_heads=4)
+    plan = ParallelPlan(tp=2, pp=2, dp_shard=2, microbatches=4, remat="full")
+    m = memory_plan(cfg, plan, batch_size=16, local_params=1_000_000)
+    s, b, h = 128, 16 // (2 * 4), 256
+    assert m["micro_batch"] == 2 and m["layers_here"] == 4
+    assert m["states_GiB"] * GiB == 16_000_000
+    acts = 2 * 4 * (2 * s * b * h / 2) + 34 * s * b * h / 2  # 2 micro-batches in flight × 4 layer inputs + one layer
+    assert abs(m["activations_GiB"] * GiB - acts) < 1
+
+
+def test_paperbook_plan_prints_the_2048_plan():
+    r = cli("plan", "pangu-alpha", "--preset", "cluster-2048")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "pp 16 × dp_replicate 1 × dp_shard 16 × tp 8 = 2048" in out
+    assert "fits 32 GB: yes" in out and "rank_2047" in out and "206.86B" in out
+    assert "srun --nodes=256" in out and "-m paperbook.pangu.train --preset cluster-2048" in out
+
+
+# ---- torchrun (gloo): every layout equals one process --------------------------------------------------
+@pytest.mark.parametrize("nproc, layouts", [
+    (2, ["dp2", "fsdp2", "tp2", "pp2-gpipe", "pp2-1f1b", "pp2-interleaved"]),
+    (4, ["dp2-tp2", "fsdp2-tp2", "pp2-tp2", "fsdp2-pp2", "hsdp2x2"]),
+    (8, ["fsdp2-pp2-tp2"]),
+])
+def test_every_layout_equals_one_process(tmp_path, nproc, layouts):
+    r = torchrun(nproc, SCRIPT, tmp_path / "out.json", *layouts, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "out.json").read_text())
+    assert res["world"] == nproc and sorted(res["layouts"]) == sorted(layouts)
+    for name, v in res["layouts"].items():
+        assert v["grad_names_match"], name
+        assert v["grad_max_abs"] > 1e-3  # the gradients compared are not all zero
+        assert v["grad_max_diff"] < 1e-5, (name, v)
+        assert v["loss0_diff"] < 1e-5, (name, v)
+        assert v["sgd_max_diff"] < 1e-5 and v["adamw_max_diff"] < 1e-5, (name, v)
+    # SGD moves: a wrong gradient scale would show in the losses
+    assert res["reference"]["sgd"][0] - res["reference"]["sgd"][-1] > 0.05
+
+
+def _train(nproc, tmp, name, *sets):
+    args = ["-m", "paperbook.pangu.train", "--preset", "cpu-dist", "--out", tmp / f"{name}.json"]
+    for s in (*TINY_SETS, f"nproc_per_node={nproc}", *sets):
+        args += ["--set", s]
+    r = torchrun(nproc, *args, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((tmp / f"{name}.json").read_text())
+
+
+def test_checkpoint_resumes_identically_and_loads_into_another_layout(tmp_path):
+    fsdp_tp = ["parallel.pp=1", "parallel.microbatches=1", "parallel.tp=2", "parallel.dp_shard=2"]
+    whole = _train(4, tmp_path, "whole", *fsdp_tp)
+    first = _train(4, tmp_path, "first", *fsdp_tp, f"ckpt_dir={tmp_path / 'ck'}", "ckpt_every=3", "stop_at=3")
+    assert first["losses"] == whole["losses"][:3] and (tmp_path / "ck" / "step-3" / ".metadata").is_file()
+    resumed = _train(4, tmp_path, "resumed", *fsdp_tp, f"ckpt_dir={tmp_path / 'ck'}")
+    assert resumed["start"] == 3 and resumed["losses"] == whole["losses"][3:]  # identical
+    # the 4-process (FSDP 2 × TP 2) checkpoint in 2 processes as a 2-stage pipeline
+    pipe = _train(2, tmp_path, "pipe", "parallel.pp=2", "parallel.tp=1", "parallel.microbatches=2",
+                  f"ckpt_dir={tmp_path / 'ck'}")
+    assert pipe["start"] == 3 and pipe["world_size"] == 2
+    assert max(abs(a - b) for a, b in zip(pipe["losses"], whole["losses"][3:])) < 1e-5
