@@ -69,7 +69,7 @@ def memory_plan(model_cfg: ModelConfig, plan: ParallelPlan, *, batch_size: int, 
     in_flight = plan.microbatches if plan.schedule == "gpipe" else min(plan.pp, plan.microbatches)
     acts = in_flight * k * per_layer + (full_layer if plan.remat != "off" else 0)
     logits = 3 * 4 * s * b * model_cfg.vocab_size / t  # fp32 logits, softmax and gradient on the last stage
-    states = 16 * local_params
+    states = 16 * local_params if not plan.zero1 else (8 + 8 / plan.dp) * local_params  # ZeRO-1: moments / dp
     gathered = 2 * 2 * layer / t if plan.dp_shard > 1 else 0
     total = states + gathered + acts + logits
     return {"micro_batch": b, "layers_here": k, "states_GiB": states / GiB, "gathered_GiB": gathered / GiB,

@@ -18,7 +18,7 @@ from ..core import progress, resolve
 from ..dist import distributed, print0
 from .model import ModelConfig, PanguAlpha, num_params
 from .parallel import (ParallelPlan, Parallelized, build_mesh, clip_grads, parallelize, sync_tied_grads)
-from .train import lr_at, make_optimizer, next_token_targets, param_groups
+from .train import lr_at, make_optimizer, next_token_targets, optimizer_spec, param_groups
 
 # %% auto #0
 __all__ = ['ScaledLoss', 'forward_backward', 'synthetic_rows', 'load_rows', 'build_parallel', 'train_parallel', 'save_checkpoint',
@@ -57,7 +57,7 @@ def forward_backward(par: Parallelized, loss_fn: ScaledLoss, ids: torch.Tensor, 
         if par.schedule is None:
             (stage,) = par.modules
             with amp:
-                logits = stage(ids, ids=ids)
+                logits = (par.ddp or stage)(ids, ids=ids)
             loss = loss_fn(logits, target)
             loss.backward()
             local = _scalar(loss)
@@ -145,8 +145,18 @@ def train_parallel(par: Parallelized, data: torch.Tensor, *, eod_id: int, steps:
                    stop_at: int = 0, desc: str = "train") -> dict:
     "Train this rank's share of the model; {'losses': per step (from the first step run), 'start': first step, ...}."
     loss_fn = loss_fn or getattr(par, "loss_fn", None) or ScaledLoss()
-    opt = make_optimizer(param_groups(par, weight_decay), optimizer, lr)
-    _no_foreach_if_mixed(opt)
+    if par.plan.zero1:
+        if ckpt_dir:
+            raise ValueError("checkpoints are written with DCP's get_state_dict, which does not read "
+                             "ZeroRedundancyOptimizer; use dp_shard (FSDP2) to shard optimizer state and checkpoint")
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        cls, settings = optimizer_spec(optimizer)
+        opt = ZeroRedundancyOptimizer(param_groups(par, weight_decay), optimizer_class=cls, lr=lr, **settings,
+                                      process_group=par.mesh["dp_replicate"].get_group())
+    else:
+        opt = make_optimizer(param_groups(par, weight_decay), optimizer, lr)
+        _no_foreach_if_mixed(opt)
     g = torch.Generator().manual_seed(seed)
     start = 0
     latest = latest_checkpoint(ckpt_dir) if ckpt_dir else None

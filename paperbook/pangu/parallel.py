@@ -34,6 +34,7 @@ class ParallelPlan:
     schedule: str = "1f1b"  # one of SCHEDULES
     stages_per_rank: int = 1  # virtual stages per pipeline rank (2+ for interleaved-1f1b)
     remat: str = "off"  # rematerialisation per layer: one of REMAT
+    zero1: bool = False  # optimizer state sharded by ZeroRedundancyOptimizer over plain DDP (dp_replicate only)
 
     @property
     def world_size(self) -> int:
@@ -64,6 +65,8 @@ class ParallelPlan:
             errors.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.remat not in REMAT:
             errors.append(f"remat {self.remat!r} is not one of {', '.join(REMAT)}")
+        if not isinstance(self.zero1, bool):
+            errors.append(f"zero1 must be true or false, got {self.zero1!r}")
         if errors:  # the rest needs valid numbers
             raise ValueError("invalid parallel plan: " + "; ".join(errors))
         if world_size is not None and world_size != self.world_size:
@@ -84,6 +87,9 @@ class ParallelPlan:
             errors.append("interleaved-1f1b needs stages_per_rank >= 2")
         if self.schedule != "interleaved-1f1b" and self.stages_per_rank > 1:
             errors.append(f"stages_per_rank > 1 needs schedule 'interleaved-1f1b', not {self.schedule!r}")
+        if self.zero1 and (self.dp_replicate < 2 or self.world_size != self.dp_replicate):
+            errors.append("zero1 (ZeroRedundancyOptimizer over DDP) needs dp_replicate > 1 and no other dimension; "
+                          "with dp_shard, FSDP2 already shards the optimizer state")
         if batch_size is not None and batch_size % (self.dp * self.microbatches):
             errors.append(f"batch_size ({batch_size}) must be divisible by dp_replicate × dp_shard × microbatches "
                           f"({self.dp_replicate} × {self.dp_shard} × {self.microbatches})")
@@ -198,7 +204,7 @@ def apply_remat(stage: PanguStage, mode: str) -> PanguStage:
 # %% ../../nbs/01f_pangu_parallel.ipynb #1a91e62a
 def apply_dp(stage: PanguStage, mesh, plan: ParallelPlan, *, reshard_after_forward: bool | None = None):
     "FSDP2 / HSDP (dp_shard > 1) or FSDP2's replicate (dp_replicate > 1 only) on each layer and on the stage."
-    if plan.dp == 1:
+    if plan.dp == 1 or plan.zero1:  # zero1: plain DDP, applied by `parallelize` around the whole stage
         return stage
     parts = [*stage.blocks.values(), *([stage.query_layer] if stage.is_last else [])]
     if plan.dp_shard > 1:
@@ -211,7 +217,12 @@ def apply_dp(stage: PanguStage, mesh, plan: ParallelPlan, *, reshard_after_forwa
             fully_shard(part, mesh=dp_mesh, reshard_after_forward=reshard)
         fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)
     else:
-        from torch.distributed._composable.replicate_with_fsdp import replicate
+        try:
+            from torch.distributed._composable.replicate_with_fsdp import replicate
+        except ImportError:
+            raise ImportError("replicate-only data parallelism uses FSDP2's replicate() "
+                              "(torch.distributed._composable.replicate_with_fsdp, in torch 2.13); "
+                              "use dp_shard, or zero1 when data parallelism stands alone") from None
 
         for part in parts:
             replicate(part, mesh=mesh["dp_replicate"])
@@ -228,6 +239,7 @@ class Parallelized:
     schedule: object = None  # a torch.distributed.pipelining schedule when pp > 1
     dp_rank: int = 0
     pp_rank: int = 0
+    ddp: object = None  # the stage in DistributedDataParallel (plans with zero1)
 
     @property
     def modules(self) -> list[nn.Module]:
@@ -286,6 +298,12 @@ def parallelize(model: PanguAlpha, plan: ParallelPlan, mesh=None, *, device: tor
         apply_remat(stage, plan.remat)
         apply_dp(stage, mesh, plan)
     out = Parallelized(plan, mesh, stages, dp_rank=dp_rank, pp_rank=pp_rank)
+    if plan.zero1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        dev = torch.device(device)
+        out.ddp = DistributedDataParallel(stages[0][1], process_group=mesh["dp_replicate"].get_group(),
+                                          device_ids=[dev.index] if dev.type == "cuda" else None)
     if plan.pp > 1:
         out.schedule = build_schedule(out, device, loss_fn)
     return out

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from ..core import progress
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'split_by_document', 'pack', 'param_groups', 'make_optimizer', 'lr_at', 'next_token_targets', 'lm_loss',
-           'perplexity', 'train_lm']
+__all__ = ['OPTIMIZERS', 'split_by_document', 'pack', 'param_groups', 'optimizer_spec', 'make_optimizer', 'lr_at',
+           'next_token_targets', 'lm_loss', 'perplexity', 'train_lm']
 
 # %% ../../nbs/01d_pangu_train.ipynb #4a19afd8
 def split_by_document(docs: list, valid_fraction: float, seed: int = 0) -> tuple[list, list]:
@@ -46,13 +46,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 OPTIMIZERS = ("adamw", "sgd")
 
 
-def make_optimizer(groups: list[dict], name: str, lr: float) -> torch.optim.Optimizer:
-    "AdamW(β1 0.9, β2 0.95, ε 1e-8) as the chapter trains, or plain SGD (used to check gradient scales)."
+def optimizer_spec(name: str) -> tuple[type, dict]:
+    "(class, settings) of AdamW(β1 0.9, β2 0.95, ε 1e-8) as the chapter trains, or plain SGD (to check gradient scales)."
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+        return torch.optim.AdamW, {"betas": (0.9, 0.95), "eps": 1e-8}
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr)
+        return torch.optim.SGD, {}
     raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+def make_optimizer(groups: list[dict], name: str, lr: float) -> torch.optim.Optimizer:
+    "The optimizer `name` (see `optimizer_spec`) over parameter groups."
+    cls, settings = optimizer_spec(name)
+    return cls(groups, lr=lr, **settings)
 
 
 def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:

@@ -18,6 +18,7 @@ from paperbook.pangu.parallel import ParallelPlan, build_mesh, gather_named, syn
 
 LAYOUTS = {
     "dp2": dict(dp_replicate=2),
+    "dp2-zero1": dict(dp_replicate=2, zero1=True),
     "fsdp2": dict(dp_shard=2),
     "tp2": dict(tp=2, remat="selective"),
     "pp2-gpipe": dict(pp=2, microbatches=2, schedule="gpipe"),
