@@ -225,6 +225,7 @@ def run(cfg, *, out: str | None = None) -> dict:
     with distributed(cfg.device, timeout_s=cfg.dist_timeout) as info:
         rows, eod_id, vocab = load_rows(cfg, info.device)
         mc = ModelConfig(**{**vars(cfg.model), "vocab_size": vocab})
+        plan.check(mc, batch_size=cfg.batch_size, world_size=world)  # the tokenizer's vocabulary, too
         par = build_parallel(mc, plan, device=info.device, eod_id=eod_id, seed=cfg.seed,
                              meta_init=num_params(mc) > 1e9)  # 1B+: allocate only local shards
         amp = torch.bfloat16 if cfg.bf16 and info.device.type == "cuda" else None

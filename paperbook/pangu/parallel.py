@@ -345,11 +345,16 @@ def grad_norm(par: Parallelized) -> torch.Tensor:
     skip = set()
     if par.plan.pp > 1 and par.has_last and not par.has_first:
         skip = {id(m.head.weight) for m in par.modules if m.is_last}
-    sq = torch.zeros((), dtype=torch.float64)
+    groups: dict = {}  # gradients on the same mesh with the same placements share one reduction
     for p in par.parameters():
         if p.grad is None or id(p) in skip:
             continue
-        n = torch.linalg.vector_norm(p.grad)
+        g = p.grad
+        key = (id(g.device_mesh), tuple(g.placements)) if hasattr(g, "device_mesh") else None
+        groups.setdefault(key, []).append(g)
+    sq = torch.zeros((), dtype=torch.float64)
+    for grads in groups.values():
+        n = torch.nn.utils.get_total_norm(grads, foreach=False)
         n = n.full_tensor() if hasattr(n, "full_tensor") else n
         sq = sq + n.detach().double().cpu() ** 2
     if par.plan.pp > 1:
