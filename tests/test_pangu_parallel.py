@@ -174,6 +174,8 @@ def test_memory_plan_by_hand():
     assert m["states_GiB"] * GiB == 16_000_000
     acts = 2 * 4 * (2 * s * b * h / 2) + 34 * s * b * h / 2  # 2 micro-batches in flight × 4 layer inputs + one layer
     assert abs(m["activations_GiB"] * GiB - acts) < 1
+    with pytest.raises(ValueError, match="batch_size 4 gives no sequence to each of dp × microbatches = 2 × 4"):
+        memory_plan(cfg, plan, batch_size=4, local_params=1)
 
 
 def test_paperbook_plan_prints_the_2048_plan():

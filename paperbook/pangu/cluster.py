@@ -62,6 +62,9 @@ def memory_plan(model_cfg: ModelConfig, plan: ParallelPlan, *, batch_size: int, 
     "Estimated bytes per accelerator for one rank holding `local_params` parameters."
     s, h, t = seq_len or model_cfg.seq_len, model_cfg.d, plan.tp
     b = batch_size // (plan.dp * plan.microbatches)
+    if b < 1:
+        raise ValueError(f"batch_size {batch_size} gives no sequence to each of dp × microbatches = "
+                         f"{plan.dp} × {plan.microbatches} pieces")
     k = model_cfg.num_layers // plan.num_stages * plan.stages_per_rank  # layers on this rank
     layer = 12 * h * h + 13 * h
     full_layer = 34 * s * b * h / t  # fused attention: no 5as/h term
