@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..core import progress, resolve
-from ..dist import distributed, print0
+from ..dist import all_reduce_sum, distributed, print0
 from .model import ModelConfig, PanguAlpha, num_params
 from .parallel import (ParallelPlan, Parallelized, build_mesh, clip_grads, parallelize, sync_tied_grads)
 from .train import lr_at, make_optimizer, next_token_targets, optimizer_spec, param_groups
@@ -67,11 +67,8 @@ def forward_backward(par: Parallelized, loss_fn: ScaledLoss, ids: torch.Tensor, 
                 par.schedule.step(*((ids,) if par.has_first else ()), ids=ids,
                                   **({"target": target, "losses": losses} if par.has_last else {}))
             local = sum(_scalar(x) for x in losses)
-    if par.mesh is None:
-        return local
-    total = torch.tensor(local, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(total)  # every last-stage rank holds its data shard's loss, tp times over
-    return float(total) / (plan.dp * plan.tp)
+    # every last-stage rank holds its data shard's loss, tp times over; other ranks hold 0
+    return local if par.mesh is None else all_reduce_sum(local) / (plan.dp * plan.tp)
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #42913baf
 def synthetic_rows(n_rows: int, seq_len: int, vocab_size: int, *, eod_id: int = 0, mean_doc: int = 24,
