@@ -22,7 +22,7 @@ import torch
 from paperbook.cli import _sets
 from paperbook.core import pick_device, resolve
 from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
-from paperbook.pangu.model import ModelConfig, num_params
+from paperbook.pangu.model import num_params
 from paperbook.pangu.parallel import ParallelPlan
 
 BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, "model.d": 384,
@@ -93,7 +93,7 @@ def main():
     if args.preset == "cpu-toy":
         sets = {**BENCH, **sets}
     cfg = resolve("pangu-alpha", args.preset, {**sets, "nproc_per_node": args.nproc})
-    n = num_params(ModelConfig(**{**vars(cfg.model)}))
+    n = num_params(cfg.model)
     if args.nproc == 1:
         r = single(cfg, args.steps, args.profile)
     else:

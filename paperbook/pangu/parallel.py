@@ -359,7 +359,7 @@ def grad_norm(par: Parallelized) -> torch.Tensor:
         sq = sq + n.detach().double().cpu() ** 2
     if par.plan.pp > 1:
         pp_group = par.mesh["pp"].get_group()
-        sq = sq.to(_comm_device(pp_group))
+        sq = sq.to(next(par.parameters()).device)  # where the backend communicates: the model's device
         dist.all_reduce(sq, group=pp_group)
     return sq.sqrt().cpu()
 
@@ -373,10 +373,6 @@ def clip_grads(par: Parallelized, max_norm: float) -> float:
             if p.grad is not None:
                 p.grad.mul_(coef)
     return float(total)
-
-
-def _comm_device(group) -> str:
-    return "cuda" if dist.get_backend(group) == "nccl" else "cpu"
 
 # %% ../../nbs/01f_pangu_parallel.ipynb #9ab5b70b
 def gather_named(par: Parallelized, what: str = "grad") -> dict[str, torch.Tensor]:
