@@ -28,6 +28,7 @@ CHAPTERS: dict[str, str] = {
     "example": "paperbook.example",
     "pangu-alpha": "paperbook.pangu.chapter",
     "acsl": "paperbook.acsl.chapter",
+    "colormap": "paperbook.colormap.chapter",
     "iwls2020": "paperbook.iwls.chapter",
 }
 

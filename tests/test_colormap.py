@@ -1,0 +1,405 @@
+"""Chapter 4 (deep colormap extraction): histogram, network, loss, refinement, baselines, use cases, I/O."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import cli, torchrun
+from paperbook.colormap import chapter, data, model
+from paperbook.colormap.data import (BINS, Colormap, binned, catalog, check_image, lab_histogram, lab_to_rgb,
+                                     load_corpus, make_corpus, network_input, read_corpus, render, rgb_to_lab,
+                                     save_corpus, split_catalog, sub_range)
+from paperbook.colormap.model import (ASPP, ColormapNet, Extractor, KindClassifier, delta_e, extract,
+                                      histogram_features, lab_to_unit, load_extractor, nearest_neighbour,
+                                      order_free_mse, principal_axis_path, recover_values, refine, remap,
+                                      save_extractor, train_net, transfer, unit_to_lab)
+from paperbook.core import resolve
+
+
+@pytest.fixture(scope="module")
+def cmaps():
+    return catalog()
+
+
+@pytest.fixture(scope="module")
+def tiny(cmaps):
+    "A small corpus of training colormaps (both kinds)."
+    train, _ = split_catalog(cmaps, 0.15, 0)
+    return make_corpus(train, 60, seed=0, workers=1)
+
+
+def viridis():
+    import matplotlib
+
+    return np.asarray(matplotlib.colormaps["viridis"](np.linspace(0, 1, 256)))[:, :3]
+
+
+# ---- catalogue and corpus -----------------------------------------------------------------------
+def test_catalog_sources_kinds_no_duplicates_no_grey(cmaps):
+    names = [c.name for c in cmaps]
+    assert len(names) == len(set(names)) and len(cmaps) > 150
+    assert {c.source for c in cmaps} == {"matplotlib", "colorcet", "cmcrameri"}
+    assert {"viridis", "tab10", "batlow"} <= set(names) and "gray" not in names and "Greys" not in names
+    assert all(c.lut.shape == (256, 3) and 0 <= c.lut.min() and c.lut.max() <= 1 for c in cmaps)
+    tab10 = next(c for c in cmaps if c.name == "tab10")
+    assert tab10.kind == "discrete" and len(np.unique(tab10.lut, axis=0)) == 10
+    keys = {np.round(c.lut * 50).astype(np.int8).tobytes() for c in cmaps}
+    assert not any(np.round(c.lut[::-1] * 50).astype(np.int8).tobytes() in keys - {
+        np.round(c.lut * 50).astype(np.int8).tobytes()} for c in cmaps), "a map and its reverse both kept"
+
+
+def test_split_is_disjoint_seeded_and_has_both_kinds(cmaps):
+    train, test = split_catalog(cmaps, 0.15, 0)
+    assert not {c.name for c in train} & {c.name for c in test}
+    assert len(train) + len(test) == len(cmaps)
+    assert {c.kind for c in test} == {"continuous", "discrete"}
+    assert [c.name for c in split_catalog(cmaps, 0.15, 0)[1]] == [c.name for c in test]
+    assert [c.name for c in split_catalog(cmaps, 0.15, 1)[1]] != [c.name for c in test]
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_catalog(cmaps, 1.5, 0)
+
+
+def test_sub_range_and_binned():
+    lut = viridis()
+    assert np.allclose(sub_range(lut, 0, 1), lut)
+    half = sub_range(lut, 0.5, 1.0)
+    assert np.allclose(half[0], lut[127] + (lut[128] - lut[127]) * 0.5, atol=1e-9) and np.allclose(half[-1], lut[-1])
+    b = binned(lut, 4)
+    assert len(np.unique(b, axis=0)) == 4 and np.allclose(b[0], lut[32]) and np.allclose(b[-1], lut[223])
+
+
+@pytest.mark.parametrize("chart", data.CHARTS)
+def test_every_chart_renders_colours_of_its_map(chart):
+    rng = np.random.default_rng(0)
+    lut = viridis()
+    img = render(chart, data.make_field("grf", 64, rng), lut, rng, px=48)
+    assert img.shape == (48, 48, 3) and img.dtype == np.uint8
+    lab, table = rgb_to_lab(img / 255).reshape(-1, 3), rgb_to_lab(lut)
+    coloured = lab[np.hypot(lab[:, 1], lab[:, 2]) > 10]  # not the white background or black axes
+    colours, n = np.unique(coloured.round(3), axis=0, return_counts=True)
+    top = colours[np.argsort(n)[::-1][:10]]  # the most frequent colours (inside areas and markers)
+    d = np.sqrt(((top[:, None] - table[None]) ** 2).sum(-1)).min(1)
+    # anti-aliasing blends small scatter markers with the background, so ask for the main colours only
+    assert len(coloured) > 50 and d[0] < 3 and (d < 3).mean() >= 0.3, "the chart's colours are the map's"
+
+
+def test_fields_are_in_unit_range_and_unknown_names_fail():
+    rng = np.random.default_rng(0)
+    for kind in data.FIELDS:
+        z = data.make_field(kind, 32, rng)
+        assert z.shape == (32, 32) and 0 <= z.min() and z.max() <= 1 and z.std() > 0
+    with pytest.raises(ValueError, match="allowed: grf"):
+        data.make_field("perlin", 32, rng)
+    with pytest.raises(ValueError, match="allowed: heatmap"):
+        render("pie", np.zeros((8, 8)), viridis(), rng)
+
+
+def test_corpus_items_do_not_depend_on_workers(cmaps):
+    a = make_corpus(cmaps[:30], 12, seed=3, workers=1)
+    b = make_corpus(cmaps[:30], 12, seed=3, workers=2)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.bins, b.bins)
+    assert np.allclose(a.histogram(5).sum(), 64 * 64)
+    h = lab_histogram(a.images[5], min_chroma=0)
+    assert np.array_equal(a.histogram(5), h)
+    with pytest.raises(ValueError, match="at least one image"):
+        make_corpus(cmaps[:3], 0, seed=0)
+
+
+def test_contourf_items_are_discrete(cmaps):
+    c = make_corpus(cmaps, 80, seed=1, workers=1)
+    assert (c.charts == "contourf").any() and c.discrete[c.charts == "contourf"].all()
+
+
+def test_corpus_cache_round_trip_and_bad_files(tmp_path, tiny, cmaps):
+    p = save_corpus(tiny, tmp_path / "c.npz")
+    back = read_corpus(p)
+    for k in ("images", "luts", "discrete", "names", "bins", "counts", "offsets"):
+        assert np.array_equal(getattr(back, k), getattr(tiny, k))
+    a = load_corpus(cmaps[:10], 6, seed=0, cache=tmp_path, workers=1)
+    files = list(tmp_path.glob("corpus-*.npz"))
+    assert len(files) == 1
+    b = load_corpus(cmaps[:10], 6, seed=0, cache=tmp_path, workers=1)
+    assert np.array_equal(a.images, b.images)
+    load_corpus(cmaps[:10], 6, seed=1, cache=tmp_path, workers=1)
+    assert len(list(tmp_path.glob("corpus-*.npz"))) == 2, "the seed is part of the key"
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable colormap corpus"):
+        read_corpus(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="missing"):
+        read_corpus(tmp_path / "other.npz")
+
+
+# ---- histogram --------------------------------------------------------------------------------------
+def test_histogram_bins_by_hand():
+    img = np.zeros((2, 2, 3), np.uint8)
+    img[0, 0] = (255, 0, 0)  # Lab (53.24, 80.09, 67.20) -> bins (17, 26, 24)
+    img[0, 1] = (255, 0, 0)
+    img[1, 0] = (0, 0, 255)  # Lab (32.30, 79.19, -107.86) -> bins (10, 25, 2)
+    img[1, 1] = (255, 255, 255)  # white -> (31, 16, 16): skimage's a = -0.002 rounds to 128 as in OpenCV
+    h = lab_histogram(img)
+    assert h.shape == (BINS,) * 3 and h.sum() == 4
+    assert h[17, 26, 24] == 2 and h[10, 25, 2] == 1 and h[31, 16, 16] == 1
+
+
+def test_network_input_zeroes_background_and_is_min_max_b_first():
+    h = np.zeros((BINS,) * 3)
+    h[0, 16, 16] = 1000  # black
+    h[31, 16, 16] = 1000  # white
+    h[5, 7, 9] = 40
+    h[6, 7, 9] = 10
+    x = network_input(h)
+    assert x.shape == (BINS, BINS, BINS) and x.dtype == torch.float32
+    assert x[9, 5, 7] == 1.0 and x[9, 6, 7] == 0.25 and x.sum() == 1.25  # channel b, then (L, a)
+    assert network_input(np.stack([h, 2 * h])).shape == (2, BINS, BINS, BINS)
+    with pytest.raises(ValueError, match="allowed: minmax, log"):
+        network_input(h, "sqrt")
+
+
+@pytest.mark.parametrize("bad,error,words", [
+    ("chart.png", TypeError, "read files"),
+    (np.zeros((8, 8)), ValueError, "greyscale"),
+    (np.zeros((8, 8, 1)), ValueError, "greyscale"),
+    (np.zeros((8, 8, 2)), ValueError, "shape (H, W, 3)"),
+    (np.zeros(10), ValueError, "shape (H, W, 3)"),
+    (np.full((8, 8, 3), 128, np.uint8), ValueError, "no coloured pixels"),
+    (np.full((8, 8, 3), 2.0), ValueError, "floats in [0, 1]"),
+    (np.array([["a", "b", "c"]]), TypeError, "numeric"),
+])
+def test_bad_images_fail_clearly(bad, error, words):
+    with pytest.raises(error, match=None) as e:
+        check_image(bad)
+    assert words in str(e.value)
+    with pytest.raises(error):
+        extract(bad, model="/nonexistent/model.pt")  # the image is checked before any model is loaded
+
+
+# ---- network and loss -----------------------------------------------------------------------------
+def test_aspp_atrous_branches_act_as_1x1_on_a_2x2_map():
+    torch.manual_seed(0)
+    branch = model.ASPPBranch(8, 6)[0]
+    x = torch.randn(3, 8, 2, 2)
+    centre = torch.nn.functional.conv2d(x, branch.weight[:, :, 1:2, 1:2])
+    assert torch.allclose(branch(x), centre, atol=1e-6)
+    x4 = torch.randn(3, 8, 16, 16)  # on a larger map the other taps do take part
+    assert not torch.allclose(branch(x4), torch.nn.functional.conv2d(x4, branch.weight[:, :, 1:2, 1:2]), atol=1e-3)
+
+
+def test_aspp_shapes_and_branches():
+    a = ASPP(16)
+    assert len(a.branches) == 4 and [b[0].dilation[0] for b in a.branches] == [1, 6, 12, 18]
+    assert a(torch.randn(2, 16, 2, 2)).shape == (2, 16, 2, 2)
+
+
+def test_network_output_shape_range_and_knots():
+    torch.manual_seed(0)
+    net = ColormapNet(width=0.125, knots=4).eval()
+    y = net(torch.rand(3, BINS, BINS, BINS))
+    assert y.shape == (3, 256, 3) and 0 < y.min() and y.max() < 1
+    k = torch.sigmoid(net.legend(net.head(net.aspp(net.backbone(torch.rand(1, BINS, BINS, BINS)))).flatten(1)))
+    net2 = ColormapNet(width=0.125, knots=2, aspp=False)
+    y2 = net2(torch.rand(1, BINS, BINS, BINS))[0]
+    assert torch.allclose(y2[128] - y2[127], y2[1] - y2[0], atol=1e-2), "two knots: one ramp (the official resize)"
+    assert k.shape == (1, 12)
+    with pytest.raises(ValueError, match="knots"):
+        ColormapNet(knots=1)
+
+
+def test_order_free_mse_by_hand():
+    p = torch.zeros(2, 256, 3)
+    t = torch.zeros(2, 256, 3)
+    t[0, :128] = 1.0  # forward MSE 0.5, reversed 0.5
+    t[1, :, 0] = torch.linspace(0, 1, 256)  # MSE of zeros: mean(t^2)/3
+    expect1 = float((torch.linspace(0, 1, 256) ** 2).mean() / 3)
+    assert torch.isclose(order_free_mse(p, t), torch.tensor((0.5 + expect1) / 2))
+    q = t.flip(1)
+    assert order_free_mse(q, t) == 0 and ((q - t) ** 2).mean() > 0
+
+
+def test_lab_scaling_round_trip():
+    lab = rgb_to_lab(viridis())
+    assert np.allclose(unit_to_lab(lab_to_unit(lab)), lab)
+    assert np.allclose(lab_to_unit(np.array([100.0, 127.0, -128.0])), [1.0, 1.0, 0.0])
+
+
+def test_delta_e_order_free_and_bad_shapes():
+    lab = rgb_to_lab(viridis())
+    assert delta_e(lab, lab) == 0 and delta_e(lab[::-1], lab) == 0
+    assert delta_e(lab[::-1], lab, order_free=False) > 20
+    assert delta_e(np.stack([lab, lab[::-1]]), np.stack([lab, lab])).shape == (2,)
+    with pytest.raises(ValueError, match="same shape"):
+        delta_e(lab[:10], lab)
+
+
+def test_training_lowers_the_loss_and_recalibrates_bn(tiny):
+    torch.manual_seed(0)
+    net = ColormapNet(width=0.125, aspp=True, knots=8)
+    losses = train_net(net, tiny, steps=40, batch=16, lr=1e-3, seed=0)
+    assert len(losses) == 40 and np.mean(losses[-10:]) < np.mean(losses[:5])
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.momentum is None and int(bn.num_batches_tracked) == 1  # exact average over one pass (60 images)
+    assert not net.training
+    with pytest.raises(ValueError, match="empty"):
+        train_net(net, tiny.__class__(**{k: getattr(tiny, k)[:0] if k != "offsets" else tiny.offsets[:1]
+                                         for k in tiny.__dataclass_fields__}), steps=1, batch=1, lr=1e-3, seed=0)
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    script = Path(__file__).parent / "dist_scripts" / "colormap_ddp.py"
+    one = torchrun(1, script, tmp_path / "one.json")
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(2, script, tmp_path / "two.json")
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert b["world"] == 2 and a["losses"][0] > 0
+    assert np.allclose(a["losses"], b["losses"], rtol=1e-4, atol=1e-6)
+    assert np.allclose(a["params"], b["params"], atol=1e-5)
+
+
+# ---- classification and refinement ------------------------------------------------------------------
+def test_kind_classifier_separates_palettes_from_ramps(tiny):
+    feats = np.stack([histogram_features(tiny.histogram(i)) for i in range(len(tiny))])
+    clf = KindClassifier().fit(feats, tiny.discrete)
+    assert ((clf.probability(feats) > 0.5) == tiny.discrete).mean() > 0.8
+    back = KindClassifier.from_state(clf.state())
+    assert np.allclose(back.probability(feats), clf.probability(feats))
+    with pytest.raises(ValueError, match="discrete and continuous"):
+        KindClassifier().fit(feats, np.ones(len(feats), bool))
+    with pytest.raises(ValueError, match="not fitted"):
+        KindClassifier().probability(feats)
+
+
+def test_discrete_refinement_snaps_to_the_image_colours(cmaps):
+    tab = next(c for c in cmaps if c.name == "tab10").lut
+    lut = binned(tab, 10)[: 256 * 4 // 10 + 1]  # the first four colours
+    rng = np.random.default_rng(0)
+    img = render("heatmap", data.make_field("noise", 64, rng), data.listed(np.unique(lut, axis=0)), rng)
+    truth = rgb_to_lab(np.unique(lut, axis=0))
+    noisy = np.repeat(truth, 64, 0) + rng.normal(0, 4, (256, 3))
+    out = refine(noisy, lab_histogram(img), discrete=True)
+    assert len(np.unique(out.round(6), axis=0)) == 4
+    assert np.sqrt(((np.unique(out.round(6), axis=0)[:, None] - truth[None]) ** 2).sum(-1)).min(1).max() < 6
+
+
+def test_continuous_refinement_and_principal_axis_move_towards_the_map():
+    rng = np.random.default_rng(0)
+    lut = viridis()
+    counts = lab_histogram(render("heatmap", data.make_field("ramp", 64, rng), lut, rng))
+    truth = rgb_to_lab(lut)
+    line = np.linspace(truth[0], truth[-1], 256)
+    assert delta_e(refine(line, counts, discrete=False), truth) < delta_e(line, truth) - 5
+    axis = principal_axis_path(counts)
+    assert axis.shape == (256, 3) and delta_e(axis, truth) < 30
+    with pytest.raises(ValueError, match="no coloured bins"):
+        refine(line, np.zeros((BINS,) * 3), discrete=False)
+
+
+def test_nearest_neighbour_finds_the_same_image(tiny):
+    idx = nearest_neighbour(tiny, tiny)
+    same = [np.array_equal(tiny.histogram(i), tiny.histogram(j)) for i, j in enumerate(idx)]
+    assert all(same)
+
+
+# ---- extractor, use cases -------------------------------------------------------------------------
+def test_extractor_save_load_extract(tmp_path, tiny):
+    torch.manual_seed(0)
+    net = ColormapNet(width=0.125, knots=8)
+    feats = np.stack([histogram_features(tiny.histogram(i)) for i in range(len(tiny))])
+    ex = Extractor(net.eval(), KindClassifier().fit(feats, tiny.discrete))
+    path = save_extractor(ex, tmp_path / "m.pt")
+    back = load_extractor(path)
+    img = tiny.images[0]
+    a, b = ex(img), back(img)
+    assert np.allclose(a[0], b[0]) and a[1] == b[1]
+    cm = extract(img, model=path)
+    from matplotlib.colors import Colormap as MplColormap
+
+    assert isinstance(cm, MplColormap) and cm.N == 256 and cm.name.startswith("extracted-")
+    raw = extract(img, model=back, refined=False)
+    assert np.allclose(raw(np.linspace(0, 1, 256))[:, :3], lab_to_rgb(back(img, refined=False)[0]))
+    with pytest.raises(FileNotFoundError, match="paperbook run colormap"):
+        extract(img, model=tmp_path / "missing.pt")
+    torch.save({"settings": {"width": 1.0}, "net": {}, "classifier": {}, "evil": object()}, tmp_path / "bad.pt")
+    with pytest.raises(Exception):  # weights_only refuses arbitrary objects
+        load_extractor(tmp_path / "bad.pt")
+
+
+def test_recover_values_transfer_and_remap_round_trip():
+    rng = np.random.default_rng(0)
+    z = data.make_field("blobs", 40, rng)
+    lut = viridis()
+    img = data.apply_lut(lut, z)
+    v = recover_values(img, lut)
+    assert np.nanmax(np.abs(v - z)) <= 1.5 / 255 + 1e-9
+    import matplotlib
+
+    magma = np.asarray(matplotlib.colormaps["magma"](np.linspace(0, 1, 256)))[:, :3]
+    assert np.abs(transfer(img, lut, "magma") - data.apply_lut(magma, z)).max() < 0.02
+    half = data.apply_lut(lut, 0.25 + 0.5 * z)  # a chart that used the middle half of the map
+    stretched = remap(half, lut, "magma")
+    assert np.abs(stretched - data.apply_lut(magma, (0.25 + 0.5 * z - (0.25 + 0.5 * z.min())) /
+                                             (0.5 * (z.max() - z.min())))).max() < 0.03
+    white = np.ones((4, 4, 3))
+    white[0, 0] = lut[100]
+    assert np.isnan(recover_values(white, lut)).sum() == 15  # the background matches no entry
+    with pytest.raises(ValueError, match="no pixel"):
+        remap(np.dstack([np.ones((4, 4)), np.zeros((4, 4)), np.zeros((4, 4))]), lut, "magma")
+
+
+# ---- chapter: config, claims, CLI -------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,words", [
+    ({"transform": "sqrt"}, "must be one of 'minmax', 'log'"),
+    ({"p_sub": 2}, "p_sub must lie in [0, 1]"),
+    ({"knots": 1}, "knots must be >= 2"),
+    ({"steps": 0}, "steps must be >= 1"),
+    ({"px": 8}, "px must be >= 16"),
+    ({"nproc_per_node": 3, "batch_size": 32}, "not divisible"),
+    ({"stepz": 3}, "stepz"),
+])
+def test_bad_config_fails_before_compute(overrides, words):
+    with pytest.raises((ValueError, TypeError)) as e:
+        resolve("colormap", "cpu-toy", overrides)
+    assert words in str(e.value)
+
+
+def test_presets_keep_the_official_settings_at_scale():
+    g = resolve("colormap", "gpu-1")
+    assert (g.n_train, g.width, g.lr, g.batch_size, g.transform) == (64000, 1.0, 1e-4, 8, "minmax")
+    assert g.steps * g.batch_size == 15 * 64000  # 15 epochs
+    n = resolve("colormap", "node-8")
+    assert n.world_size == 8 and n.steps * n.batch_size == 15 * 64000
+
+
+def fake_results(net, no, nn_, pipe, acc):
+    meth = {"network (aspp)": net, "network (no-aspp)": no, "nearest neighbour": nn_,
+            "network (aspp) + refinement": pipe, "random training colormap": 37.0}
+    res = {s: {"kind_accuracy": acc, "discrete_share": 0.4,
+               "methods": {m: {"order_free": [v], "ordered": [v + 5]} for m, v in meth.items()}}
+           for s in ("unseen", "seen")}
+    return res
+
+
+def test_claims_follow_the_numbers():
+    cfg = resolve("colormap", "cpu-toy")
+    good = chapter.make_claims(fake_results(23.0, 24.0, 30.0, 21.0, 0.95), cfg)
+    assert len(good) == 5 and all(r["holds"] for r in good)
+    bad = chapter.make_claims(fake_results(31.0, 30.0, 30.0, 32.0, 0.85), cfg)
+    assert not any(r["holds"] for r in bad)
+    res = fake_results(23.0, 24.0, 30.0, 21.0, 0.95)
+    for split in res.values():
+        del split["methods"]["network (no-aspp)"]
+    assert len(chapter.make_claims(res, cfg)) == 4  # no ablation run, no ablation row
+
+
+def test_cli_run_small(tmp_path):
+    out = tmp_path / "run"
+    r = cli("run", "colormap", "--set", "n_train=120", "--set", "n_test=24", "--set", "steps=5",
+            "--set", f"cache={tmp_path / 'cache'}", "--set", "workers=1", "--out", out, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "nearest-neighbour retrieval" in r.stdout and "holds" in r.stdout
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["environment"]["chapter"] == "colormap" and len(rec["reproduction"]) == 5
+    assert (tmp_path / "cache" / "model.pt").exists() and list((tmp_path / "cache").glob("corpus-*.npz"))
