@@ -315,6 +315,9 @@ def test_extractor_save_load_extract(tmp_path, tiny):
     img = tiny.images[0]
     a, b = ex(img), back(img)
     assert np.allclose(a[0], b[0]) and a[1] == b[1]
+    from paperbook.colormap import extract as front_door
+
+    assert front_door is extract  # `paperbook.colormap.extract(image)`, as the issue asks
     cm = extract(img, model=path)
     from matplotlib.colors import Colormap as MplColormap
 
