@@ -17,3 +17,17 @@ def torchrun(nproc: int, *args, timeout=300) -> subprocess.CompletedProcess:
     "Run `torchrun --standalone --nproc_per_node=N ARGS` on the CPU (gloo)."
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def one_and_two_processes(script, tmp_path) -> tuple[dict, dict]:
+    "Run a dist script (which writes JSON to its argv[1]) on 1 and on 2 processes; return both records."
+    import json
+
+    records = []
+    for n in (1, 2):
+        out = tmp_path / f"world{n}.json"
+        r = torchrun(n, script, out)
+        assert r.returncode == 0, r.stderr[-2000:]
+        records.append(json.loads(out.read_text()))
+    assert records[1]["world"] == 2
+    return records[0], records[1]

@@ -18,7 +18,7 @@ from paperbook.acsl.losses import (acsl_loss, acsl_weights, bce_loss, ce_loss, c
                                    focal_loss, one_hot)
 from paperbook.core import resolve
 
-from helpers import cli, torchrun
+from helpers import cli, one_and_two_processes
 
 GROUPS = ["-", "r", "c", "f", "f"]
 
@@ -284,13 +284,7 @@ def test_per_image_budget_and_perfect_scores():
 
 
 def test_stage1_ddp_two_processes_equal_one(tmp_path):
-    script = Path(__file__).parent / "dist_scripts" / "acsl_ddp.py"
-    one = torchrun(1, script, tmp_path / "one.json")
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = torchrun(2, script, tmp_path / "two.json")
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
-    assert b["world"] == 2
+    a, b = one_and_two_processes(Path(__file__).parent / "dist_scripts" / "acsl_ddp.py", tmp_path)
     assert np.allclose(a["losses"], b["losses"], atol=1e-5)
     assert np.allclose(a["params"], b["params"], atol=1e-5)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli, torchrun
+from helpers import cli, one_and_two_processes
 from paperbook.colormap import chapter, data, model
 from paperbook.colormap.data import (BINS, binned, catalog, check_image, lab_histogram, lab_to_rgb,
                                      load_corpus, make_corpus, network_input, read_corpus, render, rgb_to_lab,
@@ -249,13 +249,8 @@ def test_training_lowers_the_loss_and_recalibrates_bn(tiny):
 
 
 def test_ddp_two_processes_equal_one(tmp_path):
-    script = Path(__file__).parent / "dist_scripts" / "colormap_ddp.py"
-    one = torchrun(1, script, tmp_path / "one.json")
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = torchrun(2, script, tmp_path / "two.json")
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
-    assert b["world"] == 2 and a["losses"][0] > 0
+    a, b = one_and_two_processes(Path(__file__).parent / "dist_scripts" / "colormap_ddp.py", tmp_path)
+    assert a["losses"][0] > 0
     assert np.allclose(a["losses"], b["losses"], rtol=1e-4, atol=1e-6)
     assert np.allclose(a["params"], b["params"], atol=1e-5)
 
