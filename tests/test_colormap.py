@@ -87,6 +87,18 @@ def test_every_chart_renders_colours_of_its_map(chart):
     assert len(coloured) > 50 and d[0] < 3 and (d < 3).mean() >= 0.3, "the chart's colours are the map's"
 
 
+def test_rendering_ignores_the_callers_style():
+    import matplotlib
+
+    z = data.make_field("grf", 32, np.random.default_rng(0))
+    data._FIGURES.clear()  # the figure is made on first use: make it under the caller's style
+    with matplotlib.rc_context({"axes.grid": True, "axes.spines.left": False, "axes.linewidth": 3}):
+        styled = render("mesh", z, viridis(), np.random.default_rng(1), px=32)
+    data._FIGURES.clear()
+    plain = render("mesh", z, viridis(), np.random.default_rng(1), px=32)
+    assert np.array_equal(plain, styled)
+
+
 def test_fields_are_in_unit_range_and_unknown_names_fail():
     rng = np.random.default_rng(0)
     for kind in data.FIELDS:

@@ -203,6 +203,13 @@ def render(chart: str, z: np.ndarray, lut: np.ndarray, rng: np.random.Generator,
         return np.round(apply_lut(lut, z[np.ix_(idx, idx)]) * 255).astype(np.uint8)
     if chart not in CHARTS:
         raise ValueError(f"unknown chart {chart!r}; allowed: {', '.join(CHARTS)}")
+    from matplotlib import style
+
+    with style.context("default"):  # the same pixels whatever rcParams the caller has set
+        return _draw(chart, z, lut, rng, px)
+
+
+def _draw(chart: str, z: np.ndarray, lut: np.ndarray, rng: np.random.Generator, px: int) -> np.ndarray:
     from matplotlib.colors import ListedColormap
 
     cmap, (fig, ax), n = ListedColormap(lut), _figure(px), z.shape[0]
@@ -422,7 +429,7 @@ def make_corpus(cmaps: list[Colormap], n: int, seed: int, *, px: int = 64, p_sub
                   offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 # %% ../../nbs/04a_colormap_data.ipynb #36520095
-CORPUS_VERSION = 1  # bump when rendering changes, so old caches are not reused
+CORPUS_VERSION = 2  # bump when rendering changes, so old caches are not reused
 
 
 def cache_dir() -> Path:
