@@ -312,6 +312,22 @@ def test_nearest_neighbour_finds_the_same_image(tiny):
 
 
 # ---- extractor, use cases -------------------------------------------------------------------------
+def test_unavailable_device_fails_before_rendering(tmp_path):
+    cfg = resolve("colormap", "cpu-toy", {"device": "cuda:7", "cache": str(tmp_path)})
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises((ValueError, RuntimeError), match="cuda"):
+        chapter.run_experiment(cfg)
+    assert not list(tmp_path.iterdir()), "nothing rendered or cached"
+
+
+def test_odd_widths_survive_save_and_load(tmp_path, tiny):
+    net = ColormapNet(width=0.03, knots=5)
+    feats = np.stack([histogram_features(tiny.histogram(i)) for i in range(len(tiny))])
+    back = load_extractor(save_extractor(Extractor(net, KindClassifier().fit(feats, tiny.discrete)), tmp_path / "m.pt"))
+    assert back.net.width == 0.03 and back.net.knots == 5
+
+
 def test_extractor_save_load_extract(tmp_path, tiny):
     torch.manual_seed(0)
     net = ColormapNet(width=0.125, knots=8)

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 from .data import Corpus, catalog, load_corpus, split_catalog
 from .model import (ColormapNet, Extractor, KindClassifier, corpus_inputs, delta_e,
                                       histogram_features, nearest_neighbour, predict, principal_axis_path,
                                       refine, save_extractor, train_net)
-from ..core import BaseConfig, Chapter, Result, claim, progress, seed_everything
+from ..core import BaseConfig, Chapter, Result, claim, pick_device, progress, seed_everything
 
 # %% auto #0
 __all__ = ['PRESETS', 'CHAPTER', 'Config', 'build_corpora', 'train_models', 'evaluate', 'summary', 'run_experiment',
@@ -94,7 +93,7 @@ def build_corpora(cfg: Config, info=None) -> dict:
 # %% ../../nbs/04_colormap.ipynb #3b482a37
 def train_models(cfg: Config, train: Corpus, info=None) -> dict:
     "The networks (with ASPP, and without when cfg.ablation) and their loss curves."
-    device = info.device if info is not None else torch.device("cpu")
+    device = info.device if info is not None else pick_device(cfg.device)
     models = {}
     for name, aspp in [("aspp", True)] + ([("no-aspp", False)] if cfg.ablation else []):
         seed_everything(cfg.seed)
@@ -150,6 +149,7 @@ def summary(results: dict) -> "pd.DataFrame":  # noqa: F821
 
 def run_experiment(cfg: Config, info=None) -> dict:
     "Corpora, models, classifier, evaluation (and the saved extractor)."
+    pick_device(cfg.device)  # a device this machine lacks fails here, before any rendering
     data = build_corpora(cfg, info)
     models = train_models(cfg, data["train"], info)
     feats = np.stack([histogram_features(data["train"].histogram(i)) for i in range(len(data["train"]))])

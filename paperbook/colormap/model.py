@@ -57,6 +57,7 @@ class ColormapNet(nn.Module):
         super().__init__()
         if bins % 16 or knots < 2:
             raise ValueError(f"need bins divisible by 16 and knots >= 2, got bins={bins}, knots={knots}")
+        self.width, self.knots = width, knots
         c = [max(4, round(ch * width)) for ch in (64, 128, 256, 512)]
         layers = _conv(bins, c[0], 5, 2) + _conv(c[0], c[0], 5, 1)
         for a, b in zip(c[:-1], c[1:]):
@@ -64,7 +65,6 @@ class ColormapNet(nn.Module):
         self.backbone = nn.Sequential(*layers)
         self.aspp = ASPP(c[-1]) if aspp else nn.Identity()
         self.head = nn.Sequential(*_conv(c[-1], c[-1], 3, 1), *_conv(c[-1], c[-1], 3, 1))
-        self.knots = knots
         self.legend = nn.Linear(c[-1] * (bins // 16) ** 2, 3 * knots)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -295,7 +295,7 @@ class Extractor:
 
     def settings(self) -> dict:
         n = self.net
-        return {"width": n.backbone[0].out_channels / 64, "aspp": isinstance(n.aspp, ASPP), "knots": n.knots,
+        return {"width": n.width, "aspp": isinstance(n.aspp, ASPP), "knots": n.knots,
                 "bins": n.backbone[0].in_channels, "transform": self.transform, "eps": self.eps,
                 "iters": self.iters, "window": self.window}
 
