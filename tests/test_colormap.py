@@ -146,6 +146,62 @@ def test_corpus_cache_round_trip_and_bad_files(tmp_path, tiny, cmaps):
         read_corpus(tmp_path / "other.npz")
 
 
+def write_pairs(tmp_path, n=3):
+    "Chart and legend PNGs in the official data set's layout, and a list file naming them."
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "chart").mkdir()
+    (tmp_path / "legend").mkdir()
+    luts = [viridis(), binned(viridis(), 5), viridis()[::-1]]
+    lines = []
+    for i in range(n):
+        lut = luts[i % 3]
+        plt.imsave(tmp_path / "chart" / f"{i}.png", data.apply_lut(lut, data.make_field("grf", 80, rng)))
+        plt.imsave(tmp_path / "legend" / f"{i}.png", np.repeat(lut[None], 10, 0))  # 10 x 256, as the official
+        lines.append(f"chart/{i}.png\tlegend/{i}.png")
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    return tmp_path / "train.txt", luts
+
+
+def test_load_pairs_reads_the_official_layout(tmp_path):
+    path, luts = write_pairs(tmp_path)
+    c = data.load_pairs(path, px=32)
+    assert len(c) == 3 and c.images.shape == (3, 32, 32, 3)
+    assert np.abs(c.luts[0] - luts[0]).max() < 1 / 255 + 1e-6 and np.abs(c.luts[2] - luts[2]).max() < 1 / 255 + 1e-6
+    assert c.discrete.tolist() == [False, True, False]
+    chart = data.read_rgb(tmp_path / "chart" / "1.png")
+    assert chart.shape == (80, 80, 3) and np.array_equal(c.histogram(1), lab_histogram(chart, min_chroma=0))
+    assert c.histogram(0).sum() == 80 * 80  # from the full-size chart, not the stored thumbnail
+
+
+def test_the_chapter_runs_on_chart_legend_pairs(tmp_path):
+    path, _ = write_pairs(tmp_path, n=6)
+    cfg = resolve("colormap", "cpu-toy", {"pairs_train": str(path), "pairs_test": str(path), "n_test": 2,
+                                           "steps": 2, "batch_size": 4, "ablation": False, "cache": "off"})
+    out = chapter.run_experiment(cfg)
+    assert len(out["data"]["train"]) == 6 and len(out["data"]["seen"]) == 2
+    assert np.array_equal(out["data"]["seen"].histogram(1), out["data"]["train"].histogram(1))
+    assert set(out["table"].index) >= {"network (aspp)", "nearest neighbour"}
+    with pytest.raises(ValueError, match="both pairs_train and pairs_test"):
+        resolve("colormap", "cpu-toy", {"pairs_train": str(path)})
+
+
+@pytest.mark.parametrize("content,words", [
+    ("", "no chart/legend pairs"),
+    ("chart/0.png legend/0.png\n", "expected 'chart_path<TAB>legend_path'"),
+    ("chart/0.png\tlegend/9.png\n", "no such file"),
+    ("chart/0.png\tnotes.txt\n", "not a readable image"),
+])
+def test_load_pairs_bad_lists_name_the_line(tmp_path, content, words):
+    write_pairs(tmp_path, n=1)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "bad.txt").write_text(content)
+    with pytest.raises(ValueError, match="bad.txt") as e:
+        data.load_pairs(tmp_path / "bad.txt")
+    assert words in str(e.value)
+
+
 # ---- histogram --------------------------------------------------------------------------------------
 def test_histogram_bins_by_hand():
     img = np.zeros((2, 2, 3), np.uint8)

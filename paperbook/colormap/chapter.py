@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from .data import Corpus, catalog, load_corpus, split_catalog
+from .data import Corpus, catalog, load_corpus, load_pairs, split_catalog
 from .model import (ColormapNet, Extractor, KindClassifier, corpus_inputs, delta_e,
                                       histogram_features, nearest_neighbour, predict, principal_axis_path,
                                       refine, save_extractor, train_net)
@@ -40,6 +40,8 @@ class Config(BaseConfig):
     workers: int = 0  # rendering processes (0: one per CPU core)
     cache: str = "auto"  # corpus/model cache: "auto" ($PAPERBOOK_CACHE or ~/.cache/paperbook), "off", or a folder
     save_model: bool = True  # save the trained extractor where `extract()` finds it
+    pairs_train: str = ""  # the paper's data set: a train list of chart<TAB>legend paths (replaces the generator)
+    pairs_test: str = ""  # ... and its test list (the "unseen" set; "seen" is the first n_test training pairs)
 
     def __post_init__(self):
         for name in ("n_train", "n_test", "px", "knots", "steps", "batch_size", "refine_iters"):
@@ -56,6 +58,8 @@ class Config(BaseConfig):
             raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
         if self.width <= 0 or self.lr <= 0 or self.eps <= 0 or self.window <= 0:
             raise ValueError("width, lr, eps and window must be positive")
+        if bool(self.pairs_train) != bool(self.pairs_test):
+            raise ValueError("the paper's data set needs both pairs_train and pairs_test")
         if self.batch_size % self.world_size:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by the {self.world_size} processes")
 
@@ -78,6 +82,11 @@ def build_corpora(cfg: Config, info=None) -> dict:
 
     cmaps = catalog()
     train_maps, test_maps = split_catalog(cmaps, cfg.test_fraction, cfg.seed)
+    if cfg.pairs_train:  # the paper's own chart/legend pairs instead of the generator
+        train = load_pairs(cfg.pairs_train, px=cfg.px)
+        seen = train.first(min(cfg.n_test, len(train)))
+        return {"train": train, "unseen": load_pairs(cfg.pairs_test, px=cfg.px), "seen": seen,
+                "train_maps": [], "test_maps": []}
     kw = {"px": cfg.px, "p_binned": cfg.p_binned, "workers": cfg.workers, "cache": _cache(cfg)}
     jobs = {"train": (train_maps, cfg.n_train, 10 * cfg.seed + 1, cfg.p_sub),
             "unseen": (test_maps, cfg.n_test, 10 * cfg.seed + 2, 0.0),

@@ -19,7 +19,7 @@ __all__ = ['FIELDS', 'CHARTS', 'CHART_WEIGHTS', 'BINS', 'CORPUS_VERSION', 'Color
            'lab_to_rgb', 'catalog', 'split_catalog', 'sample_fields', 'make_field', 'apply_lut', 'render',
            'check_image', 'lab_histogram', 'bin_centres', 'background_bins', 'network_input', 'histogram_colours',
            'sub_range', 'binned', 'make_item', 'Corpus', 'make_corpus', 'cache_dir', 'corpus_key', 'save_corpus',
-           'read_corpus', 'load_corpus']
+           'read_corpus', 'load_corpus', 'read_rgb', 'legend_lut', 'load_pairs']
 
 # %% ../../nbs/04a_colormap_data.ipynb #af98e52b
 @dataclass(frozen=True)
@@ -377,6 +377,13 @@ class Corpus:
         "Dense histograms of the images `idx`, (len(idx), 32, 32, 32)."
         return np.stack([self.histogram(int(i)) for i in idx])
 
+    def first(self, n: int) -> "Corpus":
+        "The first n images."
+        end = self.offsets[n]
+        return Corpus(images=self.images[:n], luts=self.luts[:n], discrete=self.discrete[:n], names=self.names[:n],
+                      charts=self.charts[:n], bins=self.bins[:end], counts=self.counts[:end],
+                      offsets=self.offsets[:n + 1])
+
     def lab(self, idx=None) -> np.ndarray:
         "True colormaps in Lab, (n, 256, 3)."
         return rgb_to_lab(self.luts if idx is None else self.luts[np.asarray(idx)])
@@ -420,6 +427,11 @@ def make_corpus(cmaps: list[Colormap], n: int, seed: int, *, px: int = 64, p_sub
                 items += part
                 bar.update(len(part))
     bar.close()
+    return _corpus_of(items)
+
+
+def _corpus_of(items: list[dict]) -> Corpus:
+    "Stack rendered or loaded items into a Corpus."
     lengths = [len(it["bins"]) for it in items]
     return Corpus(images=np.stack([it["image"] for it in items]), luts=np.stack([it["lut"] for it in items]),
                   discrete=np.array([it["discrete"] for it in items]),
@@ -485,3 +497,52 @@ def load_corpus(cmaps: list[Colormap], n: int, seed: int, *, cache: str | Path |
     corpus = make_corpus(cmaps, n, seed, workers=workers, desc=desc, **kw)
     save_corpus(corpus, path)
     return corpus
+
+# %% ../../nbs/04a_colormap_data.ipynb #bd48ceed
+def read_rgb(path: str | Path) -> np.ndarray:
+    "An image file as float RGB in [0, 1] (matplotlib's reader: PNG natively, other formats through Pillow)."
+    from matplotlib.image import imread
+
+    try:
+        img = np.asarray(imread(path), dtype=np.float64)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise ValueError(f"{path}: expected an RGB(A) image, got shape {img.shape}")
+    img = img[..., :3]
+    return img / 255.0 if img.max() > 1 else img
+
+
+def legend_lut(legend: np.ndarray, n: int = 256) -> np.ndarray:
+    "The colormap drawn by a legend image: its middle row, resampled to n entries."
+    row = np.asarray(legend, dtype=np.float64)[legend.shape[0] // 2, :, :3]
+    return row[np.minimum(np.arange(n) * len(row) // n, len(row) - 1)]
+
+
+def load_pairs(list_file: str | Path, px: int = 64, max_discrete_colours: int = 32) -> Corpus:
+    "A Corpus from a list of `chart<TAB>legend` image paths (the official data set's train/test lists)."
+    list_file = Path(list_file)
+    lines = [ln for ln in list_file.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"{list_file}: no chart/legend pairs listed")
+    items = []
+    for k, line in enumerate(lines, 1):
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise ValueError(f"{list_file}:{k}: expected 'chart_path<TAB>legend_path', got {line!r}")
+        chart, legend = (Path(p) if Path(p).is_absolute() else list_file.parent / p for p in parts)
+        for p in (chart, legend):
+            if not p.is_file():
+                raise ValueError(f"{list_file}:{k}: no such file {p}")
+        try:
+            img, lut = read_rgb(chart), legend_lut(read_rgb(legend))
+        except ValueError as e:
+            raise ValueError(f"{list_file}:{k}: {e}") from None
+        h = lab_histogram(img, min_chroma=0).reshape(-1)
+        idx = np.linspace(0, np.array(img.shape[:2]) - 1, px).astype(int)
+        items.append({"image": np.round(img[np.ix_(idx[:, 0], idx[:, 1])] * 255).astype(np.uint8),
+                      "lut": lut.astype(np.float32), "bins": np.flatnonzero(h).astype(np.int32),
+                      "discrete": len(np.unique(np.round(lut * 255), axis=0)) <= max_discrete_colours,
+                      "name": legend.stem, "chart": "file"})
+        items[-1]["counts"] = h[items[-1]["bins"]].astype(np.int32)
+    return _corpus_of(items)
