@@ -36,9 +36,7 @@ def main():
             t["render"] = time.perf_counter()
             models = chapter.train_models(cfg, data["train"])
             t["train"] = time.perf_counter()
-            train = data["train"]
-            feats = np.stack([chapter.histogram_features(train.histogram(i)) for i in range(len(train))])
-            clf = chapter.KindClassifier().fit(feats, data["train"].discrete)
+            clf = chapter.fit_classifier(data["train"])
             results = chapter.evaluate(cfg, data, models, clf)
             t["evaluate"] = time.perf_counter()
             unseen = results["unseen"]

@@ -15,8 +15,8 @@ from .model import (ColormapNet, Extractor, KindClassifier, corpus_inputs, delta
 from ..core import BaseConfig, Chapter, Result, claim, pick_device, progress, seed_everything
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHAPTER', 'Config', 'build_corpora', 'train_models', 'evaluate', 'summary', 'run_experiment',
-           'strip_figure', 'make_claims', 'metrics_of', 'main']
+__all__ = ['PRESETS', 'CHAPTER', 'Config', 'build_corpora', 'train_models', 'evaluate', 'summary', 'fit_classifier',
+           'run_experiment', 'strip_figure', 'make_claims', 'metrics_of', 'main']
 
 # %% ../../nbs/04_colormap.ipynb #de358584
 @dataclass(kw_only=True)
@@ -156,13 +156,18 @@ def summary(results: dict) -> "pd.DataFrame":  # noqa: F821
     return pd.DataFrame.from_dict(rows, orient="index").round(2)
 
 
+def fit_classifier(train: Corpus) -> KindClassifier:
+    "The discrete/continuous classifier fitted on the training histograms."
+    feats = np.stack([histogram_features(train.histogram(i)) for i in range(len(train))])
+    return KindClassifier().fit(feats, train.discrete)
+
+
 def run_experiment(cfg: Config, info=None) -> dict:
     "Corpora, models, classifier, evaluation (and the saved extractor)."
     pick_device(cfg.device)  # a device this machine lacks fails here, before any rendering
     data = build_corpora(cfg, info)
     models = train_models(cfg, data["train"], info)
-    feats = np.stack([histogram_features(data["train"].histogram(i)) for i in range(len(data["train"]))])
-    classifier = KindClassifier().fit(feats, data["train"].discrete)
+    classifier = fit_classifier(data["train"])
     results = evaluate(cfg, data, models, classifier)
     extractor = Extractor(models["aspp"]["net"], classifier, transform=cfg.transform, eps=cfg.eps,
                           iters=cfg.refine_iters, window=cfg.window)

@@ -173,8 +173,7 @@ def histogram_features(counts) -> np.ndarray:
     from scipy.ndimage import maximum_filter
 
     h = np.asarray(counts, dtype=np.float64).copy()
-    n = h.shape[0]
-    h[0, n // 2, n // 2] = h[n - 1, n // 2, n // 2] = 0
+    h.reshape(-1)[list(background_bins(h.shape[0]))] = 0
     total = max(h.sum(), 1.0)
     peaks = np.sort(h[(h == maximum_filter(h, size=3)) & (h > 0)])[::-1] / total
     p = np.sort(h.ravel())[::-1] / total
@@ -371,11 +370,14 @@ def _as_lut(cmap) -> np.ndarray:
     return np.asarray(cmap(np.linspace(0, 1, 256)))[:, :3] if callable(cmap) else np.asarray(cmap)[:, :3]
 
 
-def transfer(image, source, target, max_distance: float = 12.0, vmin=None, vmax=None) -> np.ndarray:
+def transfer(image, source, target, max_distance: float = 12.0, *, stretch: bool = False, vmin=None,
+             vmax=None) -> np.ndarray:
     "Re-colour the data pixels of `image` (drawn with colormap `source`) with colormap `target`."
     rgb = check_image(image)
     v = recover_values(rgb, _as_lut(source), max_distance)
-    if vmin is not None or vmax is not None:
+    if stretch:  # [vmin, vmax] (default: the recovered values' own range) onto the whole target
+        if np.isnan(v).all():
+            raise ValueError("no pixel of the image is near the source colormap")
         lo = np.nanmin(v) if vmin is None else vmin
         hi = np.nanmax(v) if vmax is None else vmax
         v = (v - lo) / max(hi - lo, 1e-12)
@@ -387,8 +389,4 @@ def transfer(image, source, target, max_distance: float = 12.0, vmin=None, vmax=
 
 def remap(image, source, target, vmin=None, vmax=None, max_distance: float = 12.0) -> np.ndarray:
     "Colour transfer that also stretches the recovered values (default: their own min and max) to [0, 1]."
-    v = recover_values(image, _as_lut(source), max_distance)
-    if np.isnan(v).all():
-        raise ValueError("no pixel of the image is near the source colormap")
-    return transfer(image, source, target, max_distance, np.nanmin(v) if vmin is None else vmin,
-                    np.nanmax(v) if vmax is None else vmax)
+    return transfer(image, source, target, max_distance, stretch=True, vmin=vmin, vmax=vmax)
