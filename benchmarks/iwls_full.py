@@ -12,7 +12,7 @@ import time
 
 os.environ.setdefault("PAPERBOOK_PROGRESS", "1")
 
-from paperbook.core import repro_table, resolve  # noqa: E402
+from paperbook.core import resolve, text_table  # noqa: E402
 from paperbook.iwls.chapter import family_table, make_claims, resolve_functions, run_all  # noqa: E402
 
 if __name__ == "__main__":
@@ -30,4 +30,4 @@ if __name__ == "__main__":
     print(f"{len(names)} {source} functions, {a.jobs} processes: {wall:.0f} s wall, "
           f"{wall / len(names):.1f} s per function (wall), {port.seconds.mean():.1f} s per function per process")
     print(family_table(df).to_string())
-    print(repro_table(make_claims(df, source)).to_string(index=False))
+    print(text_table(make_claims(df, cfg)))

@@ -10,6 +10,7 @@ parameters; attention's own FLOPs are not counted, as in the usual 6N estimate).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,8 +20,7 @@ import time
 
 import torch
 
-from paperbook.cli import _sets
-from paperbook.core import pick_device, resolve
+from paperbook.core import parse_sets, pick_device, resolve
 from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
 from paperbook.pangu.model import num_params
 from paperbook.pangu.parallel import ParallelPlan
@@ -48,19 +48,20 @@ def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10) -> float:
 
 def single(cfg, steps: int, profile: bool) -> dict:
     device = pick_device(cfg.device)
-    rows = synthetic_rows(cfg.synthetic_rows, cfg.model.seq_len, cfg.model.vocab_size, seed=cfg.seed)
+    rows = synthetic_rows(cfg.data.synthetic_rows, cfg.model.seq_len, cfg.model.vocab_size, seed=cfg.seed)
     par = build_parallel(cfg.model, ParallelPlan(remat=cfg.parallel.remat), device=device, eod_id=0)
-    amp = torch.bfloat16 if cfg.bf16 and device.type == "cuda" else None
-    kw = dict(eod_id=0, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, device=device, autocast_dtype=amp)
-    train_parallel(par, rows, steps=3, **kw)  # warm-up (allocator, kernels)
-    runs = sorted((train_parallel(par, rows, steps=steps, **kw) for _ in range(3)), key=lambda r: r["seconds"])
+    amp = torch.bfloat16 if cfg.train.bf16 and device.type == "cuda" else None
+    kw = dict(eod_id=0, device=device, autocast_dtype=amp)
+    short, timed = (dataclasses.replace(cfg.train, steps=n) for n in (3, steps))
+    train_parallel(par, rows, train=short, **kw)  # warm-up (allocator, kernels)
+    runs = sorted((train_parallel(par, rows, train=timed, **kw) for _ in range(3)), key=lambda r: r["seconds"])
     res = runs[1]  # the median of three repeats
     if profile:
         from torch.profiler import ProfilerActivity, profile as prof
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with prof(activities=acts) as p:
-            train_parallel(par, rows, steps=3, **kw)
+            train_parallel(par, rows, train=short, **kw)
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(p.key_averages().table(sort_by=key, row_limit=12))
     return {"tokens_per_s": res["tokens"] / res["seconds"], "device": device,
@@ -69,14 +70,13 @@ def single(cfg, steps: int, profile: bool) -> dict:
 
 def distributed(args, sets) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "m.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "paperbook.pangu.train", "--preset", args.preset, "--out", out]
-        for k, v in {**sets, "nproc_per_node": args.nproc, "steps": args.steps}.items():
+               "-m", "paperbook.pangu", "--preset", args.preset, "--out", tmp]
+        for k, v in {**sets, "nproc_per_node": args.nproc, "train.steps": args.steps}.items():
             cmd += ["--set", f"{k}={v}"]
         env = {**os.environ, "PAPERBOOK_PROGRESS": "0"}
         subprocess.run(cmd, check=True, env=env)
-        m = json.load(open(out))
+        m = json.load(open(os.path.join(tmp, "metrics.json")))["metrics"]
     return {"tokens_per_s": m["tokens"] / m["seconds"], "device": torch.device(m["device"]),
             "dtype": torch.bfloat16 if m["device"].startswith("cuda") else torch.float32}
 
@@ -89,7 +89,7 @@ def main():
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
-    sets = _sets(args.set)
+    sets = parse_sets(args.set)
     if args.preset == "cpu-toy":
         sets = {**BENCH, **sets}
     cfg = resolve("pangu-alpha", args.preset, {**sets, "nproc_per_node": args.nproc})
@@ -106,7 +106,7 @@ def main():
     mfu = 6 * n * r["tokens_per_s"] / peak
     L, d, T = cfg.model.num_layers, cfg.model.d, cfg.model.seq_len
     mfu_attn = (6 * n + 12 * L * d * T) * r["tokens_per_s"] / peak  # PaLM's count, attention scores included
-    print(f"model {n / 1e6:.1f}M parameters, seq {cfg.model.seq_len}, batch {cfg.batch_size}, "
+    print(f"model {n / 1e6:.1f}M parameters, seq {cfg.model.seq_len}, batch {cfg.train.batch_size}, "
           f"processes {args.nproc}, plan {vars(cfg.parallel)}")
     print(f"tokens/s {r['tokens_per_s']:,.0f}   model FLOP/s {6 * n * r['tokens_per_s'] / 1e9:,.1f} G   "
           f"matmul peak {peak / 1e9:,.1f} G ({r['dtype']}, {peak_note})   MFU {100 * mfu:.0f}% "

@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from paperbook.core import (
-    CHAPTERS, get_chapter, load_runs, markdown_table, progress, repro_table, resolve, start_run, summarize_runs,
-)
+from .core import chapters, get_chapter, launch_lines, load_runs, markdown_table, parse_sets
+from .core import progress, resolve, start_run, summarize_runs, text_table, unavailable_chapters
 
 # %% auto #0
 __all__ = ['cmd_list', 'plan_info', 'cmd_plan', 'cmd_run', 'default_nbs', 'plan_batch', 'run_batch', 'cmd_batch', 'make_parser',
@@ -25,23 +25,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"paperbook: error: {message}\n")
 
-
-def _sets(items: list[str] | None) -> dict:
-    "`--set key=value` items as a dictionary of strings (coerced later by `resolve`)."
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = value
-    return out
-
 # %% ../nbs/00c_cli.ipynb #a0a1ae36
 def cmd_list(args) -> int:
-    "One line per chapter: name, presets, summary."
-    for name in CHAPTERS:
-        ch = get_chapter(name)
+    "One line per chapter: name, presets, summary (and the chapters that could not be imported)."
+    for name, ch in chapters().items():
         print(f"{name:<16} {', '.join(ch.presets):<40} {ch.summary}")
+    for module, why in unavailable_chapters().items():
+        print(f"{module:<16} unavailable: {why}")
     return 0
 
 
@@ -50,43 +40,35 @@ def plan_info(chapter: str, preset: str, sets: dict | None = None) -> dict:
     ch = get_chapter(chapter)
     cfg = resolve(ch, preset, sets)
     extra = "".join(f" --set {k}={v}" for k, v in (sets or {}).items())
-    cmd = f"-m paperbook.cli run {ch.name} --preset {preset}{extra}"
     info = {"chapter": ch.name, "preset": preset, "device": cfg.device, "nnodes": cfg.nnodes,
             "nproc_per_node": cfg.nproc_per_node, "world_size": cfg.world_size}
     if cfg.world_size == 1:
         info["launch"] = f"paperbook run {ch.name} --preset {preset}{extra}"
         info["papermill"] = f"papermill nbs/{ch.notebook} out.ipynb -p preset {preset}"
-    elif cfg.nnodes == 1:
-        info["launch"] = f"torchrun --standalone --nproc_per_node={cfg.nproc_per_node} {cmd}"
     else:
-        rdzv = "--rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:29500"
-        info["launch"] = (f"torchrun --nnodes={cfg.nnodes} --nproc_per_node={cfg.nproc_per_node} "
-                          f"{rdzv} {cmd}")
-        info["slurm"] = (f"srun --nodes={cfg.nnodes} --ntasks-per-node=1 --gpus-per-node={cfg.nproc_per_node} "
-                         f"torchrun --nnodes={cfg.nnodes} --nproc_per_node={cfg.nproc_per_node} "
-                         f"--rdzv_id=$SLURM_JOB_ID {rdzv} {cmd}")
+        info |= launch_lines(cfg, f"-m {ch.torchrun_module.format(name=ch.name)} --preset {preset}{extra}")
     if ch.plan is not None:
-        info |= {k: v.replace("{preset}", preset) if isinstance(v, str) else v for k, v in ch.plan(cfg).items()}
+        info |= ch.plan(cfg)
     return info
 
 
 def cmd_plan(args) -> int:
-    for k, v in plan_info(args.chapter, args.preset, _sets(args.set)).items():
+    for k, v in plan_info(args.chapter, args.preset, parse_sets(args.set)).items():
         print(f"{k:<16} {v}")
     return 0
 
 # %% ../nbs/00c_cli.ipynb #6613c649
 def cmd_run(args) -> int:
-    "Resolve, run the chapter's entry point, write metrics.json, print the reproduction table."
+    "Resolve, run the chapter's experiment, write metrics.json, print the reproduction table."
     ch = get_chapter(args.chapter)
-    cfg = resolve(ch, args.preset, _sets(args.set))
+    cfg = resolve(ch, args.preset, parse_sets(args.set))
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out!r} exists and is not a directory")
     run = start_run(ch, args.preset, cfg)
-    result = ch.main(cfg, run=run)
-    run.finish(result.metrics, result.claims, out=args.out)
+    result = ch.run(cfg)
+    run.finish(result, out=args.out)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(repro_table(result.claims).to_string(index=False))
+        print(text_table(result.claims))
         print(run.stamp().replace("`", ""))
         if args.out is not None:
             print(f"wrote {Path(args.out) / 'metrics.json'}")
@@ -116,17 +98,17 @@ def _execute(job: dict) -> dict:
                             kernel_name="python3", execution_timeout=job["timeout"])
         ok = (out / "metrics.json").is_file()
         return job | {"status": "ok" if ok else "failed", "error": "" if ok else "no metrics.json written"}
-    except Exception as e:  # noqa: BLE001 -- a failed job is reported, the batch goes on
+    except Exception as e:
         return job | {"status": "failed", "error": str(e).strip().splitlines()[-1][:300] if str(e) else repr(e)}
 
 
-def plan_batch(chapters, presets, seeds, *, out, nbs=None, sets=None, jobs=1, timeout=3600) -> list[dict]:
+def plan_batch(names, presets, seeds, *, out, nbs=None, sets=None, jobs=1, timeout=3600) -> list[dict]:
     "Every job of a batch, each resolved (so that bad input fails here, before anything runs)."
-    chapters = list(CHAPTERS) if chapters == ["all"] else chapters
+    names = list(chapters()) if names == ["all"] else names
     nbs = Path(nbs) if nbs is not None else default_nbs()
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     todo = []
-    for name in chapters:
+    for name in names:
         ch = get_chapter(name)
         notebook = nbs / ch.notebook
         if not notebook.is_file():
@@ -174,14 +156,11 @@ def cmd_batch(args) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.executor == "slurm" and shutil.which("sbatch") is None:
         raise ValueError("--executor slurm needs Slurm's sbatch on PATH; allowed here: local, submitit-local")
-    if args.executor != "local":
-        try:
-            import submitit  # noqa: F401
-        except ImportError:
-            raise ValueError(f"--executor {args.executor} needs submitit: pip install 'paperbook[cluster]'") from None
+    if args.executor != "local" and importlib.util.find_spec("submitit") is None:
+        raise ValueError(f"--executor {args.executor} needs submitit: pip install 'paperbook[cluster]'")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out!r} exists and is not a directory")
-    todo = plan_batch(args.chapters, args.presets, args.seeds, out=args.out, nbs=args.nbs, sets=_sets(args.set),
+    todo = plan_batch(args.chapters, args.presets, args.seeds, out=args.out, nbs=args.nbs, sets=parse_sets(args.set),
                       jobs=args.jobs, timeout=args.timeout)
     done = run_batch(todo, out=args.out, jobs=args.jobs, executor=args.executor, partition=args.partition)
     failed = [j for j in done if j["status"] != "ok"]

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .core import pick_device
+from .core.records import pick_device
 
 # %% auto #0
 __all__ = ['DistInfo', 'init_distributed', 'shutdown', 'distributed', 'print0', 'all_reduce_sum', 'all_reduce_mean', 'wrap_ddp',
-           'my_blocks', 'block_generator']
+           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean']
 
 # %% ../nbs/00a_dist.ipynb #c137c48c
 @dataclass(frozen=True)
@@ -127,3 +127,14 @@ def block_generator(seed: int, block: int, device: torch.device | str = "cpu") -
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + block) % 2**63)
     return g
+
+# %% ../nbs/00a_dist.ipynb #40017427
+def rank_slice(n: int, info: DistInfo | None) -> slice:
+    "This rank's contiguous share of a global batch of `n` items (all of it in a world of one)."
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    return slice(rank * n // world, (rank + 1) * n // world)
+
+# %% ../nbs/00a_dist.ipynb #2dc61e01
+def share_of_mean(loss_sum: torch.Tensor, count: int, info: DistInfo | None) -> torch.Tensor:
+    "A rank's loss sum as its share of the global mean (× world size, which DDP's gradient average undoes)."
+    return loss_sum / count * (info.world_size if info is not None else 1)

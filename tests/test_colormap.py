@@ -179,7 +179,7 @@ def test_the_chapter_runs_on_chart_legend_pairs(tmp_path):
     path, _ = write_pairs(tmp_path, n=6)
     cfg = resolve("colormap", "cpu-toy", {"pairs_train": str(path), "pairs_test": str(path), "n_test": 2,
                                            "steps": 2, "batch_size": 4, "ablation": False, "cache": "off"})
-    out = chapter.run_experiment(cfg)
+    out = chapter.CHAPTER.run(cfg).extras
     assert len(out["data"]["train"]) == 6 and len(out["data"]["seen"]) == 2
     assert np.array_equal(out["data"]["seen"].histogram(1), out["data"]["train"].histogram(1))
     assert set(out["table"].index) >= {"network (aspp)", "nearest neighbour"}
@@ -373,7 +373,7 @@ def test_unavailable_device_fails_before_rendering(tmp_path):
     if torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
     with pytest.raises((ValueError, RuntimeError), match="cuda"):
-        chapter.run_experiment(cfg)
+        chapter.CHAPTER.run(cfg)
     assert not list(tmp_path.iterdir()), "nothing rendered or cached"
 
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from paperbook.core import CHAPTERS, get_chapter, resolve
+from paperbook.core import chapters, get_chapter, resolve
 
-NAMES = list(CHAPTERS)
+NAMES = list(chapters())
 
 
 def _cells(path):
@@ -65,3 +65,125 @@ def test_library_has_no_hard_coded_cuda(root):
     for py in (root / "paperbook").rglob("*.py"):
         text = py.read_text()
         assert ".cuda()" not in text, py
+
+
+def test_the_book_has_its_chapters_and_no_registry_map():
+    import paperbook.core as core
+
+    assert {"example", "pangu-alpha", "acsl", "colormap", "iwls2020"} <= set(NAMES)
+    assert not hasattr(core, "CHAPTERS")
+    assert NAMES == sorted(NAMES, key=lambda n: get_chapter(n).notebook)  # book order
+
+
+TEMP_CHAPTER = """
+from dataclasses import dataclass
+from paperbook.core import BaseConfig, Chapter, Result, claim
+
+@dataclass(kw_only=True)
+class Config(BaseConfig):
+    n: int = 3
+
+def experiment(cfg, info):
+    return Result(metrics={"n": cfg.n, "world": info.world_size},
+                  claims=[claim("n is small", paper="-", values={cfg.seed: cfg.n}, rule=lambda v: v < 10)])
+
+CHAPTER = Chapter(name="tmp-chapter", title="T", summary="a chapter added outside the package",
+                  paper="-", config=Config, presets={"cpu-toy": Config()}, notebook="99_tmp.ipynb",
+                  experiment=experiment)
+"""
+
+
+@pytest.fixture
+def temp_package(root):
+    "A temporary sub-package of paperbook/ (removed afterwards): how a new chapter is added."
+    import os
+    import shutil
+
+    made = []
+
+    def make(files: dict[str, str]) -> str:
+        name = f"_tmp_chapter_{os.getpid()}_{len(made)}"
+        pkg = root / "paperbook" / name
+        pkg.mkdir()
+        made.append(pkg)
+        for fname, text in {"__init__.py": "", **files}.items():
+            (pkg / fname).write_text(text)
+        return name
+
+    yield make
+    for pkg in made:
+        shutil.rmtree(pkg, ignore_errors=True)
+
+
+def _cli(*args, cwd):
+    env = {**__import__("os").environ, "PAPERBOOK_PROGRESS": "0"}
+    return subprocess.run([sys.executable, "-m", "paperbook.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+
+
+def test_a_chapter_added_as_a_package_is_listed_and_runs_without_editing_core(temp_package, tmp_path):
+    temp_package({"chapter.py": TEMP_CHAPTER})
+    listed = _cli("list", cwd=tmp_path)
+    assert listed.returncode == 0 and "tmp-chapter" in listed.stdout and "example" in listed.stdout, listed.stderr
+    ran = _cli("run", "tmp-chapter", "--set", "n=4", "--out", tmp_path / "out", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    rec = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert rec["metrics"] == {"n": 4, "world": 1} and rec["reproduction"][0]["k_of_n"] == "1/1"
+    bad = _cli("run", "tmp-chapter", "--set", "m=4", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown override 'm'" in bad.stderr
+
+
+def test_an_unimportable_chapter_is_reported_not_fatal(temp_package, tmp_path):
+    name = temp_package({"chapter.py": "import a_module_that_is_not_installed\n"})
+    r = _cli("list", cwd=tmp_path)
+    assert r.returncode == 0 and "example" in r.stdout
+    assert f"paperbook.{name}.chapter" in r.stdout and "a_module_that_is_not_installed" in r.stdout
+    r = _cli("run", "no-such-chapter", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown chapter 'no-such-chapter'" in r.stderr
+    assert "a_module_that_is_not_installed" in r.stderr
+
+
+def _import_edges(root):
+    "module -> modules it imports (module level and inside functions), over paperbook/."
+    import ast
+
+    pkg = root / "paperbook"
+    mods = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in pkg.rglob("*.py") if p.name != "_modidx.py"}
+    edges = {m: set() for m in mods}
+    for m, p in mods.items():
+        base = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                src = node.module or ""
+                if node.level:
+                    parts = base.split(".")
+                    src = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                names = [f"{src}.{a.name}" if f"{src}.{a.name}" in mods else src for a in node.names]
+            for t in names:
+                while t not in mods and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in mods and t != m:
+                    edges[m].add(t)
+    return edges
+
+
+def test_the_import_graph_has_no_cycle(root):
+    edges = _import_edges(root)
+    assert "paperbook.pangu.train" in edges["paperbook.pangu.distributed"]  # the reader sees real edges
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for t in sorted(edges[m]):
+            assert state.get(t) != "open", "import cycle: " + " -> ".join(path + [t])
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])

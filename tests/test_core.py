@@ -40,7 +40,7 @@ class Cfg(BaseConfig):
 
 CH = Chapter(name="t", title="T", summary="s", paper="p", config=Cfg, notebook="t.ipynb",
              presets={"cpu-toy": Cfg(), "gpu-1": Cfg(device="cuda", steps=1000)},
-             main=lambda cfg, *, run=None: Result(metrics={"x": 1}))
+             experiment=lambda cfg, info: Result(metrics={"x": 1, "world": info.world_size}))
 
 
 def test_resolve_returns_preset_copy():
@@ -98,7 +98,11 @@ def test_config_keys_are_dotted():
 def test_chapter_needs_cpu_toy():
     with pytest.raises(ValueError, match="cpu-toy"):
         Chapter(name="x", title="", summary="", paper="", config=Cfg, presets={"gpu-1": Cfg()}, notebook="",
-                main=CH.main)
+                experiment=CH.experiment)
+
+
+def test_chapter_run_wraps_the_experiment_in_a_world_of_one():
+    assert CH.run(resolve(CH, "cpu-toy", {"device": "cpu"})).metrics == {"x": 1, "world": 1}
 
 
 def test_seed_everything_repeats():
@@ -121,12 +125,15 @@ def test_pick_device():
 def test_run_record_contents(tmp_path):
     cfg = resolve(CH, "cpu-toy", {"seed": 7})
     run = start_run(CH, "cpu-toy", cfg)
-    rows = [claim("x is one", paper="1 (Table 2)", ours=np.float32(1.0), holds=np.bool_(True))]
-    rec = run.finish({"x": np.array([1.0, 2.0]), "t": torch.tensor(0.5)}, rows, out=tmp_path / "r")
+    rows = [claim("x is one", paper="1 (Table 2)", values={7: np.float32(1.0)}, rule=lambda v: v == 1)]
+    result = Result(metrics={"x": np.array([1.0, 2.0]), "t": torch.tensor(0.5)}, claims=rows,
+                    data={"d": {"source": "generated"}}, extras={"model": object()})
+    rec = run.finish(result, out=tmp_path / "r")
     on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert on_disk == rec
-    assert on_disk["metrics"] == {"x": [1.0, 2.0], "t": 0.5}
-    assert on_disk["reproduction"] == [{"claim": "x is one", "paper": "1 (Table 2)", "ours": 1.0, "holds": True}]
+    assert on_disk == rec and "extras" not in on_disk  # extras are for the page, never recorded
+    assert on_disk["metrics"] == {"x": [1.0, 2.0], "t": 0.5} and on_disk["data"] == {"d": {"source": "generated"}}
+    assert on_disk["reproduction"] == [{"claim": "x is one", "paper": "1 (Table 2)", "ours": "1", "holds": True,
+                                        "k_of_n": "1/1", "per_seed": [{"seed": 7, "value": 1.0, "holds": True}]}]
     assert on_disk["config"]["seed"] == 7 and on_disk["config"]["model"]["d"] == 16
     env = on_disk["environment"]
     for key in ("commit", "preset", "device", "torch", "python", "wall_time_s", "peak_rss_mib", "chapter"):
@@ -147,35 +154,75 @@ def test_run_dir_from_environment(monkeypatch, tmp_path):
 def test_no_write_without_a_place(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = start_run(CH, "cpu-toy", resolve(CH))
-    run.finish({"x": 1})
+    run.finish(Result(metrics={"x": 1}))
     assert not list(tmp_path.rglob("metrics.json"))
 
 
-def test_claim_requires_a_computed_boolean():
-    with pytest.raises(ValueError, match="holds"):
-        claim("c", paper="p", ours=1, holds=None)
-    assert claim("c", paper="p", ours=1, holds=np.bool_(False))["holds"] is False
+def test_claim_judges_every_seed_and_needs_a_computed_boolean():
+    row = claim("slope is -1/2", paper="p", values={0: -0.49, 1: -0.52, 2: -0.61},
+                rule=lambda s: abs(s + 0.5) < 0.05)
+    assert row["k_of_n"] == "2/3" and row["holds"] is False
+    assert [p["holds"] for p in row["per_seed"]] == [True, True, False]
+    assert [p["seed"] for p in row["per_seed"]] == [0, 1, 2]
+    assert row["ours"] == "-0.54 ± 0.062 (3 seeds)"  # mean and sample sd, by hand: -1.62 / 3, sd 0.0624
+    assert claim("c", paper="p", values={0: 1, 1: 1, 2: 0}, rule=lambda v: v == 1, need=2)["holds"] is True
+    for bad in ("yes", 1, 0.5, None):
+        with pytest.raises(ValueError, match="boolean"):
+            claim("c", paper="p", values={0: 1.0}, rule=lambda v, b=bad: b)
+    with pytest.raises(ValueError, match="at least one seed"):
+        claim("c", paper="p", values={}, rule=lambda v: True)
+    with pytest.raises(ValueError, match="need"):
+        claim("c", paper="p", values={0: 1}, rule=lambda v: True, need=2)
 
 
-def test_repro_table_columns():
-    rows = [claim("a", paper="1 (Tab. 1)", ours=1, holds=True),
-            claim("b", paper="2 (Fig. 3)", ours=3, holds=False, note="toy scale")]
+def test_mean_interval_by_hand():
+    from paperbook.core import mean_interval
+
+    m, lo, hi = mean_interval([2.0, 4.0, 6.0, 8.0])  # mean 5, sd sqrt(20/3), t(0.975, 3) = 3.182446
+    h = 3.182446 * (20 / 3) ** 0.5 / 2
+    assert m == 5 and abs(lo - (5 - h)) < 1e-5 and abs(hi - (5 + h)) < 1e-5
+    assert np.isnan(mean_interval([1.0])[1])
+
+
+def test_paired_claim_holds_only_when_the_interval_excludes_zero():
+    from paperbook.core import paired_claim
+
+    a, b = {0: 20.1, 1: 21.0, 2: 20.5}, {0: 24.0, 1: 25.2, 2: 23.9}
+    row = paired_claim("A lower", paper="p", a=a, b=b, better="lower", names=("A", "B"))
+    assert row["holds"] and row["k_of_n"] == "3/3" and row["difference"]["high"] < 0
+    assert [p["difference"] for p in row["per_seed"]] == pytest.approx([-3.9, -4.2, -3.4])
+    assert not paired_claim("A higher", paper="p", a=a, b=b, better="higher")["holds"]
+    mixed = paired_claim("A lower", paper="p", a={0: 20.0, 1: 26.0}, b={0: 24.0, 1: 23.0}, better="lower")
+    assert not mixed["holds"] and mixed["k_of_n"] == "1/2"
+    assert not paired_claim("one seed", paper="p", a={0: 1.0}, b={0: 2.0}, better="lower")["holds"]
+    margin = paired_claim("by 5", paper="p", a=a, b=b, better="lower", margin=5.0)
+    assert not margin["holds"] and margin["k_of_n"] == "0/3"
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_claim("x", paper="p", a={0: 1.0}, b={1: 1.0}, better="lower")
+    with pytest.raises(ValueError, match="lower' or 'higher"):
+        paired_claim("x", paper="p", a={0: 1.0}, b={0: 1.0}, better="smaller")
+
+
+def test_repro_table_columns_and_our_thresholds():
+    rows = [claim("a", paper="1 (Tab. 1)", values={0: 1}, rule=lambda v: v == 1, threshold="exactly 1"),
+            claim("b", paper="2 (Fig. 3)", values={0: 3}, rule=lambda v: v < 2, note="toy scale")]
     df = repro_table(rows)
-    assert list(df.columns) == ["claim", "paper", "ours", "holds", "note"]
-    assert df["holds"].tolist() == [True, False]
-    assert list(repro_table(rows[:1]).columns) == ["claim", "paper", "ours", "holds"]
+    assert list(df.columns) == ["claim", "paper", "ours", "k/n", "holds", "note"]
+    assert df["holds"].tolist() == [True, False] and df["k/n"].tolist() == ["1/1", "0/1"]
+    assert df["claim"][0] == "a (threshold ours: exactly 1)"
+    assert list(repro_table(rows[:1]).columns) == ["claim", "paper", "ours", "k/n", "holds"]
 
 
-def test_load_and_summarize_runs(tmp_path):
-    for seed, val in [(0, 1.0), (1, 3.0)]:
+def test_load_and_summarize_runs_pool_every_seed(tmp_path):
+    for seed, vals in [(0, {0: 1.0, 1: 3.0}), (2, {2: 3.0, 3: 4.0})]:
         write_json(tmp_path / f"seed{seed}" / "metrics.json", {
             "metrics": {}, "config": {"seed": seed},
             "environment": {"chapter": "t", "preset": "cpu-toy", "commit": "abc", "device": "cpu"},
-            "reproduction": [claim("c", paper="p", ours=val, holds=val > 2)]})
+            "reproduction": [claim("c", paper="p", values=vals, rule=lambda v: v > 2)]})
     runs = load_runs(tmp_path)
-    assert len(runs) == 2 and set(runs["seed"]) == {0, 1}
+    assert len(runs) == 2 and set(runs["seed"]) == {0, 2} and runs["k_of_n"].tolist() == ["1/2", "2/2"]
     s = summarize_runs(runs)
-    assert s.loc[0, "holds"] == "1/2" and s.loc[0, "ours"].startswith("2 ±")
+    assert s.loc[0, "k_of_n"] == "3/4" and s.loc[0, "holds"] == "1/2 runs"
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a paperbook run record"):
@@ -189,9 +236,3 @@ def test_shared_data_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PAPERBOOK_DATA", str(tmp_path))
     assert shared_data("ecoli") == (tmp_path / "ecoli").resolve()
     assert shared_data("iwls2020") is None
-
-
-def test_claim_rejects_non_boolean_holds():
-    for bad in ("yes", 1, 0.5):
-        with pytest.raises(ValueError, match="holds must be a boolean"):
-            claim("c", paper="p", ours=1, holds=bad)

@@ -7,7 +7,8 @@ import torch
 
 from paperbook.core import resolve
 from paperbook.dist import DistInfo, block_generator
-from paperbook.example import count_inside, error_scaling, estimate_pi, layout_free, main, standard_error
+from paperbook.example.chapter import (CHAPTER, count_inside, error_scaling, estimate_pi, grid_estimate, layout_free,
+                                       standard_error)
 
 CPU = torch.device("cpu")
 
@@ -35,6 +36,14 @@ def test_error_scaling_slope_near_half():
     assert abs(study["slope"] + 0.5) < 0.1
 
 
-def test_claims_hold_at_cpu_toy():
-    result = main(resolve("example"))
-    assert [r["holds"] for r in result.claims] == [True] * 4, result.claims
+def test_grid_baseline_by_hand():
+    # N = 9: midpoints 1/6, 1/2, 5/6; (1/2, 5/6) has 1/4 + 25/36 < 1, so only (5/6, 5/6) lies outside
+    assert grid_estimate(9) == 4 * 8 / 9
+    assert grid_estimate(10) == grid_estimate(9)  # N is rounded down to a square
+
+
+def test_claims_at_cpu_toy_over_three_seeds():
+    result = CHAPTER.run(resolve("example"))
+    assert [r["k_of_n"] for r in result.claims] == ["3/3"] * 4, result.claims
+    assert all(r["holds"] for r in result.claims)
+    assert result.metrics["layout_delta"] == 0 and sorted(result.metrics["per_seed"]) == [0, 1, 2]

@@ -300,9 +300,9 @@ def test_cli_bad_input(tmp_path):
 @pytest.mark.slow
 def test_claims_hold_at_cpu_toy():
     from paperbook.core import resolve
-    from paperbook.iwls.chapter import main
+    from paperbook.iwls.chapter import CHAPTER
 
-    result = main(resolve("iwls2020"))
+    result = CHAPTER.run(resolve("iwls2020"))
     failed = [r for r in result.claims if not r["holds"] and "ABC not installed" not in str(r["ours"])]
     assert not failed, failed
     assert result.metrics["functions"] >= 8

@@ -11,17 +11,18 @@ import torch
 
 from paperbook.core import resolve
 from paperbook.pangu.cluster import GiB, dry_run, memory_plan
-from paperbook.pangu.distributed import (build_parallel, latest_checkpoint, synthetic_rows, train_parallel)
+from paperbook.pangu.distributed import build_parallel, latest_checkpoint, synthetic_rows, train_parallel
 from paperbook.pangu.model import SIZES, ModelConfig, PanguAlpha
 from paperbook.pangu.parallel import ParallelPlan, split_stages, stage_layers
-from paperbook.pangu.train import next_token_targets, train_lm
+from paperbook.pangu.train import TrainConfig, next_token_targets, train_lm
 
 from helpers import ENV, cli, torchrun
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "pangu_parallel.py"
 SMALL = ModelConfig(vocab_size=96, seq_len=16, num_layers=4, d=32, num_heads=4, dropout=0.0)
-TINY_SETS = ["data=synthetic", "model.vocab_size=96", "model.seq_len=16", "model.num_layers=4", "model.d=32",
-             "model.num_heads=4", "model.dropout=0", "steps=6", "warmup=1", "batch_size=8", "synthetic_rows=64"]
+TINY_SETS = ["data.source=synthetic", "model.vocab_size=96", "model.seq_len=16", "model.num_layers=4", "model.d=32",
+             "model.num_heads=4", "model.dropout=0", "train.steps=6", "train.warmup=1", "train.batch_size=8",
+             "data.synthetic_rows=64"]
 
 
 # ---- the plan -------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def test_bad_plan_override_fails_in_resolve_naming_it():
 
 
 def test_entry_point_refuses_a_plan_for_another_world_size_before_any_work():
-    r = subprocess.run([sys.executable, "-m", "paperbook.pangu.train", "--preset", "cpu-dist"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "paperbook.pangu", "--preset", "cpu-dist"], capture_output=True,
                        text=True, env=ENV, timeout=120)
     assert r.returncode != 0
     assert "world size 1 != pp × dp_replicate × dp_shard × tp = 2 × 1 × 1 × 2 = 4" in r.stderr
@@ -113,7 +114,7 @@ def test_synthetic_rows():
 @pytest.mark.parametrize("optimizer, lr", [("adamw", 3e-3), ("sgd", 0.05)])
 def test_one_process_trainer_is_the_chapters_train_lm(optimizer, lr):
     rows = synthetic_rows(64, 16, 96, mean_doc=6)
-    kw = dict(eod_id=0, steps=4, batch_size=8, lr=lr, warmup=1, seed=0, optimizer=optimizer)
+    kw = dict(eod_id=0, train=TrainConfig(steps=4, batch_size=8, lr=lr, warmup=1, optimizer=optimizer), seed=0)
     torch.manual_seed(0)
     ref = train_lm(PanguAlpha(SMALL), rows, **kw)
     ours = train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, **kw)["losses"]
@@ -124,7 +125,7 @@ def test_one_process_trainer_is_the_chapters_train_lm(optimizer, lr):
 @pytest.mark.parametrize("remat", ["full", "selective"])
 def test_rematerialisation_changes_no_number(remat):
     rows = synthetic_rows(64, 16, 96, mean_doc=6)
-    kw = dict(eod_id=0, steps=3, batch_size=8, lr=3e-3, warmup=1)
+    kw = dict(eod_id=0, train=TrainConfig(steps=3, batch_size=8, lr=3e-3, warmup=1))
     plain = train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, **kw)["losses"]
     again = train_parallel(build_parallel(SMALL, ParallelPlan(remat=remat), eod_id=0), rows, **kw)["losses"]
     assert max(abs(a - b) for a, b in zip(plain, again)) < 1e-6
@@ -135,7 +136,8 @@ def test_meta_device_initialisation_keeps_the_tie_and_trains():
     (stage,) = par.modules
     assert stage.head.weight is stage.tok.weight and not stage.tok.weight.is_meta
     assert abs(float(stage.tok.weight.detach().std()) - 0.02) < 0.002 and float(stage.ln_f.weight.detach().min()) == 1.0
-    losses = train_parallel(par, synthetic_rows(64, 16, 96), eod_id=0, steps=4, batch_size=8, lr=3e-3, warmup=1)
+    losses = train_parallel(par, synthetic_rows(64, 16, 96), eod_id=0,
+                            train=TrainConfig(steps=4, batch_size=8, lr=3e-3, warmup=1))
     assert losses["losses"][-1] < losses["losses"][0]
 
 
@@ -184,7 +186,7 @@ def test_paperbook_plan_prints_the_2048_plan():
     out = r.stdout
     assert "pp 16 × dp_replicate 1 × dp_shard 16 × tp 8 = 2048" in out
     assert "fits 32 GB: yes" in out and "rank_2047" in out and "206.86B" in out
-    assert "srun --nodes=256" in out and "-m paperbook.pangu.train --preset cluster-2048" in out
+    assert "srun --nodes=256" in out and "-m paperbook.pangu --preset cluster-2048" in out
 
 
 # ---- torchrun (gloo): every layout equals one process --------------------------------------------------
@@ -209,23 +211,25 @@ def test_every_layout_equals_one_process(tmp_path, nproc, layouts):
 
 
 def _train(nproc, tmp, name, *sets):
-    args = ["-m", "paperbook.pangu.train", "--preset", "cpu-dist", "--out", tmp / f"{name}.json"]
+    args = ["-m", "paperbook.pangu", "--preset", "cpu-dist", "--out", tmp / name]
     for s in (*TINY_SETS, f"nproc_per_node={nproc}", *sets):
         args += ["--set", s]
     r = torchrun(nproc, *args, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads((tmp / f"{name}.json").read_text())
+    record = json.loads((tmp / name / "metrics.json").read_text())
+    assert record["environment"]["chapter"] == "pangu-alpha" and record["environment"]["commit"] is not None
+    return record["metrics"]
 
 
 def test_checkpoint_resumes_identically_and_loads_into_another_layout(tmp_path):
     fsdp_tp = ["parallel.pp=1", "parallel.microbatches=1", "parallel.tp=2", "parallel.dp_shard=2"]
     whole = _train(4, tmp_path, "whole", *fsdp_tp)
-    first = _train(4, tmp_path, "first", *fsdp_tp, f"ckpt_dir={tmp_path / 'ck'}", "ckpt_every=3", "stop_at=3")
+    first = _train(4, tmp_path, "first", *fsdp_tp, f"ckpt.dir={tmp_path / 'ck'}", "ckpt.every=3", "ckpt.stop_at=3")
     assert first["losses"] == whole["losses"][:3] and (tmp_path / "ck" / "step-3" / ".metadata").is_file()
-    resumed = _train(4, tmp_path, "resumed", *fsdp_tp, f"ckpt_dir={tmp_path / 'ck'}")
+    resumed = _train(4, tmp_path, "resumed", *fsdp_tp, f"ckpt.dir={tmp_path / 'ck'}")
     assert resumed["start"] == 3 and resumed["losses"] == whole["losses"][3:]  # identical
     # the 4-process (FSDP 2 × TP 2) checkpoint in 2 processes as a 2-stage pipeline
     pipe = _train(2, tmp_path, "pipe", "parallel.pp=2", "parallel.tp=1", "parallel.microbatches=2",
-                  f"ckpt_dir={tmp_path / 'ck'}")
+                  f"ckpt.dir={tmp_path / 'ck'}")
     assert pipe["start"] == 3 and pipe["world_size"] == 2
     assert max(abs(a - b) for a, b in zip(pipe["losses"], whole["losses"][3:])) < 1e-5

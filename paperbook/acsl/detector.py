@@ -71,7 +71,8 @@ def train_representation(net: Detector, scenes: Sequence[Scene], pools: Sequence
         order, total, steps = rng.permutation(len(scenes)), 0.0, 0
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
-            sampled = [sample_rois(pools[j], rng, rois_per_image=rois_per_image, pos_fraction=pos_fraction) for j in idx]
+            sampled = [sample_rois(pools[j], rng, rois_per_image=rois_per_image, pos_fraction=pos_fraction)
+                       for j in idx]
             mine = slice(rank * len(idx) // world, (rank + 1) * len(idx) // world)
             rois = torch.tensor(np.stack([p for p, _ in sampled[mine]]), dtype=torch.float32, device=device)
             labels = torch.tensor(np.concatenate([lab for _, lab in sampled[mine]]), device=device)

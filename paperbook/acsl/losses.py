@@ -39,7 +39,8 @@ def _group_masks(groups: tuple[str, ...]) -> dict[str, torch.Tensor]:
     g = np.asarray(groups)
     bad = sorted(set(g[1:]) - {"r", "c", "f"})
     if g.size < 2 or g[0] != "-" or bad:
-        raise ValueError(f"groups must be '-' for background then one of 'r', 'c', 'f' per category; got {bad or g[:1]}")
+        raise ValueError(f"groups must be '-' for background then one of 'r', 'c', 'f' per category; "
+                         f"got {bad or g[:1]}")
     return {k: torch.as_tensor(g == k) for k in "rcf"}
 
 

@@ -247,7 +247,7 @@ def check_image(image, min_chroma: float = 5.0) -> np.ndarray:
                         "read files with matplotlib.pyplot.imread or PIL first")
     try:
         img = np.asarray(image)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise TypeError(f"expected an image array (H, W, 3), got {type(image).__name__}") from e
     if img.dtype == object or not (np.issubdtype(img.dtype, np.number) or img.dtype == bool):
         raise TypeError(f"expected a numeric image array (H, W, 3), got dtype {img.dtype}")

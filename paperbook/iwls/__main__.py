@@ -27,7 +27,7 @@ def learn_cli(argv=None) -> int:
         train, valid = read_pla(a.train), read_pla(a.valid)
         if train.n != valid.n:
             raise ValueError(f"--train has {train.n} inputs (.i) but --valid has {valid.n}")
-        train.y, valid.y  # single output  # noqa: B018
+        _ = train.y, valid.y  # .y refuses a PLA with more than one output
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -101,7 +101,7 @@ class AIG:
         "A copy holding only the cone of the outputs, renumbered in topological order."
         new, first = AIG(self.num_inputs), self.num_inputs + 1
         remap = {v: v for v in range(first)}
-        lit = lambda x: 2 * remap[x >> 1] | (x & 1)  # noqa: E731
+        lit = lambda x: 2 * remap[x >> 1] | (x & 1)
         for i in self.cone():
             a, b = self.ands[i]
             remap[first + i] = new.AND(lit(a), lit(b)) >> 1

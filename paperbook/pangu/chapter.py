@@ -9,84 +9,19 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import BaseConfig, Chapter, Result, claim, progress
-from .parallel import ParallelPlan
+from .data import DataConfig, corpus_tokens
+from .distributed import CkptConfig
 from .model import SIZES, ModelConfig, PanguAlpha, count_on_meta, num_params
-from .train import OPTIMIZERS, pack, perplexity, split_by_document, train_lm
-
+from .parallel import ParallelPlan
+from .train import TrainConfig, perplexity, train_lm
 
 # %% auto #0
-__all__ = ['TABLE1', 'TABLE6', 'PRESETS', 'CHAPTER', 'Config', 'table1_rows', 'packing_gap', 'corpus_tokens', 'scaling_study',
-           'fewshot_study', 'make_claims', 'main']
+__all__ = ['TABLE1', 'TABLE6', 'PRESETS', 'CHAPTER', 'table1_rows', 'packing_gap', 'scaling_study', 'fewshot_study',
+           'make_claims', 'experiment', 'StudyConfig', 'FewShotConfig', 'Config']
 
 # %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319
 TABLE1 = {"2.6B": 2.6e9, "13B": 13.1e9, "200B": 207.0e9}  # Table 1, "#Parameters"
-
-
 TABLE6 = {"2.6B": 19.33, "13B": 17.69, "200B": 15.59}  # Table 6, validation perplexity
-
-
-@dataclass(kw_only=True)
-class Config(BaseConfig):
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=4000, seq_len=64, num_layers=4, d=160,
-                                                                   num_heads=4))
-    raw_docs: int = 4000  # raw documents sampled before cleaning (0: all; cleaning all takes ~25 s)
-    max_docs: int = 1500  # cleaned documents used (0: all)
-    min_chars: int = 150  # §3.2: drop documents shorter than this ...
-    min_chinese_ratio: float = 0.6  # ... or with a smaller share of Chinese characters
-    sensitive_words: tuple[str, ...] = ("赌博", "色情")  # the report's list is not published; a stand-in
-    max_sensitive: int = 0
-    dedup_threshold: float = 0.7  # MinHash LSH Jaccard threshold
-    valid_fraction: float = 0.1  # documents held out for validation perplexity
-    steps: int = 120
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup: int = 12
-    weight_decay: float = 0.1
-    # the scaling study: (layers, d, heads) of three sizes trained on the same data and token budget
-    scaling_sizes: tuple[tuple[int, int, int], ...] = ((2, 48, 4), (3, 96, 4), (4, 160, 4))
-    # few-shot sentiment on held-out product reviews (never in the training corpus), by the largest model
-    fewshot_reviews: int = 200  # balanced positive/negative test reviews
-    fewshot_shots: tuple[int, ...] = (0, 1, 2)  # K
-    fewshot_chars: int = 20  # reviews cut to this many characters, so K examples fit the context
-    # chapter 1b, the parallel run (`torchrun -m paperbook.pangu.train`): how it is split, and its trainer
-    parallel: ParallelPlan = field(default_factory=ParallelPlan)
-    optimizer: str = "adamw"  # or "sgd"
-    bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
-    data: str = "corpus"  # "corpus": the cleaned corpus above; "synthetic": Zipf-token documents
-    synthetic_rows: int = 512
-    ckpt_dir: str = ""  # torch.distributed.checkpoint folder; training resumes from its latest step-N
-    ckpt_every: int = 0  # save every this many steps (0: never)
-    stop_at: int = 0  # stop after this step (to split a run across jobs); 0: run all `steps`
-    dist_timeout: float = 300.0  # seconds before a stuck collective fails instead of hanging
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        if self.data not in ("corpus", "synthetic"):
-            raise ValueError(f"data {self.data!r} is not one of corpus, synthetic")
-        self.parallel.check(self.model, batch_size=self.batch_size, world_size=self.world_size)
-
-
-PRESETS = {
-    "cpu-toy": Config(),
-    "gpu-1": Config(model=ModelConfig(num_layers=24, d=1024, num_heads=16), raw_docs=0, max_docs=0, steps=5000, batch_size=32,
-                    lr=3e-4, warmup=200, scaling_sizes=((12, 512, 8), (16, 768, 12), (24, 1024, 16))),  # ~350M
-    # 4 processes with gloo on one CPU: pipeline 2 × op-level 2 (chapter 1b); synthetic data keeps it short, and
-    # without dropout (each layout would draw other masks) the run can be compared with one process
-    "cpu-dist": Config(model=ModelConfig(vocab_size=4000, seq_len=64, num_layers=4, d=160, num_heads=4, dropout=0.0),
-                       nproc_per_node=4, data="synthetic", steps=30, warmup=3,
-                       parallel=ParallelPlan(pp=2, tp=2, microbatches=4)),
-    "node-8": Config(model=SIZES["2.6B"], nproc_per_node=8, batch_size=64, lr=1e-4, warmup=500,
-                     parallel=ParallelPlan(dp_shard=8, remat="selective")),
-    # the report's cluster runs (Table 5). Only the 200B layout is published (§4.1: 16 stages × op-level 8 ×
-    # data/optimizer 16, recompute per layer); the 2.6B/13B layouts and all batch sizes are our choice.
-    "cluster-512": Config(model=SIZES["2.6B"], nnodes=64, nproc_per_node=8, batch_size=512, lr=1e-4, warmup=2000,
-                          parallel=ParallelPlan(tp=8, dp_shard=64, remat="full")),
-    "cluster-1024": Config(model=SIZES["13B"], nnodes=128, nproc_per_node=8, batch_size=512, lr=5e-5, warmup=2000,
-                           parallel=ParallelPlan(tp=8, pp=4, dp_shard=32, microbatches=8, remat="full")),
-    "cluster-2048": Config(model=SIZES["200B"], nnodes=256, nproc_per_node=8, batch_size=512, lr=2e-5, warmup=2000,
-                           parallel=ParallelPlan(tp=8, pp=16, dp_shard=16, microbatches=32, remat="full")),
-}
 
 # %% ../../nbs/01_pangu_alpha.ipynb #a0304ea8
 def table1_rows() -> list[dict]:
@@ -114,114 +49,160 @@ def packing_gap(model_cfg: ModelConfig, seed: int = 0, lengths=(5, 7, 3), eod_id
     return float((together - alone).abs().max())
 
 # %% ../../nbs/01_pangu_alpha.ipynb #ba95d986
-def corpus_tokens(cfg: Config):
-    "(tokenizer, train rows, valid rows): the cleaned corpus, split by document, tokenised and packed."
-    from paperbook.pangu.data import clean_corpus, load_corpus
-    from paperbook.pangu.tokenizer import Tokenizer
-
-    raw = load_corpus()
-    random.Random(cfg.seed).shuffle(raw)
-    docs, _ = clean_corpus(raw[: cfg.raw_docs] if cfg.raw_docs else raw, min_chars=cfg.min_chars,
-                           min_chinese_ratio=cfg.min_chinese_ratio, sensitive_words=cfg.sensitive_words,
-                           max_sensitive=cfg.max_sensitive, dedup_threshold=cfg.dedup_threshold)
-    docs = docs[: cfg.max_docs] if cfg.max_docs else docs
-    train_docs, valid_docs = split_by_document(docs, cfg.valid_fraction, cfg.seed)
-    tok = Tokenizer.train([d.text for d in train_docs], vocab_size=cfg.model.vocab_size, seed=cfg.seed)
-    rows = lambda ds: pack([tok.encode(d.text) for d in ds], cfg.model.seq_len, tok.eod_id)  # noqa: E731
-    return tok, rows(train_docs), rows(valid_docs)
-
-
-def scaling_study(cfg: Config, tok, train_rows, valid_rows) -> list[dict]:
-    "Train each of `cfg.scaling_sizes` with the same data and token budget; their validation perplexity."
+def scaling_study(study: StudyConfig, train: TrainConfig, *, base: ModelConfig, tok, train_rows, valid_rows,
+                  seed: int = 0) -> list[dict]:
+    "Train each of `study.sizes` with the same data and token budget; their validation perplexity."
     out = []
-    for L, d, h in progress(cfg.scaling_sizes, desc="sizes"):
-        mc = ModelConfig(vocab_size=tok.vocab_size, seq_len=cfg.model.seq_len, num_layers=L, d=d, num_heads=h,
-                         dropout=cfg.model.dropout)
-        torch.manual_seed(cfg.seed)
+    for L, d, h in progress(study.sizes, desc="sizes"):
+        mc = ModelConfig(vocab_size=tok.vocab_size, seq_len=base.seq_len, num_layers=L, d=d, num_heads=h,
+                         dropout=base.dropout)
+        torch.manual_seed(seed)
         model = PanguAlpha(mc)
-        losses = train_lm(model, train_rows, eod_id=tok.eod_id, steps=cfg.steps, batch_size=cfg.batch_size,
-                          lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay, seed=cfg.seed, desc=f"L{L} d{d}")
+        losses = train_lm(model, train_rows, eod_id=tok.eod_id, train=train, seed=seed, desc=f"L{L} d{d}")
         out.append({"layers": L, "d": d, "heads": h, "params": num_params(mc), "losses": losses,
-                    "tokens": cfg.steps * cfg.batch_size * cfg.model.seq_len,
+                    "tokens": train.steps * train.batch_size * base.seq_len,
                     "valid_ppl": perplexity(model, valid_rows, tok.eod_id), "model": model.eval()})
     return out
 
-
-def fewshot_study(cfg: Config, model, tok) -> dict[int, float]:
-    "K-shot accuracy (K in cfg.fewshot_shots) on held-out reviews, perplexity-based (§5.3.2)."
+# %% ../../nbs/01_pangu_alpha.ipynb #cd1e986d
+def fewshot_study(fs: FewShotConfig, model, tok, *, seed: int = 0, max_len: int) -> dict[int, float]:
+    "K-shot accuracy (K in fs.shots) on held-out reviews, perplexity-based (§5.3.2)."
     from paperbook.pangu.data import reviews
     from paperbook.pangu.fewshot import few_shot_accuracy
 
     data = reviews()
-    random.Random(cfg.seed).shuffle(data)
-    pairs = [(d.text[: cfg.fewshot_chars], d.label) for d in data]
-    half = cfg.fewshot_reviews // 2
+    random.Random(seed).shuffle(data)
+    pairs = [(d.text[: fs.chars], d.label) for d in data]
+    half = fs.reviews // 2
     test = [p for p in pairs if p[1] == "pos"][:half] + [p for p in pairs if p[1] == "neg"][:half]
     pool = [p for p in pairs if p not in test][:2000]
-    return {k: few_shot_accuracy(model, tok, test, pool, k, seed=cfg.seed, max_len=cfg.model.seq_len)
-            for k in progress(cfg.fewshot_shots, desc="K")}
+    return {k: few_shot_accuracy(model, tok, test, pool, k, seed=seed, max_len=max_len)
+            for k in progress(fs.shots, desc="K")}
 
 # %% ../../nbs/01_pangu_alpha.ipynb #1d1f4bea
-def make_claims(rows: list[dict], gap: float, study: list[dict] | None = None, fewshot: dict | None = None,
-                n_reviews: int = 0) -> list[dict]:
-    "Reproduction rows: Table 1 counts, the packing property, perplexity against size, few-shot accuracy."
+def make_claims(rows: list[dict], study: list[dict], fewshot: dict, cfg: Config) -> list[dict]:
+    "Reproduction rows: Table 1 counts, perplexity against size, few-shot accuracy (one seed: cfg.seed)."
     by = {r["model"].split()[-1]: r for r in rows}
-    out = [claim(f"PanGu-α {name} has {TABLE1[name] / 1e9:g}B parameters", paper=f"{TABLE1[name] / 1e9:g}B (Table 1)",
-                 ours=f"{by[name]['ours'] / 1e9:.3f}B ({100 * by[name]['rel_diff']:+.2f}%)",
-                 holds=abs(by[name]["rel_diff"]) < 0.01)
+    one = lambda v: {cfg.seed: v}
+    within = lambda d: abs(d) < 0.01
+    out = [claim(f"PanGu-α {name} has {TABLE1[name] / 1e9:g}B parameters", values=one(by[name]["rel_diff"]),
+                 paper=f"{TABLE1[name] / 1e9:g}B (Table 1)", rule=within, threshold="within 1%",
+                 ours=f"{by[name]['ours'] / 1e9:.3f}B ({100 * by[name]['rel_diff']:+.2f}%)")
            for name in ("2.6B", "200B")]
     r = by["13B"]
-    out.append(claim("PanGu-α 13B has 13.1B parameters", paper="13.1B (Table 1)",
+    out.append(claim("PanGu-α 13B has 13.1B parameters", paper="13.1B (Table 1)", values=one(r["rel_diff"]),
+                     rule=within, threshold="within 1%",
                      ours=f"{r['ours'] / 1e9:.3f}B tied ({100 * r['rel_diff']:+.1f}%), "
                           f"{r['ours_untied'] / 1e9:.3f}B untied ({100 * r['rel_diff_untied']:+.1f}%)",
-                     holds=abs(r["rel_diff"]) < 0.01,
                      note="the published architecture with a tied output layer is 2.3% below; an untied "
                           "output layer is within 1%"))
-    out.append(claim("packed documents are computed as if alone (attention and positions reset at EOD)",
-                     paper="released code: EOD resets (data pipeline)", ours=f"max |Δlogit| {gap:.1e}",
-                     holds=gap < 1e-5))
-    if study:
-        ppl = [s["valid_ppl"] for s in study]
-        out.append(claim("validation perplexity falls strictly with model size (same data and tokens)",
-                         paper=" / ".join(f"{v:g}" for v in TABLE6.values()) + " for 2.6B/13B/200B (Table 6)",
-                         ours=" / ".join(f"{v:.1f}" for v in ppl) + " for "
-                              + "/".join(f"{s['params'] / 1e6:.2f}M" for s in study),
-                         holds=all(a > b for a, b in zip(ppl, ppl[1:]))))
-    if fewshot:
-        se = 0.5 / max(1, n_reviews) ** 0.5  # standard error of accuracy at chance
-        ks = sorted(fewshot)
-        out.append(claim("perplexity-based K-shot classification beats chance (50%)",
-                         paper="zero/one/few-shot on CLUE tasks (§5.3.2, Tables 9-10)",
-                         ours=", ".join(f"K={k}: {100 * fewshot[k]:.1f}%" for k in ks) + f" (n={n_reviews})",
-                         holds=max(fewshot.values()) > 0.5 + 2 * se,
-                         note="toy model, one minute of training on news and poems"))
-        out.append(claim("more in-context examples help", paper="few-shot ≥ zero-shot on most tasks (Table 9)",
-                         ours=f"K={ks[0]}: {100 * fewshot[ks[0]]:.1f}% -> K={ks[-1]}: {100 * fewshot[ks[-1]]:.1f}%",
-                         holds=fewshot[ks[-1]] > fewshot[ks[0]]))
+    ppl = [s["valid_ppl"] for s in study]
+    out.append(claim("validation perplexity falls strictly with model size (same data and tokens)",
+                     paper=" / ".join(f"{v:g}" for v in TABLE6.values()) + " for 2.6B/13B/200B (Table 6)",
+                     values=one(ppl), rule=lambda p: all(a > b for a, b in zip(p, p[1:])),
+                     ours=" / ".join(f"{v:.1f}" for v in ppl) + " for "
+                          + "/".join(f"{s['params'] / 1e6:.2f}M" for s in study)))
+    n = cfg.fewshot.reviews
+    se = 0.5 / max(1, n) ** 0.5  # standard error of accuracy at chance
+    ks = sorted(fewshot)
+    out.append(claim("perplexity-based K-shot classification beats chance (50%)",
+                     paper="zero/one/few-shot on CLUE tasks (§5.3.2, Tables 9-10)",
+                     values=one(max(fewshot.values())), rule=lambda a: a > 0.5 + 2 * se,
+                     threshold="above 50% by 2 standard errors",
+                     ours=", ".join(f"K={k}: {100 * fewshot[k]:.1f}%" for k in ks) + f" (n={n})",
+                     note="toy model, one minute of training on news and poems"))
+    out.append(claim("more in-context examples help", paper="few-shot ≥ zero-shot on most tasks (Table 9)",
+                     values=one((fewshot[ks[0]], fewshot[ks[-1]])), rule=lambda v: v[1] > v[0],
+                     ours=f"K={ks[0]}: {100 * fewshot[ks[0]]:.1f}% -> K={ks[-1]}: {100 * fewshot[ks[-1]]:.1f}%"))
     return out
 
-
-def main(cfg: Config, *, run=None) -> Result:
-    "The chapter's entry point (`paperbook run pangu-alpha`): what is reproduced so far."
+# %% ../../nbs/01_pangu_alpha.ipynb #875ec14c
+def experiment(cfg: Config, info) -> Result:
+    "The chapter's experiment (`paperbook run pangu-alpha`): Table 1, packing, perplexity vs size, few-shot."
     rows = table1_rows()
     gap = packing_gap(cfg.model, cfg.seed) if num_params(cfg.model) < 5e8 else float("nan")
-    tok, train_rows, valid_rows = corpus_tokens(cfg)
-    study = scaling_study(cfg, tok, train_rows, valid_rows)
-    fewshot = fewshot_study(cfg, study[-1]["model"], tok)
+    tok, train_rows, valid_rows = corpus_tokens(cfg.data, seq_len=cfg.model.seq_len,
+                                                vocab_size=cfg.model.vocab_size, seed=cfg.seed)
+    study = scaling_study(cfg.study, cfg.train, base=cfg.model, tok=tok, train_rows=train_rows,
+                          valid_rows=valid_rows, seed=cfg.seed)
+    fewshot = fewshot_study(cfg.fewshot, study[-1]["model"], tok, seed=cfg.seed, max_len=cfg.model.seq_len)
     metrics = {"table1": rows, "packing_max_abs_diff": gap, "model_params": num_params(cfg.model),
                "scaling": [{k: v for k, v in s.items() if k not in ("losses", "model")} for s in study],
                "fewshot_accuracy": fewshot}
-    return Result(metrics=metrics, claims=make_claims(rows, gap, study, fewshot, cfg.fewshot_reviews))
+    return Result(metrics=metrics, claims=make_claims(rows, study, fewshot, cfg),
+                  extras={"study": study, "tok": tok})
 
+# %% ../../nbs/01_pangu_alpha.ipynb #d23a6d95
+@dataclass(kw_only=True)
+class StudyConfig:
+    "The `study` section: model sizes trained on the same data and token budget (perplexity vs size)."
+    sizes: tuple[tuple[int, int, int], ...] = ((2, 48, 4), (3, 96, 4), (4, 160, 4))  # (layers, d, heads)
 
+# %% ../../nbs/01_pangu_alpha.ipynb #dfa5939c
+@dataclass(kw_only=True)
+class FewShotConfig:
+    "The `fewshot` section: K-shot sentiment on held-out product reviews, by the largest model."
+    reviews: int = 200  # balanced positive/negative test reviews (never in the training corpus)
+    shots: tuple[int, ...] = (0, 1, 2)  # K
+    chars: int = 20  # reviews cut to this many characters, so K examples fit the context
+
+# %% ../../nbs/01_pangu_alpha.ipynb #ed4e5a0e
+@dataclass(kw_only=True)
+class Config(BaseConfig):
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=4000, seq_len=64, num_layers=4,
+                                                                   d=160, num_heads=4))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # chapter 1b: `python -m paperbook.pangu`
+    ckpt: CkptConfig = field(default_factory=CkptConfig)
+    dist_timeout: float = 300.0  # seconds before a stuck collective fails instead of hanging
+
+    def __post_init__(self):
+        self.parallel.check(self.model, batch_size=self.train.batch_size, world_size=self.world_size)
+
+# %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319b
+PRESETS = {
+    "cpu-toy": Config(),
+    "gpu-1": Config(model=ModelConfig(num_layers=24, d=1024, num_heads=16),  # ~350M
+                    data=DataConfig(raw_docs=0, max_docs=0),
+                    train=TrainConfig(steps=5000, batch_size=32, lr=3e-4, warmup=200),
+                    study=StudyConfig(sizes=((12, 512, 8), (16, 768, 12), (24, 1024, 16)))),
+    # 4 processes with gloo on one CPU: pipeline 2 × op-level 2 (chapter 1b); synthetic data keeps it
+    # short, and without dropout (each layout would draw other masks) it compares with one process
+    "cpu-dist": Config(model=ModelConfig(vocab_size=4000, seq_len=64, num_layers=4, d=160, num_heads=4,
+                                         dropout=0.0), nproc_per_node=4,
+                       data=DataConfig(source="synthetic"), train=TrainConfig(steps=30, warmup=3),
+                       parallel=ParallelPlan(pp=2, tp=2, microbatches=4)),
+    "node-8": Config(model=SIZES["2.6B"], nproc_per_node=8, train=TrainConfig(batch_size=64, lr=1e-4, warmup=500),
+                     parallel=ParallelPlan(dp_shard=8, remat="selective")),
+    # the report's cluster runs (Table 5). Only the 200B layout is published (§4.1: 16 stages × op-level
+    # 8 × data/optimizer 16, recompute per layer); the 2.6B/13B layouts and all batch sizes are ours.
+    "cluster-512": Config(model=SIZES["2.6B"], nnodes=64, nproc_per_node=8,
+                          train=TrainConfig(batch_size=512, lr=1e-4, warmup=2000),
+                          parallel=ParallelPlan(tp=8, dp_shard=64, remat="full")),
+    "cluster-1024": Config(model=SIZES["13B"], nnodes=128, nproc_per_node=8,
+                           train=TrainConfig(batch_size=512, lr=5e-5, warmup=2000),
+                           parallel=ParallelPlan(tp=8, pp=4, dp_shard=32, microbatches=8, remat="full")),
+    "cluster-2048": Config(model=SIZES["200B"], nnodes=256, nproc_per_node=8,
+                           train=TrainConfig(batch_size=512, lr=2e-5, warmup=2000),
+                           parallel=ParallelPlan(tp=8, pp=16, dp_shard=16, microbatches=32, remat="full")),
+}
+
+# %% ../../nbs/01_pangu_alpha.ipynb #fc93de82
 def _plan(cfg: Config) -> dict:
-    "`paperbook plan pangu-alpha`: the parallel layout, memory per device and launch lines (part 8)."
+    "`paperbook plan pangu-alpha`: the parallel layout and the memory per device (part 8)."
     from paperbook.pangu.cluster import plan_report
 
     return plan_report(cfg)
 
-
+# %% ../../nbs/01_pangu_alpha.ipynb #58667ee2
 CHAPTER = Chapter(name="pangu-alpha", title="PanGu-α: a 200B-parameter Chinese language model",
-                  summary="PanGu-α: Table 1 on the meta device, corpus cleaning, tokenizer, perplexity vs size, few-shot",
+                  summary="PanGu-α: Table 1 on the meta device, corpus cleaning, tokenizer, perplexity vs size, "
+                          "few-shot",
                   paper="Zeng et al., arXiv 2104.12369", config=Config, presets=PRESETS,
-                  notebook="01_pangu_alpha.ipynb", main=main, plan=_plan)
+                  notebook="01_pangu_alpha.ipynb", experiment=experiment, plan=_plan,
+                  torchrun_module="paperbook.pangu",
+                  smoke={"train.steps": 4, "data.raw_docs": 1500, "data.max_docs": 300,
+                         "study.sizes": ((1, 64, 4), (2, 128, 4)), "fewshot.reviews": 20, "fewshot.shots": (0, 1)})

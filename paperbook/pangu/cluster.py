@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from .model import ModelConfig, PanguAlpha, num_params
-from .parallel import MESH_DIMS, ParallelPlan, apply_dp, apply_remat, apply_tp, build_mesh, split_stages
+from .parallel import MESH_DIMS, ParallelPlan, apply_plan, build_mesh, split_stages
 
 # %% auto #0
 __all__ = ['GiB', 'dry_run', 'memory_plan', 'plan_report', 'draw_mesh']
@@ -31,10 +31,7 @@ def dry_run(model_cfg: ModelConfig, plan: ParallelPlan, rank: int = 0) -> dict:
         stages = split_stages(model, plan, coord["pp"])
         shapes = {}
         for _, stage in stages:
-            if plan.tp > 1:
-                apply_tp(stage, mesh["tp"])
-            apply_remat(stage, plan.remat)
-            apply_dp(stage, mesh, plan)
+            apply_plan(stage, plan, mesh)
             for name, p in stage.named_parameters():
                 local = p.to_local() if hasattr(p, "to_local") else p
                 shapes[name.replace("_checkpoint_wrapped_module.", "")] = {
@@ -81,7 +78,7 @@ def memory_plan(model_cfg: ModelConfig, plan: ParallelPlan, *, batch_size: int, 
 
 # %% ../../nbs/01h_pangu_cluster.ipynb #69e6b70c
 def plan_report(cfg) -> dict:
-    "Lines for `paperbook plan pangu-alpha`: mesh, per-device memory of the first and last rank, launch lines."
+    "Lines for `paperbook plan pangu-alpha`: mesh, per-device memory of the first and last rank."
     plan, mc = cfg.parallel, cfg.model
     out = {"mesh": " × ".join(f"{n} {v}" for n, v in zip(MESH_DIMS, plan.mesh_shape)) + f" = {plan.world_size}",
            "schedule": f"{plan.schedule}, {plan.microbatches} micro-batches, remat {plan.remat}" if plan.pp > 1 else
@@ -97,20 +94,12 @@ def plan_report(cfg) -> dict:
             n, where = d["local_params"], f"stages {d['stages']}, layers {d['layers']}"
         else:
             n, where = num_params(mc), "the whole model"
-        m = memory_plan(mc, plan, batch_size=cfg.batch_size, local_params=n)
+        m = memory_plan(mc, plan, batch_size=cfg.train.batch_size, local_params=n)
         out[f"rank_{r}"] = (f"{where}: {n / 1e6:,.1f}M params → states {m['states_GiB']:.1f} GiB + gathered "
                             f"{m['gathered_GiB']:.2f} + activations {m['activations_GiB']:.2f} (micro-batch "
                             f"{m['micro_batch']}) + logits {m['logits_GiB']:.2f} = {m['total_GiB']:.1f} GiB; "
                             f"fits 32 GB: {'yes' if m['fits_32GB'] else 'no'}, 80 GB: "
                             f"{'yes' if m['fits_80GB'] else 'no'}")
-    cmd = "-m paperbook.pangu.train --preset {preset}"  # `paperbook plan` fills in the preset
-    if cfg.nnodes > 1:
-        rdzv = "--rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:29500"
-        out["slurm"] = (f"srun --nodes={cfg.nnodes} --ntasks-per-node=1 --gpus-per-node={cfg.nproc_per_node} "
-                              f"torchrun --nnodes={cfg.nnodes} --nproc_per_node={cfg.nproc_per_node} "
-                              f"--rdzv_id=$SLURM_JOB_ID {rdzv} {cmd}")
-    elif cfg.world_size > 1:
-        out["launch"] = f"torchrun --standalone --nproc_per_node={cfg.nproc_per_node} {cmd}"
     return out
 
 # %% ../../nbs/01h_pangu_cluster.ipynb #fcc9df99

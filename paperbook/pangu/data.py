@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import functools
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 # %% auto #0
 __all__ = ['FORTUNES', 'Doc', 'peoples_daily', 'reviews', 'fortunes', 'load_corpus', 'to_simplified',
            'remove_repeated_paragraphs', 'shorten_symbol_runs', 'chinese_ratio', 'sensitive_count', 'near_duplicates',
-           'clean_corpus']
+           'clean_corpus', 'DataConfig', 'split_by_document', 'pack', 'corpus_tokens']
 
 # %% ../../nbs/01b_pangu_data.ipynb #1d4d7b0c
 @dataclass(frozen=True)
@@ -159,3 +162,62 @@ def clean_corpus(docs: list[Doc], *, min_chars: int = 150, min_chinese_ratio: fl
         raise ValueError(f"the corpus is empty after filtering (min_chars={min_chars}, "
                          f"min_chinese_ratio={min_chinese_ratio}); lower the thresholds")
     return docs, pd.DataFrame(report)
+
+# %% ../../nbs/01b_pangu_data.ipynb #7c559add
+@dataclass(kw_only=True)
+class DataConfig:
+    "The `data` section of the chapter's config: the corpus, its cleaning and the validation split."
+    source: str = "corpus"  # "corpus": the cleaned corpus; "synthetic": Zipf-token documents
+    raw_docs: int = 4000  # raw documents sampled before cleaning (0: all; cleaning all takes ~25 s)
+    max_docs: int = 1500  # cleaned documents used (0: all)
+    min_chars: int = 150  # §3.2: drop documents shorter than this ...
+    min_chinese_ratio: float = 0.6  # ... or with a smaller share of Chinese characters
+    sensitive_words: tuple[str, ...] = ("赌博", "色情")  # the report's list is not published; a stand-in
+    max_sensitive: int = 0
+    dedup_threshold: float = 0.7  # MinHash LSH Jaccard threshold
+    valid_fraction: float = 0.1  # documents held out for validation perplexity
+    synthetic_rows: int = 512  # rows of the synthetic source
+
+    def __post_init__(self):
+        if self.source not in ("corpus", "synthetic"):
+            raise ValueError(f"data.source {self.source!r} is not one of corpus, synthetic")
+        if not 0 < self.valid_fraction < 1:
+            raise ValueError(f"data.valid_fraction must be in (0, 1), got {self.valid_fraction}")
+
+# %% ../../nbs/01b_pangu_data.ipynb #bd926069
+def split_by_document(docs: list, valid_fraction: float, seed: int = 0) -> tuple[list, list]:
+    "Shuffle documents with `seed` and split them into (train, valid)."
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_valid = max(1, round(valid_fraction * len(docs)))
+    return [docs[i] for i in order[n_valid:]], [docs[i] for i in order[:n_valid]]
+
+# %% ../../nbs/01b_pangu_data.ipynb #fd64e9c0
+def pack(token_lists: list[list[int]], seq_len: int, eod_id: int) -> torch.Tensor:
+    "Concatenate documents (each + EOD) and cut into rows: (N, seq_len) token ids."
+    stream = [t for toks in token_lists for t in (*toks, eod_id)]
+    n = len(stream) // seq_len
+    if n == 0:
+        raise ValueError(f"{len(stream)} tokens do not fill one sequence of {seq_len}")
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+# %% ../../nbs/01b_pangu_data.ipynb #ef2b5539
+def corpus_tokens(data: DataConfig, *, seq_len: int, vocab_size: int, seed: int = 0):
+    "(tokenizer, train rows, valid rows): the cleaned corpus, split by document, tokenised and packed."
+    from paperbook.pangu.tokenizer import Tokenizer
+
+    raw = load_corpus()
+    random.Random(seed).shuffle(raw)
+    docs, _ = clean_corpus(raw[: data.raw_docs] if data.raw_docs else raw, min_chars=data.min_chars,
+                           min_chinese_ratio=data.min_chinese_ratio, sensitive_words=data.sensitive_words,
+                           max_sensitive=data.max_sensitive, dedup_threshold=data.dedup_threshold)
+    docs = docs[: data.max_docs] if data.max_docs else docs
+    train_docs, valid_docs = split_by_document(docs, data.valid_fraction, seed)
+    tok = Tokenizer.train([d.text for d in train_docs], vocab_size=vocab_size, seed=seed)
+
+    def rows(ds):
+        return pack([tok.encode(d.text) for d in ds], seq_len, tok.eod_id)
+
+    return tok, rows(train_docs), rows(valid_docs)

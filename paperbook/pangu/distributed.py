@@ -4,25 +4,29 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..core import progress, resolve
+from ..core import Result, parse_sets, progress, resolve, start_run
 from ..dist import all_reduce_sum, distributed, print0
+from .data import corpus_tokens
 from .model import ModelConfig, PanguAlpha, num_params
-from .parallel import (ParallelPlan, Parallelized, build_mesh, clip_grads, parallelize, sync_tied_grads)
-from .train import lr_at, make_optimizer, next_token_targets, optimizer_spec, param_groups
+from .parallel import ParallelPlan, Parallelized, build_mesh, clip_grads, parallelize
+from .parallel import sync_tied_grads
+from .train import TrainConfig, lr_at, make_optimizer, next_token_targets, optimizer_spec
+from .train import param_groups
 
 # %% auto #0
-__all__ = ['ScaledLoss', 'forward_backward', 'synthetic_rows', 'load_rows', 'build_parallel', 'train_parallel', 'save_checkpoint',
-           'load_checkpoint', 'latest_checkpoint', 'run', 'main']
+__all__ = ['ScaledLoss', 'forward_backward', 'synthetic_rows', 'load_rows', 'build_parallel', 'CkptConfig', 'train_parallel',
+           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'run', 'main']
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #ba877d83
 class ScaledLoss:
@@ -81,22 +85,21 @@ def synthetic_rows(n_rows: int, seq_len: int, vocab_size: int, *, eod_id: int = 
     rows[torch.rand(n_rows, seq_len, generator=g) < 1.0 / mean_doc] = eod_id
     return rows
 
-
+# %% ../../nbs/01g_pangu_distributed.ipynb #f9b450fc
 def load_rows(cfg, device) -> tuple[torch.Tensor, int, int]:
-    "(train rows, eod id, vocabulary size) for `cfg.data`, the same on every rank."
-    if cfg.data == "synthetic":
-        return synthetic_rows(cfg.synthetic_rows, cfg.model.seq_len, cfg.model.vocab_size, seed=cfg.seed), 0, \
-            cfg.model.vocab_size
-    from paperbook.pangu.chapter import corpus_tokens
-
+    "(train rows, eod id, vocabulary size) for the config's `data` section, the same on every rank."
+    d, mc = cfg.data, cfg.model
+    if d.source == "synthetic":
+        return synthetic_rows(d.synthetic_rows, mc.seq_len, mc.vocab_size, seed=cfg.seed), 0, mc.vocab_size
     world = dist.get_world_size() if dist.is_initialized() else 1
+    kw = {"seq_len": mc.seq_len, "vocab_size": mc.vocab_size, "seed": cfg.seed}
     if world == 1:
-        tok, rows, _ = corpus_tokens(cfg)
+        tok, rows, _ = corpus_tokens(d, **kw)
         return rows, tok.eod_id, tok.vocab_size
     comm = device if dist.get_backend() == "nccl" else "cpu"
     head = torch.zeros(4, dtype=torch.long, device=comm)
     if dist.get_rank() == 0:
-        tok, rows, _ = corpus_tokens(cfg)
+        tok, rows, _ = corpus_tokens(d, **kw)
         head = torch.tensor([*rows.shape, tok.eod_id, tok.vocab_size], device=comm)
     dist.broadcast(head, 0)
     if dist.get_rank() != 0:
@@ -134,54 +137,67 @@ def _no_foreach_if_mixed(opt: torch.optim.Optimizer) -> None:
         for g in opt.param_groups:
             g["foreach"] = False
 
+# %% ../../nbs/01g_pangu_distributed.ipynb #b0725421
+@dataclass(kw_only=True)
+class CkptConfig:
+    "The `ckpt` section of the chapter's config: DCP checkpoints of the parallel run."
+    dir: str = ""  # torch.distributed.checkpoint folder; training resumes from its latest step-N
+    every: int = 0  # save every this many steps (0: never)
+    stop_at: int = 0  # stop after this step (to split a run across jobs); 0: run all steps
 
-def train_parallel(par: Parallelized, data: torch.Tensor, *, eod_id: int, steps: int, batch_size: int, lr: float,
-                   warmup: int, weight_decay: float = 0.1, clip: float = 1.0, seed: int = 0,
-                   optimizer: str = "adamw", device="cpu", autocast_dtype: torch.dtype | None = None,
-                   loss_fn: ScaledLoss | None = None, ckpt_dir: str | None = None, ckpt_every: int = 0,
-                   stop_at: int = 0, desc: str = "train") -> dict:
-    "Train this rank's share of the model; {'losses': per step (from the first step run), 'start': first step, ...}."
-    loss_fn = loss_fn or getattr(par, "loss_fn", None) or ScaledLoss()
-    if par.plan.zero1:
-        if ckpt_dir:
-            raise ValueError("checkpoints are written with DCP's get_state_dict, which does not read "
-                             "ZeroRedundancyOptimizer; use dp_shard (FSDP2) to shard optimizer state and checkpoint")
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        cls, settings = optimizer_spec(optimizer)
-        opt = ZeroRedundancyOptimizer(param_groups(par, weight_decay), optimizer_class=cls, lr=lr, **settings,
-                                      process_group=par.mesh["dp_replicate"].get_group())
-    else:
-        opt = make_optimizer(param_groups(par, weight_decay), optimizer, lr)
+# %% ../../nbs/01g_pangu_distributed.ipynb #8f2af6e0
+def _optimizer(par: Parallelized, train: TrainConfig, checkpointing: bool) -> torch.optim.Optimizer:
+    "The optimiser over this rank's parameters (ZeRO-1 when the plan asks for it)."
+    if not par.plan.zero1:
+        opt = make_optimizer(param_groups(par, train.weight_decay), train.optimizer, train.lr)
         _no_foreach_if_mixed(opt)
+        return opt
+    if checkpointing:
+        raise ValueError("checkpoints are written with DCP's get_state_dict, which does not read "
+                         "ZeroRedundancyOptimizer; use dp_shard (FSDP2) to shard optimizer state and checkpoint")
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    cls, settings = optimizer_spec(train.optimizer)
+    return ZeroRedundancyOptimizer(param_groups(par, train.weight_decay), optimizer_class=cls, lr=train.lr,
+                                   **settings, process_group=par.mesh["dp_replicate"].get_group())
+
+# %% ../../nbs/01g_pangu_distributed.ipynb #115ba9ba
+def train_parallel(par: Parallelized, data: torch.Tensor, *, eod_id: int, train: TrainConfig, seed: int = 0,
+                   device="cpu", autocast_dtype: torch.dtype | None = None, loss_fn: ScaledLoss | None = None,
+                   ckpt: CkptConfig | None = None, desc: str = "train") -> dict:
+    "Train this rank's share; {'losses': per step (from the first step run), 'start': first step, ...}."
+    loss_fn = loss_fn or getattr(par, "loss_fn", None) or ScaledLoss()
+    ckpt = ckpt or CkptConfig()
+    opt = _optimizer(par, train, bool(ckpt.dir))
     g = torch.Generator().manual_seed(seed)
     start = 0
-    latest = latest_checkpoint(ckpt_dir) if ckpt_dir else None
+    latest = latest_checkpoint(ckpt.dir) if ckpt.dir else None
     if latest is not None:
         start = load_checkpoint(latest, par, opt, g)
         print0(f"resumed from {latest} at step {start}")
     for m in par.modules:
         m.train()
     losses, norms, t0 = [], [], time.perf_counter()
-    bar = progress(range(start, steps), desc=desc, leave=False, disable=bool(dist.is_initialized() and dist.get_rank()))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    bar = progress(range(start, train.steps), desc=desc, leave=False, disable=rank != 0)
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr=lr, warmup=warmup, total=steps)
-        ids = data[torch.randint(len(data), (batch_size,), generator=g)]
+            group["lr"] = lr_at(step, lr=train.lr, warmup=train.warmup, total=train.steps)
+        ids = data[torch.randint(len(data), (train.batch_size,), generator=g)]
         opt.zero_grad(set_to_none=True)
         loss = forward_backward(par, loss_fn, ids, eod_id, device, autocast_dtype)
         sync_tied_grads(par)
-        norms.append(clip_grads(par, clip))
+        norms.append(clip_grads(par, train.clip))
         opt.step()
         losses.append(loss)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
-        if ckpt_dir and ckpt_every and (step + 1) % ckpt_every == 0:
-            save_checkpoint(Path(ckpt_dir) / f"step-{step + 1}", par, opt, step + 1, g)
-        if stop_at and step + 1 >= stop_at:
+        if ckpt.dir and ckpt.every and (step + 1) % ckpt.every == 0:
+            save_checkpoint(Path(ckpt.dir) / f"step-{step + 1}", par, opt, step + 1, g)
+        if ckpt.stop_at and step + 1 >= ckpt.stop_at:
             break
     return {"losses": losses, "grad_norms": norms, "start": start, "seconds": time.perf_counter() - t0,
-            "tokens": len(losses) * batch_size * data.shape[1]}
+            "tokens": len(losses) * train.batch_size * data.shape[1]}
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #f2b5acdd
 def save_checkpoint(path, par: Parallelized, opt, step: int, gen: torch.Generator) -> None:
@@ -215,40 +231,41 @@ def latest_checkpoint(ckpt_dir) -> Path | None:
     return max(done, key=lambda p: int(p.name[5:]), default=None)
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #14d266d4
-def run(cfg, *, out: str | None = None) -> dict:
-    "Train `cfg` under the current process group (or alone) and return (rank 0 writes) the metrics."
+def run(cfg) -> Result:
+    "Train `cfg` under the current process group (or alone): the losses, throughput and plan as a Result."
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = cfg.parallel.check(cfg.model, batch_size=cfg.batch_size, world_size=world)
+    tr = cfg.train
+    plan = cfg.parallel.check(cfg.model, batch_size=tr.batch_size, world_size=world)
     with distributed(cfg.device, timeout_s=cfg.dist_timeout) as info:
         rows, eod_id, vocab = load_rows(cfg, info.device)
         mc = ModelConfig(**{**vars(cfg.model), "vocab_size": vocab})
-        plan.check(mc, batch_size=cfg.batch_size, world_size=world)  # the tokenizer's vocabulary, too
+        plan.check(mc, batch_size=tr.batch_size, world_size=world)  # the tokenizer's vocabulary, too
         par = build_parallel(mc, plan, device=info.device, eod_id=eod_id, seed=cfg.seed,
                              meta_init=num_params(mc) > 1e9)  # 1B+: allocate only local shards
-        amp = torch.bfloat16 if cfg.bf16 and info.device.type == "cuda" else None
-        res = train_parallel(par, rows, eod_id=eod_id, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                             warmup=cfg.warmup, weight_decay=cfg.weight_decay, seed=cfg.seed,
-                             optimizer=cfg.optimizer, device=info.device, autocast_dtype=amp,
-                             ckpt_dir=cfg.ckpt_dir or None, ckpt_every=cfg.ckpt_every, stop_at=cfg.stop_at)
-        metrics = {"world_size": info.world_size, "plan": vars(plan), "device": str(info.device),
-                   "backend": info.backend, **res}
-        if out and info.is_main:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(metrics, indent=1))
-        print0(f"world {info.world_size} plan {vars(plan)}: steps {res['start']}..{res['start'] + len(res['losses'])}, "
-               f"final loss {res['losses'][-1]:.4f}, {res['tokens'] / res['seconds']:.0f} tokens/s")
-    return metrics
+        amp = torch.bfloat16 if tr.bf16 and info.device.type == "cuda" else None
+        res = train_parallel(par, rows, eod_id=eod_id, train=tr, seed=cfg.seed, device=info.device,
+                             autocast_dtype=amp, ckpt=cfg.ckpt)
+        print0(f"world {info.world_size} plan {vars(plan)}: steps {res['start']}.."
+               f"{res['start'] + len(res['losses'])}, final loss {res['losses'][-1]:.4f}, "
+               f"{res['tokens'] / res['seconds']:.0f} tokens/s")
+        return Result(metrics={"world_size": info.world_size, "plan": vars(plan), "device": str(info.device),
+                               "backend": info.backend, **res})
 
-
+# %% ../../nbs/01g_pangu_distributed.ipynb #cc9c9169
 def main(argv: list[str] | None = None) -> int:
-    "torchrun --nproc_per_node=N -m paperbook.pangu.train --preset P [--set key=value ...] [--out metrics.json]"
-    from paperbook.cli import _sets
-
-    p = argparse.ArgumentParser(prog="python -m paperbook.pangu.train", description=main.__doc__)
+    "torchrun --nproc_per_node=N -m paperbook.pangu --preset P [--set key=value ...] [--out DIR]"
+    p = argparse.ArgumentParser(prog="python -m paperbook.pangu", description=main.__doc__)
     p.add_argument("--preset", default="cpu-toy")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
-    p.add_argument("--out", help="write the metrics JSON here (rank 0)")
+    p.add_argument("--out", help="folder for metrics.json (rank 0 writes it)")
     args = p.parse_args(argv)
-    cfg = resolve("pangu-alpha", args.preset, _sets(args.set))
-    run(cfg, out=args.out)
+    try:  # a bad preset, override or plan for this world size stops here, before anything is built
+        cfg = resolve("pangu-alpha", args.preset, parse_sets(args.set))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        cfg.parallel.check(cfg.model, batch_size=cfg.train.batch_size, world_size=world)
+    except ValueError as e:
+        print(f"python -m paperbook.pangu: error: {e}", file=sys.stderr)
+        return 2
+    record = start_run("pangu-alpha", args.preset, cfg)
+    record.finish(run(cfg), out=args.out)
     return 0

@@ -28,7 +28,9 @@ def query_nll(model, context: list[int], query: list[int]) -> float:
 
 def classify(model, tok, text: str, shots: list[tuple[str, str]], *, template: str = SENTIMENT_TEMPLATE,
              labels: dict = SENTIMENT_LABELS, max_len: int | None = None) -> str:
-    "The label (key of `labels`) whose filled template has the lowest NLL after the K solved `shots`.\n\n    With `max_len`, the examples are cut from the left so that examples + query fit the model."
+    """The label (key of `labels`) whose filled template has the lowest NLL after the K solved `shots`.
+
+    With `max_len`, the examples are cut from the left so that examples + query fit the model."""
     context = [t for s_text, s_label in shots
                for t in tok.encode(template.format(text=s_text, label=labels[s_label]) + "\n")]
     scores = {}

@@ -58,7 +58,7 @@ class Attention(nn.Module):
 
     def forward(self, q_in, kv_in, mask):
         B, T, d = q_in.shape
-        split = lambda x: x.view(B, T, -1, self.dh).transpose(1, 2)  # noqa: E731  (B, h, T, dh)
+        split = lambda x: x.view(B, T, -1, self.dh).transpose(1, 2)  # (B, h, T, dh)
         q, k, v = split(self.q(q_in)), split(self.k(kv_in)), split(self.v(kv_in))
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
         return self.drop(self.proj(a.transpose(1, 2).reshape(B, T, -1)))  # (B, T, d)

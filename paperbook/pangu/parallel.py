@@ -14,8 +14,8 @@ from .model import ModelConfig, PanguAlpha, positions_and_mask
 
 # %% auto #0
 __all__ = ['MESH_DIMS', 'SCHEDULES', 'REMAT', 'ParallelPlan', 'build_mesh', 'stage_layers', 'PanguStage', 'split_stages',
-           'apply_tp', 'apply_remat', 'apply_dp', 'Parallelized', 'parallelize', 'build_schedule', 'sync_tied_grads',
-           'grad_norm', 'clip_grads', 'gather_named']
+           'apply_tp', 'apply_remat', 'apply_dp', 'Parallelized', 'apply_plan', 'parallelize', 'build_schedule',
+           'sync_tied_grads', 'grad_norm', 'clip_grads', 'gather_named']
 
 # %% ../../nbs/01f_pangu_parallel.ipynb #a4a19b67
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
@@ -112,7 +112,7 @@ def stage_layers(num_layers: int, num_stages: int) -> list[range]:
 
 
 class PanguStage(nn.Module):
-    "A run of PanguAlpha's layers, with the embeddings (first stage) or the output (last stage), under the model's names."
+    "A run of PanguAlpha's layers, with the embeddings (first) or the output (last stage), under the model's names."
 
     def __init__(self, model: PanguAlpha, layers: range, eod_id: int | None = None):
         super().__init__()
@@ -194,7 +194,7 @@ def apply_remat(stage: PanguStage, mode: str) -> PanguStage:
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
     kw = {} if mode == "full" else {"context_fn": partial(create_selective_checkpoint_contexts, _save_matmuls)}
-    wrap = lambda m: checkpoint_wrapper(m, preserve_rng_state=False, **kw)  # noqa: E731
+    wrap = lambda m: checkpoint_wrapper(m, preserve_rng_state=False, **kw)
     for name in list(stage.blocks):
         stage.blocks[name] = wrap(stage.blocks[name])
     if stage.is_last:
@@ -268,7 +268,7 @@ class Parallelized:
                 yield name.replace("_checkpoint_wrapped_module.", ""), p
 
     def holder(self) -> nn.Module:
-        "One module holding every local part under the model's names (for checkpoints); the tied matrix is `tok.weight`."
+        "One module holding every local part under the model's names (for checkpoints); tied matrix: `tok.weight`."
         h, blocks = nn.Module(), nn.ModuleDict()
         for m in self.modules:
             for name, child in m.named_children():
@@ -282,7 +282,16 @@ class Parallelized:
             h.tok.register_parameter("weight", next(m for m in self.modules if m.is_last).head.weight)
         return h
 
+# %% ../../nbs/01f_pangu_parallel.ipynb #a422b0a3
+def apply_plan(stage: PanguStage, plan: ParallelPlan, mesh) -> PanguStage:
+    "One stage through the plan in torchtitan's order: tensor parallel, then remat, then FSDP2 / replicate."
+    if plan.tp > 1:
+        apply_tp(stage, mesh["tp"])
+    apply_remat(stage, plan.remat)
+    apply_dp(stage, mesh, plan)
+    return stage
 
+# %% ../../nbs/01f_pangu_parallel.ipynb #3446ddb1
 def parallelize(model: PanguAlpha, plan: ParallelPlan, mesh=None, *, device: torch.device | str = "cpu",
                 eod_id: int | None = None, loss_fn=None) -> Parallelized:
     "Split `model` by `plan` over `mesh` (None for one process): TP, then remat, then FSDP2, then the pipeline."
@@ -293,10 +302,7 @@ def parallelize(model: PanguAlpha, plan: ParallelPlan, mesh=None, *, device: tor
     pp_rank, dp_rank = coord["pp"], coord["dp_replicate"] * plan.dp_shard + coord["dp_shard"]
     stages = split_stages(model, plan, pp_rank, eod_id)
     for _, stage in stages:
-        if plan.tp > 1:
-            apply_tp(stage, mesh["tp"])
-        apply_remat(stage, plan.remat)
-        apply_dp(stage, mesh, plan)
+        apply_plan(stage, plan, mesh)
     out = Parallelized(plan, mesh, stages, dp_rank=dp_rank, pp_rank=pp_rank)
     if plan.zero1:
         from torch.nn.parallel import DistributedDataParallel

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import math
-import random
-import sys
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,54 +12,55 @@ import torch.nn.functional as F
 from ..core import progress
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'split_by_document', 'pack', 'param_groups', 'optimizer_spec', 'make_optimizer', 'lr_at',
-           'next_token_targets', 'lm_loss', 'perplexity', 'train_lm']
-
-# %% ../../nbs/01d_pangu_train.ipynb #4a19afd8
-def split_by_document(docs: list, valid_fraction: float, seed: int = 0) -> tuple[list, list]:
-    "Shuffle documents with `seed` and split them into (train, valid)."
-    if not 0 < valid_fraction < 1:
-        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    n_valid = max(1, round(valid_fraction * len(docs)))
-    return [docs[i] for i in order[n_valid:]], [docs[i] for i in order[:n_valid]]
-
-
-def pack(token_lists: list[list[int]], seq_len: int, eod_id: int) -> torch.Tensor:
-    "Concatenate documents (each + EOD) and cut into rows: (N, seq_len) token ids."
-    stream = [t for toks in token_lists for t in (*toks, eod_id)]
-    n = len(stream) // seq_len
-    if n == 0:
-        raise ValueError(f"{len(stream)} tokens do not fill one sequence of {seq_len}")
-    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+__all__ = ['OPTIMIZERS', 'TrainConfig', 'param_groups', 'optimizer_spec', 'make_optimizer', 'lr_at', 'next_token_targets',
+           'lm_loss', 'perplexity', 'train_lm']
 
 # %% ../../nbs/01d_pangu_train.ipynb #0be01ddc
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    "The `train` section of the chapter's config: the optimiser, its schedule and the batch."
+    steps: int = 120
+    batch_size: int = 16  # sequences per step (the global batch)
+    lr: float = 2e-3  # peak learning rate
+    warmup: int = 12  # linear warm-up steps, then cosine decay to lr / 10
+    weight_decay: float = 0.1
+    clip: float = 1.0  # gradient norm clipping
+    optimizer: str = "adamw"  # or "sgd" (plain, to check gradient scales)
+    bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps}, "
+                             f"{self.batch_size}, {self.lr}")
+
+# %% ../../nbs/01d_pangu_train.ipynb #0b0d3eb1
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     "Weight decay on matrices and embeddings; none on LayerNorm parameters and biases (1-D tensors)."
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-
-OPTIMIZERS = ("adamw", "sgd")
-
-
+# %% ../../nbs/01d_pangu_train.ipynb #4bc89947
 def optimizer_spec(name: str) -> tuple[type, dict]:
-    "(class, settings) of AdamW(β1 0.9, β2 0.95, ε 1e-8) as the chapter trains, or plain SGD (to check gradient scales)."
+    "(class, settings) of AdamW(β1 0.9, β2 0.95, ε 1e-8) as the chapter trains, or plain SGD."
     if name == "adamw":
         return torch.optim.AdamW, {"betas": (0.9, 0.95), "eps": 1e-8}
     if name == "sgd":
         return torch.optim.SGD, {}
     raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
 
-
+# %% ../../nbs/01d_pangu_train.ipynb #22435938
 def make_optimizer(groups: list[dict], name: str, lr: float) -> torch.optim.Optimizer:
     "The optimizer `name` (see `optimizer_spec`) over parameter groups."
     cls, settings = optimizer_spec(name)
     return cls(groups, lr=lr, **settings)
 
-
+# %% ../../nbs/01d_pangu_train.ipynb #9d792d76
 def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:
     "Linear warm-up to `lr`, then cosine decay to `min_ratio * lr` at `total`."
     if step < warmup:
@@ -70,15 +70,16 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0
 
 # %% ../../nbs/01d_pangu_train.ipynb #fc29aad8
 def next_token_targets(ids: torch.Tensor, eod_id: int) -> torch.Tensor:
-    "Targets (B, T) for logits at every position: the next token; -100 (ignored) at the last position and at EODs."
+    "Targets (B, T) for the logits at every position: the next token; -100 (ignored) at the end and at EODs."
     target = torch.full_like(ids, -100)
     target[:, :-1] = ids[:, 1:]
     target[ids == eod_id] = -100  # the token after an EOD starts a new document
     return target
 
-
-def _next_token_loss(model, ids: torch.Tensor, eod_id: int, reduction: str = "mean") -> tuple[torch.Tensor, int]:
-    "Next-token cross-entropy of a packed batch (predictions from EOD positions excluded), and the token count."
+# %% ../../nbs/01d_pangu_train.ipynb #e91d52ae
+def _next_token_loss(model, ids: torch.Tensor, eod_id: int,
+                     reduction: str = "mean") -> tuple[torch.Tensor, int]:
+    "Next-token cross-entropy of a packed batch (EOD positions excluded), and the scored-token count."
     logits, target = model(ids, eod_id=eod_id), next_token_targets(ids, eod_id)  # (B, T, V), (B, T)
     loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction=reduction)
     return loss, int((target != -100).sum())
@@ -88,7 +89,7 @@ def lm_loss(model, ids: torch.Tensor, eod_id: int) -> torch.Tensor:
     "Mean next-token cross-entropy of a packed batch."
     return _next_token_loss(model, ids, eod_id)[0]
 
-
+# %% ../../nbs/01d_pangu_train.ipynb #c74556f7
 @torch.no_grad()
 def perplexity(model, data: torch.Tensor, eod_id: int, batch_size: int = 32) -> float:
     "exp(mean next-token loss) over `data` (eval mode)."
@@ -101,32 +102,25 @@ def perplexity(model, data: torch.Tensor, eod_id: int, batch_size: int = 32) -> 
     model.train(was)
     return math.exp(total / count)
 
-
-def train_lm(model, data: torch.Tensor, *, eod_id: int, steps: int, batch_size: int, lr: float, warmup: int,
-             weight_decay: float = 0.1, clip: float = 1.0, seed: int = 0, desc: str = "train",
-             optimizer: str = "adamw") -> list[float]:
-    "Train `model` on rows of `data` with AdamW(0.9, 0.95), warm-up + cosine, clipping; returns the losses."
-    opt = make_optimizer(param_groups(model, weight_decay), optimizer, lr)
+# %% ../../nbs/01d_pangu_train.ipynb #313cb009
+def train_lm(model, data: torch.Tensor, *, eod_id: int, train: TrainConfig, seed: int = 0,
+             desc: str = "train") -> list[float]:
+    "Train `model` on rows of `data` with the `train` settings (AdamW, warm-up + cosine, clipping); the losses."
+    opt = make_optimizer(param_groups(model, train.weight_decay), train.optimizer, train.lr)
     g = torch.Generator().manual_seed(seed)
     model.train()
     losses = []
-    bar = progress(range(steps), desc=desc, leave=False)
+    bar = progress(range(train.steps), desc=desc, leave=False)
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr=lr, warmup=warmup, total=steps)
-        ids = data[torch.randint(len(data), (batch_size,), generator=g)]
+            group["lr"] = lr_at(step, lr=train.lr, warmup=train.warmup, total=train.steps)
+        ids = data[torch.randint(len(data), (train.batch_size,), generator=g)]
         loss = lm_loss(model, ids, eod_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
         opt.step()
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     return losses
-
-# %% ../../nbs/01d_pangu_train.ipynb #fd3be9f1
-if __name__ == "__main__" and sys.argv[0].endswith("train.py"):  # python -m paperbook.pangu.train, not a notebook
-    from paperbook.pangu.distributed import main
-
-    raise SystemExit(main())

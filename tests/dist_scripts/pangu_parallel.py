@@ -13,6 +13,7 @@ import torch
 
 from paperbook.dist import distributed, print0
 from paperbook.pangu.distributed import build_parallel, forward_backward, synthetic_rows, train_parallel
+from paperbook.pangu.train import TrainConfig
 from paperbook.pangu.model import ModelConfig
 from paperbook.pangu.parallel import ParallelPlan, build_mesh, gather_named, sync_tied_grads
 
@@ -48,7 +49,9 @@ def first_grads(plan, data, mesh=None):
 
 def losses(plan, data, optimizer, mesh=None):
     par = build_parallel(MODEL, plan, device="cpu", eod_id=EOD, seed=0, mesh=mesh)
-    return train_parallel(par, data, eod_id=EOD, optimizer=optimizer, lr=LR[optimizer], device="cpu", **TRAIN)["losses"]
+    train = TrainConfig(steps=TRAIN["steps"], batch_size=TRAIN["batch_size"], warmup=TRAIN["warmup"],
+                        weight_decay=TRAIN["weight_decay"], optimizer=optimizer, lr=LR[optimizer])
+    return train_parallel(par, data, eod_id=EOD, train=train, seed=TRAIN["seed"], device="cpu")["losses"]
 
 
 def main(out, names):
