@@ -12,11 +12,15 @@ TORCH   ?= torch==2.13.0
 # Debian packages the chapters need (installed by `setup` when apt-get is available and we are root).
 DEB_PACKAGES ?= berkeley-abc fortunes-zh dataset-fashion-mnist
 
+# The real data sets (paperbook.data): this repository's copies next to the checkout, when they are there.
+SHARED_DATA := $(abspath $(CURDIR)/../shared/data)
+export PAPERBOOK_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
+
 NBS     := $(wildcard nbs/*.ipynb)
 BOOK_SRC := _config.yml _toc.yml $(wildcard book/*.md book/*.bib book/_ext/*.py) $(NBS)
 RUNS    := $(CURDIR)/_build/runs
 
-.PHONY: setup book test test-unit test-dist test-nbs sync export clean lint
+.PHONY: setup book test test-unit test-dist test-nbs sync export clean lint lab
 
 setup: $(VENV)/.stamp-setup
 
@@ -43,6 +47,10 @@ _build/html/index.html: $(VENV)/.stamp-setup $(BOOK_SRC) $(wildcard paperbook/*.
 	PAPERBOOK_RUNS=$(RUNS) $(BIN)/jupyter-book build . --all --path-output . --warningiserror --keep-going
 	$(PY) tests/check_offline_html.py _build/html
 	@echo "book: file://$(CURDIR)/_build/html/index.html"
+
+# JupyterLab on the notebooks, with the same data folder the book uses.
+lab: setup
+	$(BIN)/jupyter lab nbs/
 
 # ---- tests ------------------------------------------------------------------------------------
 # One pytest session (so one summary line): unit, CLI and distributed tests, then every notebook.

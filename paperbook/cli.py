@@ -15,8 +15,8 @@ from .core import chapters, get_chapter, launch_lines, load_runs, markdown_table
 from .core import progress, resolve, start_run, summarize_runs, text_table, unavailable_chapters
 
 # %% auto #0
-__all__ = ['cmd_list', 'plan_info', 'cmd_plan', 'cmd_run', 'default_nbs', 'plan_batch', 'run_batch', 'cmd_batch', 'make_parser',
-           'main']
+__all__ = ['cmd_list', 'plan_info', 'cmd_plan', 'cmd_run', 'default_nbs', 'plan_batch', 'run_batch', 'cmd_batch', 'cmd_data',
+           'make_parser', 'main']
 
 # %% ../nbs/00c_cli.ipynb #e4dc5ee0
 class _Parser(argparse.ArgumentParser):
@@ -172,6 +172,42 @@ def cmd_batch(args) -> int:
     print(f"{len(done) - len(failed)} of {len(done)} jobs ok; results in {args.out}")
     return 1 if failed else 0
 
+# %% ../nbs/00c_cli.ipynb #a621af96
+def cmd_data(args) -> int:
+    "list / fetch / verify / path of the data registry's data sets."
+    from paperbook import data
+
+    if args.action == "list":
+        for r in data.status():
+            b = data.REGISTRY[r["name"]].size
+            size = "size ?" if not b else f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.0f} kB"
+            print(f"{r['name']:<22} {size:>10}  {r['where']:<40}  {r['licence']}  (chapters: {r['chapters']})")
+        return 0
+    names = args.names or (list(data.REGISTRY) if args.action == "verify" else [])
+    if not names:
+        raise ValueError(f"paperbook data {args.action} needs data set names; known: {', '.join(data.REGISTRY)}")
+    for n in names:
+        data.get_dataset(n)  # unknown names fail before anything is fetched
+    failed = 0
+    for n in names:
+        if args.action == "fetch":
+            print(f"{n}: {data.fetch(n)}")
+        elif args.action == "path":
+            found = data.locate(n, download=False, quiet=True)
+            if found.path is None:
+                raise ValueError(f"data set {n!r} is not on this machine; `paperbook data fetch {n}` gets it")
+            print(found.path)
+        elif data.where(n) == "missing":
+            print(f"{n}: missing (not checked)")
+        else:
+            try:
+                v = data.verify(n)
+                print(f"{n}: ok ({v['files']} files in {v['path']}, sizes and SHA-256 as recorded)")
+            except ValueError as e:
+                failed += 1
+                print(f"{n}: {e}")
+    return 1 if failed else 0
+
 # %% ../nbs/00c_cli.ipynb #e52cff99
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="paperbook", description="Run, plan and batch the chapters of paperbook.")
@@ -195,13 +231,16 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--partition", default=None, help="Slurm partition (with --executor slurm)")
     b.add_argument("--timeout", type=int, default=3600, help="seconds per notebook cell")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in every job")
+    d = sub.add_parser("data", help="the real data sets: list, fetch, verify, path")
+    d.add_argument("action", choices=["list", "fetch", "verify", "path"])
+    d.add_argument("names", nargs="*", help="data set names (paperbook data list shows them)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `paperbook` command."
     args = make_parser().parse_args(argv)
-    commands = {"list": cmd_list, "run": cmd_run, "plan": cmd_plan, "batch": cmd_batch}
+    commands = {"list": cmd_list, "run": cmd_run, "plan": cmd_plan, "batch": cmd_batch, "data": cmd_data}
     try:
         return commands[args.command](args)
     except ValueError as e:

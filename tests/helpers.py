@@ -7,10 +7,10 @@ import sys
 ENV = {**os.environ, "PAPERBOOK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
 
 
-def cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
-    "Run `python -m paperbook.cli ARGS` and capture its output."
+def cli(*args, cwd=None, timeout=600, env_extra=None) -> subprocess.CompletedProcess:
+    "Run `python -m paperbook.cli ARGS` (with `env_extra` added to the environment) and capture its output."
     return subprocess.run([sys.executable, "-m", "paperbook.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=ENV, timeout=timeout)
+                          text=True, cwd=cwd, env={**ENV, **(env_extra or {})}, timeout=timeout)
 
 
 def torchrun(nproc: int, *args, timeout=300) -> subprocess.CompletedProcess:

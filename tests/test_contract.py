@@ -187,3 +187,31 @@ def test_the_import_graph_has_no_cycle(root):
     for m in sorted(edges):
         if m not in state:
             visit(m, [m])
+
+
+NOTEBOOKS = sorted(ROOT_NBS.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", [p.name for p in NOTEBOOKS])
+def test_code_fits_the_widened_column(notebook, root):
+    "Code lines stay within 120 characters (the book's theme is widened to show them without scrolling)."
+    long = [line for c in _cells(root / "nbs" / notebook) if c["cell_type"] == "code"
+            for line in "".join(c["source"]).splitlines() if len(line) > 120]
+    assert not long, long
+
+
+@pytest.mark.parametrize("notebook", [p.name for p in NOTEBOOKS])
+def test_pages_cite_public_sources_not_this_repository(notebook, root):
+    for c in _cells(root / "nbs" / notebook):
+        if c["cell_type"] == "markdown":
+            assert "shared/" not in "".join(c["source"]), "point readers at PAPERBOOK_DATA / arXiv, not ../shared"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_declaration_and_config_are_glue_on_the_page(name, root):
+    "A chapter page shows the paper before its configuration: the CHAPTER and Config cells are hidden."
+    cells = _cells(root / "nbs" / get_chapter(name).notebook)
+    for marker in ("CHAPTER = Chapter(", "class Config(BaseConfig)"):
+        (cell,) = [c for c in cells if marker in "".join(c["source"])]
+        tags = cell.get("metadata", {}).get("tags", [])
+        assert {"hide-input", "remove-cell", "remove-input"} & set(tags), (name, marker)

@@ -227,12 +227,3 @@ def test_load_and_summarize_runs_pool_every_seed(tmp_path):
     (tmp_path / "bad" / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a paperbook run record"):
         load_runs(tmp_path)
-
-
-def test_shared_data_from_environment(monkeypatch, tmp_path):
-    from paperbook.core import shared_data
-
-    (tmp_path / "ecoli").mkdir()
-    monkeypatch.setenv("PAPERBOOK_DATA", str(tmp_path))
-    assert shared_data("ecoli") == (tmp_path / "ecoli").resolve()
-    assert shared_data("iwls2020") is None

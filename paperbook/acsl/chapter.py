@@ -17,7 +17,7 @@ from ..core import BaseConfig, Chapter, Result, claim, paired_claim, pick_device
 
 # %% auto #0
 __all__ = ['PRESETS', 'README', 'CHAPTER', 'Config', 'Task', 'build_task', 'methods', 'run_seed', 'run_all', 'summary',
-           'per_seed', 'make_claims', 'metrics_of', 'experiment']
+           'per_seed', 'make_claims', 'metrics_of', 'data_used', 'experiment']
 
 # %% ../../nbs/02_acsl.ipynb #dafbb8f6
 @dataclass(kw_only=True)
@@ -223,11 +223,24 @@ def metrics_of(runs: list[dict], table) -> dict:
             "counts": runs[0]["counts"], "groups": runs[0]["groups"],
             "stage1_loss": {r["seed"]: r["stage1_loss"] for r in runs}}
 
+# %% ../../nbs/02_acsl.ipynb #c77d285d
+def data_used(cfg: Config) -> dict:
+    "The run record's `data`: LVIS, Fashion-MNIST from where the registry found it, or the digits stand-in."
+    from paperbook.data import locate
+
+    if cfg.lvis_json:
+        return {"lvis_v0_5": {"source": "folder", "path": str(cfg.lvis_json)}}
+    found = locate("fashion_mnist", quiet=True)
+    if cfg.images != "digits" and found.path is not None:
+        return {"fashion_mnist": found.record()}
+    return {"fashion_mnist": {"source": "generated", "note": "scikit-learn's digits stand in for Fashion-MNIST"}}
+
 # %% ../../nbs/02_acsl.ipynb #80deefc3
 def experiment(cfg: Config, info) -> Result:
     "The chapter's experiment (`paperbook run acsl`); under torchrun stage 1 is data-parallel."
     runs = run_all(cfg, info)
-    return Result(metrics=metrics_of(runs, summary(runs)), claims=make_claims(runs, cfg), extras={"runs": runs})
+    return Result(metrics=metrics_of(runs, summary(runs)), claims=make_claims(runs, cfg), data=data_used(cfg),
+                  extras={"runs": runs})
 
 # %% ../../nbs/02_acsl.ipynb #48606f5a
 CHAPTER = Chapter(name="acsl", title="ACSL: adaptive class suppression loss for long-tail detection",

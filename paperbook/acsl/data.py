@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['FASHION_DIR', 'FASHION_CLASSES', 'VARIANTS', 'read_idx', 'BaseImages', 'load_base_images', 'frequency_group',
-           'Category', 'make_long_tail', 'groups_of', 'Scene', 'box_iou', 'render', 'make_scenes', 'label_proposals',
-           'train_pool', 'sample_rois', 'eval_proposals', 'LvisData', 'load_lvis', 'lvis_scenes']
+__all__ = ['FASHION_CLASSES', 'VARIANTS', 'read_idx', 'BaseImages', 'load_base_images', 'frequency_group', 'Category',
+           'make_long_tail', 'groups_of', 'Scene', 'box_iou', 'render', 'make_scenes', 'label_proposals', 'train_pool',
+           'sample_rois', 'eval_proposals', 'LvisData', 'load_lvis', 'lvis_scenes']
 
 # %% ../../nbs/02b_acsl_data.ipynb #bcae153a
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
@@ -51,17 +50,22 @@ class BaseImages:
     source: str
 
 
-def load_base_images(source: str = "auto", folder: str | Path = FASHION_DIR) -> BaseImages:
-    "Fashion-MNIST from its Debian package, or scikit-learn's digits when it is absent (source='auto')."
+def load_base_images(source: str = "auto", folder: str | Path | None = None) -> BaseImages:
+    "Fashion-MNIST (from `folder`, else the data registry), or scikit-learn's digits when it is absent."
     allowed = ("auto", "fashion-mnist", "digits")
     if source not in allowed:
         raise ValueError(f"unknown image source {source!r}; allowed: {', '.join(allowed)}")
-    folder = Path(folder)
+    if folder is None and source != "digits":
+        from paperbook.data import locate
+
+        folder = locate("fashion_mnist", quiet=True).path  # $PAPERBOOK_DATA, Debian's package, the cache
+    folder = Path(folder) if folder is not None else Path("/nonexistent")
     files = [folder / f"{p}-{k}-idx{d}-ubyte.gz" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
     if source == "fashion-mnist" or (source == "auto" and all(f.is_file() for f in files)):
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
-            raise FileNotFoundError(f"Fashion-MNIST files missing: {missing} (Debian package dataset-fashion-mnist)")
+            raise FileNotFoundError(f"Fashion-MNIST files missing: {missing} (Debian package dataset-fashion-mnist,"
+                                    " or `paperbook data fetch fashion_mnist`)")
         Xtr, ytr, Xte, yte = (read_idx(f) for f in files)
         return BaseImages(Xtr, ytr, Xte, yte, FASHION_CLASSES, "fashion-mnist")
     from sklearn.datasets import load_digits

@@ -59,9 +59,9 @@ def train_representation(net: Detector, scenes: Sequence[Scene], pools: Sequence
                          lr: float, rois_per_image: int, pos_fraction: float, rng: np.random.Generator,
                          info=None, desc: str = "stage 1") -> list[float]:
     "Train the whole detector with softmax CE; returns the mean loss of each epoch."
-    from paperbook.dist import all_reduce_sum, wrap_ddp
+    from paperbook.dist import all_reduce_mean, rank_slice, share_of_mean, wrap_ddp
 
-    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    rank = info.rank if info is not None else 0
     device = info.device if info is not None else next(net.parameters()).device
     model = wrap_ddp(net, info) if info is not None else net
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -73,17 +73,18 @@ def train_representation(net: Detector, scenes: Sequence[Scene], pools: Sequence
             idx = order[i:i + batch]
             sampled = [sample_rois(pools[j], rng, rois_per_image=rois_per_image, pos_fraction=pos_fraction)
                        for j in idx]
-            mine = slice(rank * len(idx) // world, (rank + 1) * len(idx) // world)
+            mine = rank_slice(len(idx), info)
             rois = torch.tensor(np.stack([p for p, _ in sampled[mine]]), dtype=torch.float32, device=device)
             labels = torch.tensor(np.concatenate([lab for _, lab in sampled[mine]]), device=device)
             logits = model(images[idx[mine]].to(device), rois)
-            # each rank's mean times its share of the batch, so DDP's averaging gives the global mean
-            loss = F.cross_entropy(logits, labels, reduction="sum") / (len(idx) * rois_per_image) * world
+            # each rank's sum as its share of the global mean, so DDP's averaging gives the global mean
+            loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+            loss = share_of_mean(loss_sum, len(idx) * rois_per_image, info)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, steps = total + loss.item() / world, steps + 1  # this rank's share of the global mean
-        losses.append(all_reduce_sum(total) / max(steps, 1))
+            total, steps = total + loss.item(), steps + 1
+        losses.append(all_reduce_mean(total) / max(steps, 1))
     return losses
 
 # %% ../../nbs/02c_acsl_detector.ipynb #c635e8f2

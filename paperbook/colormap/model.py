@@ -120,11 +120,11 @@ def recalibrate_bn(net: nn.Module, corpus: Corpus, *, transform: str = "minmax",
 def train_net(net: ColormapNet, corpus: Corpus, *, steps: int, batch: int, lr: float, seed: int,
               transform: str = "minmax", info=None, desc: str = "training") -> list[float]:
     "Adam on the order-free MSE; returns the loss of every step (global batch mean)."
-    from paperbook.dist import all_reduce_sum, wrap_ddp
+    from paperbook.dist import all_reduce_mean, rank_slice, share_of_mean, wrap_ddp
 
     if len(corpus) < 1:
         raise ValueError("cannot train on an empty corpus")
-    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    rank = info.rank if info is not None else 0
     device = info.device if info is not None else next(net.parameters()).device
     model = wrap_ddp(net, info) if info is not None else net
     targets = torch.tensor(lab_to_unit(corpus.lab()), dtype=torch.float32)
@@ -134,13 +134,13 @@ def train_net(net: ColormapNet, corpus: Corpus, *, steps: int, batch: int, lr: f
     model.train()
     for _ in progress(range(steps), desc=desc, disable=rank != 0):
         idx = torch.randint(0, len(corpus), (batch,), generator=g)
-        mine = idx[rank * batch // world:(rank + 1) * batch // world]
+        mine = idx[rank_slice(batch, info)]
         pred = model(corpus_inputs(corpus, mine.tolist(), transform).to(device))
-        loss = order_free_mse(pred, targets[mine].to(device), reduction="sum") / batch * world
+        loss = share_of_mean(order_free_mse(pred, targets[mine].to(device), reduction="sum"), batch, info)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(all_reduce_sum(loss.item() / world))
+        losses.append(all_reduce_mean(loss.item()))
     recalibrate_bn(net, corpus, transform=transform, device=device)
     net.eval()
     return losses

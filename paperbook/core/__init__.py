@@ -3,16 +3,16 @@
 # %% auto #0
 __all__ = ['BaseConfig', 'apply_overrides', 'config_keys', 'parse_sets', 'Chapter', 'Result', 'chapter_modules', 'chapters',
            'get_chapter', 'launch_lines', 'resolve', 'unavailable_chapters', 'Run', 'environment_stamp', 'jsonable',
-           'load_runs', 'pick_device', 'run_dir', 'seed_everything', 'shared_data', 'start_run', 'summarize_runs',
-           'write_json', 'claim', 'markdown_table', 'mean_interval', 'paired_claim', 'repro_table', 'text_table',
-           'plot_style', 'progress', 'show_stamp', 'show_table']
+           'load_runs', 'pick_device', 'run_dir', 'seed_everything', 'start_run', 'summarize_runs', 'write_json',
+           'claim', 'markdown_table', 'mean_interval', 'paired_claim', 'repro_table', 'text_table', 'plot_style',
+           'progress', 'show_stamp', 'show_table']
 
 # %% ../../nbs/00_core.ipynb #f1e62fd9
 from .config import BaseConfig, apply_overrides, config_keys, parse_sets
 from .registry import Chapter, Result, chapter_modules, chapters, get_chapter
 from .registry import launch_lines, resolve, unavailable_chapters
 from .records import Run, environment_stamp, jsonable, load_runs, pick_device, run_dir
-from .records import seed_everything, shared_data, start_run, summarize_runs
+from .records import seed_everything, start_run, summarize_runs
 from .records import write_json
 from .claims import claim, markdown_table, mean_interval, paired_claim, repro_table
 from .claims import text_table
@@ -21,6 +21,6 @@ from .display import plot_style, progress, show_stamp, show_table
 _all_ = ['BaseConfig', 'apply_overrides', 'config_keys', 'parse_sets', 'Chapter', 'Result',
           'chapter_modules', 'chapters', 'get_chapter', 'launch_lines', 'resolve',
           'unavailable_chapters', 'Run', 'environment_stamp', 'jsonable', 'load_runs',
-          'pick_device', 'run_dir', 'seed_everything', 'shared_data', 'start_run',
+          'pick_device', 'run_dir', 'seed_everything', 'start_run',
           'summarize_runs', 'write_json', 'claim', 'markdown_table', 'mean_interval',
           'paired_claim', 'repro_table', 'text_table', 'plot_style', 'progress', 'show_stamp', 'show_table']

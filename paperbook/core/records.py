@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 # %% auto #0
 __all__ = ['seed_everything', 'pick_device', 'environment_stamp', 'jsonable', 'write_json', 'run_dir', 'Run', 'start_run',
-           'load_runs', 'summarize_runs', 'shared_data']
+           'load_runs', 'summarize_runs']
 
 # %% ../../nbs/00_core_records.ipynb #768070a1
 def seed_everything(seed: int) -> None:
@@ -207,13 +207,3 @@ def summarize_runs(df):
                     "k_of_n": f"{sum(bool(s['holds']) for s in seeds)}/{len(seeds)}",
                     "holds": f"{int(g['holds'].astype(bool).sum())}/{len(g)} runs", "runs": len(g)})
     return pd.DataFrame(out, columns=["chapter", "preset", "claim", "paper", "ours", "k_of_n", "holds", "runs"])
-
-# %% ../../nbs/00_core_records.ipynb #55fa6698
-def shared_data(name: str) -> Path | None:
-    "The folder `name` of the real data sets ($PAPERBOOK_DATA, else ../shared/data), or None if absent."
-    if os.environ.get("PAPERBOOK_DATA"):
-        roots = [Path(os.environ["PAPERBOOK_DATA"])]
-    else:
-        here = [Path(__file__).resolve().parents[3]] if "__file__" in globals() else []
-        roots = [r / "shared/data" for r in here] + [Path.cwd() / "../shared/data", Path.cwd() / "../../shared/data"]
-    return next(((r / name).resolve() for r in roots if (r / name).is_dir()), None)

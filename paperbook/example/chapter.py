@@ -89,7 +89,8 @@ def make_claims(per_seed: dict[int, dict], grid_error: float) -> list[dict]:
               values=vals("max_rel_dev"), rule=lambda d: d < 0.15, threshold="every N within 15%"),
         paired_claim("baseline: a midpoint grid of the same N beats sampling in 2 dimensions",
                      paper="sampling pays off in high dimension (the paper's motivation, recalled)",
-                     a={s: grid_error for s in per_seed}, b=mc_error, better="lower", names=("grid |error|", "Monte Carlo |error|"), digits=4),
+                     a={s: grid_error for s in per_seed}, b=mc_error, better="lower",
+                     names=("grid |error|", "Monte Carlo |error|"), digits=4),
     ]
 
 # %% ../../nbs/00b_example.ipynb #394297f0

@@ -15,6 +15,7 @@ import numpy as np
 from ..core import BaseConfig, Chapter, Result, claim, progress
 from .aig import abc_check, abc_command, accuracy, write_aiger
 from .data import PLA, benchmark_names, family, generate, load_benchmark
+from ..data import locate
 from .learn import MAX_ANDS, fit_candidate, portfolio
 
 # %% auto #0
@@ -63,14 +64,17 @@ PRESETS = {
 
 # %% ../../nbs/08_iwls2020.ipynb #2da8032a
 def resolve_functions(cfg: Config) -> tuple[list[str], str]:
-    "The function names to run and whether they are 'real' or 'generated'."
-    real = benchmark_names()
+    "The function names to run and whether they are 'real' or 'generated' (the data registry decides)."
+    found = locate("iwls2020", quiet=cfg.source != "auto")  # a one-line notice when falling back
+    real = benchmark_names(found.path) if found.path else []
     source = cfg.source if cfg.source != "auto" else ("real" if real else "generated")
     if source == "real" and not real:
-        raise FileNotFoundError("source='real' but the IWLS 2020 benchmark folder was not found (PAPERBOOK_DATA)")
+        raise FileNotFoundError("source='real' but the IWLS 2020 benchmark was not found: set PAPERBOOK_DATA "
+                                "or run `paperbook data fetch iwls2020`")
     if cfg.functions == ("all",):
         if source != "real":
-            raise ValueError("functions=('all',) needs the real benchmark (set PAPERBOOK_DATA)")
+            raise ValueError("functions=('all',) needs the real benchmark (PAPERBOOK_DATA or "
+                             "`paperbook data fetch iwls2020`)")
         return real, source
     if source == "generated" and cfg.functions == REAL_TOY:
         return list(GENERATED_TOY), source
@@ -202,7 +206,9 @@ def experiment(cfg: Config, info) -> Result:
     "The chapter's experiment (`paperbook run iwls2020`): every function, learner and the portfolio."
     df = run_all(cfg)
     source = resolve_functions(cfg)[1]
-    return Result(metrics=metrics_of(df, source), claims=make_claims(df, cfg), extras={"df": df})
+    used = locate("iwls2020", quiet=True).record() if source == "real" else {"source": "generated"}
+    return Result(metrics=metrics_of(df, source), claims=make_claims(df, cfg), data={"iwls2020": used},
+                  extras={"df": df})
 
 # %% ../../nbs/08_iwls2020.ipynb #a94cfb31
 LEARNER_ORDER = ["constant", "tree", "forest", "espresso", "lut", "portfolio"]

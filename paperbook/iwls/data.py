@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import shared_data
+from ..data import locate
 
 # %% auto #0
 __all__ = ['DC', 'FAMILIES', 'PLA', 'parse_pla', 'read_pla', 'format_pla', 'write_pla', 'family', 'benchmark_dir',
@@ -157,8 +157,8 @@ def family(name: str) -> str:
 
 
 def benchmark_dir() -> Path | None:
-    "The real benchmark's folder (shared data set `iwls2020`), or None when it is absent."
-    return shared_data("iwls2020")
+    "The real benchmark's folder (data set `iwls2020` of the registry, checked), or None when it is absent."
+    return locate("iwls2020", quiet=True).path
 
 
 def benchmark_names(folder: Path | None = None) -> list[str]:

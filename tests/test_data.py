@@ -1,0 +1,169 @@
+"""paperbook.data: the registry of real data sets, resolution order, checks, downloads from a loopback server."""
+
+import gzip
+import hashlib
+import http.server
+import json
+import os
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from paperbook import data
+from paperbook.data import DataFile, DataSet
+
+from helpers import cli
+
+SHARED = Path(os.environ.get("PAPERBOOK_DATA") or "/nonexistent")
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+FILES = {"a.txt": b"alpha\n" * 100, "sub/b.bin": bytes(range(256)) * 7}
+
+
+@pytest.fixture
+def toy(monkeypatch, tmp_path):
+    "A registered data set `toy` of two files, served by a loopback HTTP server; an empty cache and data root."
+    served = tmp_path / "served"
+    for name, content in FILES.items():
+        (served / "toy" / name).parent.mkdir(parents=True, exist_ok=True)
+        (served / "toy" / name).write_bytes(content)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ds = DataSet("toy", "a toy data set", source="here", licence="CC0", chapters=("example",),
+                 files=tuple(DataFile(n, len(c), _sha(c), f"http://unused/{n}") for n, c in FILES.items()))
+    monkeypatch.setitem(data.REGISTRY, "toy", ds)
+    monkeypatch.setenv("PAPERBOOK_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("PAPERBOOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PAPERBOOK_DATA", str(tmp_path / "root"))
+    monkeypatch.setenv("PAPERBOOK_PROGRESS", "0")
+    yield {"ds": ds, "served": served / "toy", "cache": tmp_path / "cache" / "data" / "toy", "root": tmp_path / "root"}
+    server.shutdown()
+
+
+def test_fetch_then_cache_hit(toy):
+    assert data.locate("toy", download=False, quiet=True).source == "generated"
+    path = data.fetch("toy", progress=False)
+    assert path == toy["cache"] and (path / "sub/b.bin").read_bytes() == FILES["sub/b.bin"]
+    found = data.locate("toy", download=False)
+    assert (found.source, found.path) == ("cache", toy["cache"])
+    assert found.record()["sha256"] == toy["ds"].digest and len(found.record()["sha256"]) == 64
+    (toy["served"] / "a.txt").unlink()  # a second locate reads the cache, not the server
+    assert data.locate("toy").source == "cache"
+
+
+def test_locate_downloads_when_allowed(toy, monkeypatch):
+    monkeypatch.delenv("PAPERBOOK_OFFLINE", raising=False)
+    found = data.locate("toy")  # online (loopback), auto_download: fetched unasked
+    assert found.source == "cache" and (toy["cache"] / "a.txt").is_file()
+
+
+def test_offline_never_downloads(toy, monkeypatch, capsys):
+    monkeypatch.setenv("PAPERBOOK_OFFLINE", "1")
+    found = data.locate("toy")
+    assert found.source == "generated" and found.path is None and not toy["cache"].exists()
+    err = capsys.readouterr().err
+    assert "data set 'toy' not found" in err and "paperbook data fetch toy" in err  # the one-line notice
+    assert found.record() == {"source": "generated", "sha256": None, "path": None}
+
+
+def test_a_wrong_download_never_enters_the_cache(toy):
+    (toy["served"] / "a.txt").write_bytes(b"beta\n" * 120)  # same name, other content and size
+    with pytest.raises(ValueError, match=r"a\.txt: SHA-256 [0-9a-f]{16}\.\.\., expected"):
+        data.fetch("toy", progress=False)
+    assert not (toy["cache"] / "a.txt").exists()
+
+
+def test_a_truncated_download_is_refused_by_name(toy):
+    (toy["served"] / "sub/b.bin").write_bytes(FILES["sub/b.bin"][:1000])
+    with pytest.raises(ValueError, match=r"b\.bin: 1,000 bytes of content, expected 1,792"):
+        data.fetch("toy", progress=False)
+    assert not (toy["cache"] / "sub" / "b.bin").exists()
+
+
+def test_folder_first_and_gzipped_copies_count(toy):
+    folder = toy["root"] / "toy"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt.gz").write_bytes(gzip.compress(FILES["a.txt"]))  # compressed copy, same content hash
+    (folder / "sub/b.bin").write_bytes(FILES["sub/b.bin"])
+    found = data.locate("toy", download=False)
+    assert (found.source, found.path) == ("folder", folder)
+
+
+def test_a_damaged_folder_names_the_file(toy):
+    folder = toy["root"] / "toy"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_bytes(FILES["a.txt"][:-1] + b"!")
+    (folder / "sub/b.bin").write_bytes(FILES["sub/b.bin"])
+    with pytest.raises(ValueError, match=r"a\.txt: SHA-256 .* expected"):
+        data.locate("toy")
+    (folder / "a.txt").write_bytes(FILES["a.txt"])
+    (folder / "sub/b.bin").unlink()
+    with pytest.raises(ValueError, match=r"lacks 1 file\(s\) of 'toy': sub/b.bin"):
+        data.locate("toy")
+
+
+def test_a_truncated_gzip_is_an_error_not_a_crash(toy):
+    folder = toy["root"] / "toy"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt.gz").write_bytes(gzip.compress(FILES["a.txt"])[:20])
+    (folder / "sub/b.bin").write_bytes(FILES["sub/b.bin"])
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        data.locate("toy")
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown data set 'iwls'; known: iwls2020"):
+        data.locate("iwls")
+
+
+def test_digest_by_hand():
+    ds = DataSet("d", "", source="", licence="", chapters=(),
+                 files=(DataFile("b", 1, "22"), DataFile("a", 1, "11")))
+    assert ds.digest == _sha(b"a 11\nb 22\n")
+    assert DataSet("e", "", source="", licence="", chapters=(), files=(DataFile("x", None, None),)).digest is None
+
+
+def test_cli_list_shows_missing_sets_with_size_and_licence(tmp_path):
+    env_dir = tmp_path / "empty"
+    env_dir.mkdir()
+    r = cli("data", "list", env_extra={"PAPERBOOK_DATA": str(env_dir), "PAPERBOOK_CACHE": str(tmp_path / "c")})
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()}
+    for name in ("iwls2020", "ecoli", "melbourne_pedestrian", "nasbench_macro", "rhythmic_gymnastics", "lvis_v0_5"):
+        assert "missing" in lines[name], lines[name]
+    assert "133.8 MB" in lines["iwls2020"] and "CC BY 4.0" in lines["melbourne_pedestrian"]
+    bad = cli("data", "fetch", "nope")
+    assert bad.returncode == 2 and "unknown data set 'nope'" in bad.stderr
+
+
+# ---- the real files, where this repository has them ----------------------------------------------------
+needs_shared = pytest.mark.skipif(not (SHARED / "iwls2020").is_dir(), reason="no PAPERBOOK_DATA with the real data")
+
+
+@needs_shared
+def test_the_recorded_hashes_are_those_of_the_real_files():
+    for name in ("iwls2020", "ecoli", "melbourne_pedestrian", "nasbench_macro", "rhythmic_gymnastics"):
+        found = data.locate(name, download=False)
+        assert found.source == "folder" and found.path == SHARED / name
+
+
+@needs_shared
+def test_runs_record_which_data_they_used(tmp_path):
+    sets = ["--set", "functions=ex31,ex44", "--set", "jobs=1", "--set", "abc_check=false"]
+    real = cli("run", "iwls2020", *sets, "--out", tmp_path / "real")
+    assert real.returncode == 0, real.stderr[-2000:]
+    gen = cli("run", "iwls2020", "--set", "functions=comparator-20", "--set", "jobs=1", "--set", "abc_check=false",
+              "--out", tmp_path / "gen", env_extra={"PAPERBOOK_DATA": str(tmp_path / "nothing")})
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    rec = {k: json.loads((tmp_path / k / "metrics.json").read_text())["data"]["iwls2020"] for k in ("real", "gen")}
+    assert rec["real"]["source"] == "folder" and rec["real"]["sha256"] == data.REGISTRY["iwls2020"].digest
+    assert rec["gen"]["source"] == "generated"
+    assert "data set 'iwls2020' not found" in gen.stderr  # the fallback says so
