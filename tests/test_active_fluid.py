@@ -1,0 +1,210 @@
+"""Chapter 7 (E. coli GNF): box counting, spectra, PIV, simulations, readers, the chapter's claims."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paperbook.active_fluid.data import read_frames, read_piv_csv
+from paperbook.active_fluid.measures import (box_fluctuations, count_fluctuations, energy_spectrum, fit_exponent,
+                                             gnf_exponent, local_coupling, piv, spectral_exponent)
+from paperbook.active_fluid.models import (advect, poisson_particles, random_dots, random_velocity_field,
+                                           vicsek)
+from paperbook.core import resolve
+
+from helpers import cli
+
+HAS_DATA = bool(os.environ.get("PAPERBOOK_DATA")) and (Path(os.environ["PAPERBOOK_DATA"]) / "ecoli").is_dir()
+
+
+# ---- box counting ---------------------------------------------------------------------------------------
+def test_box_fluctuations_by_hand():
+    # two frames of 2 × 2 pixels; l = 1: the four pixels' temporal std; l = 2: the frame means' std
+    frames = np.array([[[1.0, 2.0], [3.0, 4.0]], [[3.0, 2.0], [1.0, 8.0]]])
+    out = box_fluctuations(frames, [1, 2])
+    per_pixel_std = np.std(frames, axis=0, ddof=1)  # [[1.414, 0], [1.414, 2.828]]
+    assert out["N"].tolist() == [1.0, 4.0]
+    assert out["dN"][0] == pytest.approx(per_pixel_std.mean() * 1)
+    assert out["dN"][1] == pytest.approx(np.std([2.5, 3.5], ddof=1) * 4)  # means 2.5 and 3.5, times l²
+
+
+def test_independent_pixels_give_one_half_and_a_wrong_area_factor_would_not():
+    rng = np.random.default_rng(0)
+    frames = rng.normal(1.0, 0.1, size=(40, 256, 256))
+    f = box_fluctuations(frames, [1, 2, 4, 8, 16, 32])
+    assert abs(gnf_exponent(f) - 0.5) < 0.02
+    wrong = fit_exponent(f["N"], f["dN"] / f["l"])  # ΔN scaled by l instead of l²: exponent 0.0
+    assert abs(wrong - 0.5) > 0.4
+
+
+def test_count_fluctuations_by_hand():
+    box = 4.0
+    # two snapshots of two particles; boxes of side 2 (four boxes): counts [2,0,0,0] then [1,0,0,1]
+    pos = np.array([[[0.5, 0.5], [1.5, 1.5]], [[0.5, 0.5], [3.5, 3.5]]])
+    out = count_fluctuations(pos, box, [2.0])
+    stds = np.std([[2, 0, 0, 0], [1, 0, 0, 1]], axis=0, ddof=1)
+    assert out["N"][0] == pytest.approx(0.5) and out["dN"][0] == pytest.approx(stds.mean())
+
+
+def test_poisson_particles_and_the_fit_range_check():
+    f = count_fluctuations(poisson_particles(4096, 64, 60, seed=1), 64, [1, 2, 4, 8, 16])
+    assert abs(gnf_exponent(f) - 0.5) < 0.03
+    with pytest.raises(ValueError, match="at least 3 are needed"):
+        gnf_exponent(f, lmin=8)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="frames must be"):
+        box_fluctuations(np.zeros((1, 8, 8)), [2])
+    with pytest.raises(ValueError, match="box sizes"):
+        box_fluctuations(np.zeros((3, 8, 8)), [16])
+    with pytest.raises(ValueError, match="positions must be"):
+        count_fluctuations(np.zeros((3, 5)), 4.0, [1.0])
+
+
+# ---- spectra ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("beta", [1.0, 5 / 3, 3.0])
+def test_the_spectrum_recovers_a_prescribed_exponent(beta):
+    n = 512
+    u, v = random_velocity_field(n, beta, seed=3)
+    k, E = energy_spectrum(u, v, 1.0)
+    got = spectral_exponent(k, E, 2 * math.pi * 8 / n, 2 * math.pi * 100 / n)
+    assert abs(got - beta) < 0.1
+    # forgetting the ring length 2πk (a plain ring average) shifts the exponent by one
+    ring_avg = E / (2 * math.pi * k)
+    assert abs(spectral_exponent(k, ring_avg, 2 * math.pi * 8 / n, 2 * math.pi * 100 / n) - (beta + 1)) < 0.1
+
+
+def test_spectrum_of_one_mode_and_parseval():
+    n, dx = 32, 0.5
+    x = np.arange(n) * dx
+    v = np.sin(2 * math.pi * 3 * x / (n * dx))[:, None].repeat(n, 1)  # varies along y
+    k, E = energy_spectrum(np.zeros_like(v), v, dx, bins=n)
+    assert k[np.argmax(E)] == pytest.approx(2 * math.pi * 3 / (n * dx), rel=0.05)  # the ring holding the mode
+    with pytest.raises(ValueError, match="missing"):
+        energy_spectrum(np.full((8, 8), np.nan), np.zeros((8, 8)), 1.0)
+    with pytest.raises(ValueError, match="same 2-D grid"):
+        energy_spectrum(np.zeros((8, 8)), np.zeros((8, 9)), 1.0)
+
+
+def test_random_fields_are_divergence_free_with_the_asked_rms():
+    u, v = random_velocity_field(64, 3.0, rms=2.5, seed=0, kcut=1.0)
+    kx = np.fft.fftfreq(64)[None, :]
+    ky = np.fft.fftfreq(64)[:, None]
+    div = np.fft.ifft2(1j * kx * np.fft.fft2(u) + 1j * ky * np.fft.fft2(v)).real
+    assert np.abs(div).max() < 1e-10 and np.sqrt(np.mean(u ** 2 + v ** 2)) == pytest.approx(2.5)
+
+
+# ---- PIV -------------------------------------------------------------------------------------------------
+def test_piv_finds_a_uniform_shift():
+    img = random_dots(256, seed=2)
+    moved = advect(img, np.full((256, 256), 2.5), np.full((256, 256), -1.5))
+    got = piv(img, moved, window=32, overlap=16)
+    assert np.median(got["u"]) == pytest.approx(2.5, abs=0.1) and np.median(got["v"]) == pytest.approx(-1.5, abs=0.1)
+    assert got["replaced"] < 0.05
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        piv(img, img[:100])
+
+
+# ---- the Vicsek model ------------------------------------------------------------------------------------
+def test_vicsek_orders_at_low_noise_and_shows_giant_fluctuations():
+    sizes = [1.0, 2.0, 4.0, 8.0]
+    kw = dict(n=2048, box=32, steps=600, keep_from=200, keep_every=4, seed=0)
+    low, high = vicsek(eta=0.2, **kw), vicsek(eta=0.9, **kw)
+    assert low["order"] > 0.7 and high["order"] < 0.2
+    g_low = gnf_exponent(count_fluctuations(low["positions"], 32, sizes))
+    g_high = gnf_exponent(count_fluctuations(high["positions"], 32, sizes))
+    assert g_low > 0.65 and abs(g_high - 0.5) < 0.06
+    with pytest.raises(ValueError, match="keep_from"):
+        vicsek(steps=10, keep_from=20)
+
+
+# ---- readers ---------------------------------------------------------------------------------------------
+def test_frame_reader_round_trip_and_refusals(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    a = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    tifffile.imwrite(tmp_path / "b.tif", a * 2)
+    frames = read_frames([tmp_path / "a.tif", tmp_path / "b.tif"])
+    assert frames.shape == (2, 3, 4) and frames.dtype == np.float64 and frames[1, 2, 3] == 22
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((3, 5), np.uint8))
+    with pytest.raises(ValueError, match="differs from the first frame"):
+        read_frames([tmp_path / "a.tif", tmp_path / "c.tif"])
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((3, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="2-D numeric grey-level"):
+        read_frames([tmp_path / "a.tif", tmp_path / "rgb.tif"])
+    (tmp_path / "text.tif").write_text("hello")
+    with pytest.raises(ValueError, match="not a readable image"):
+        read_frames([tmp_path / "a.tif", tmp_path / "text.tif"])
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        read_frames([tmp_path / "a.tif"])
+
+
+def test_piv_csv_reader(tmp_path):
+    rows = ["x,y,u,v"] + [f"{x},{y},{x / 10},{-y / 10}" for y in (5, 10, 15, 20) for x in (5, 10, 15, 20)]
+    (tmp_path / "ok.csv").write_text("\n".join(rows) + "\n")
+    f = read_piv_csv(tmp_path / "ok.csv")
+    assert f["dx"] == 5.0 and f["u"].shape == (4, 4) and f["u"][0, 3] == 2.0 and f["v"][3, 0] == -2.0
+    (tmp_path / "cols.csv").write_text("x,y,speed\n1,1,1\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['u', 'v'\]"):
+        read_piv_csv(tmp_path / "cols.csv")
+    (tmp_path / "hole.csv").write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(ValueError, match="do not fill a regular grid"):
+        read_piv_csv(tmp_path / "hole.csv")
+
+
+def test_local_coupling_sees_a_planted_link():
+    rng = np.random.default_rng(0)
+    T, H, W = 12, 128, 128
+    amp = np.kron(rng.uniform(0.1, 1.0, size=(4, 4)), np.ones((32, 32)))  # fluctuation amplitude per 32-px box
+    frames = 1 + amp * rng.normal(size=(T, H, W)) * 0.01
+    ys, xs = np.mgrid[8:128:16, 8:128:16]
+    speed = np.kron(rng.uniform(0.1, 1.0, size=(4, 4)), np.ones((2, 2)))
+    linked = [{"x": xs, "y": ys, "u": np.kron(amp[::32, ::32], np.ones((2, 2))), "v": np.zeros_like(speed)}]
+    unlinked = [{"x": xs, "y": ys, "u": speed, "v": np.zeros_like(speed)}]
+    assert local_coupling(frames, linked, [32])["r"][0] > 0.9
+    assert abs(local_coupling(frames, unlinked, [32])["r"][0]) < 0.7
+
+
+# ---- the chapter -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, words", [
+    ({"sim.snapshots": 200}, "must be below sim.vicsek_steps"),
+    ({"real.piv_pairs": 10}, "real.piv_pairs must lie in 1..9"),
+    ({"sim.count_sizes": "1,128"}, "sim.count_sizes go up to 128"),
+    ({"sim.fluctuations": 1}, "unknown override 'sim.fluctuations'"),
+])
+def test_bad_config_fails_before_any_work(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        resolve("ecoli-gnf", "cpu-toy", overrides)
+
+
+def test_every_preset_resolves_with_its_smoke_cut():
+    from paperbook.active_fluid.chapter import CHAPTER
+
+    for preset in CHAPTER.presets:
+        resolve("ecoli-gnf", preset, CHAPTER.smoke)
+
+
+def test_the_chapter_runs_small_and_records_its_data(tmp_path):
+    from paperbook.active_fluid.chapter import CHAPTER
+
+    sets = [a for k, v in CHAPTER.smoke.items() for a in ("--set", f"{k}={json.dumps(v) if isinstance(v, tuple) else v}")]
+    r = cli("run", "ecoli-gnf", *sets, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "metrics.json").read_text())
+    rows = {row["claim"]: row for row in rec["reproduction"]}
+    assert all(len(row["per_seed"]) >= 1 for row in rows.values())
+    assert rec["data"]["ecoli"]["source"] == ("folder" if HAS_DATA else "generated")
+
+
+@pytest.mark.skipif(not HAS_DATA, reason="data set ecoli is not on this machine (PAPERBOOK_DATA)")
+def test_the_authors_data_gives_giant_fluctuations_and_a_steep_spectrum():
+    from paperbook.active_fluid.chapter import RealConfig, real_data
+
+    real = real_data(RealConfig(piv_pairs=1), seeds=[0, 1])
+    assert 0.55 < real["gamma"] < 0.75 and all(abs(c - 0.5) < 0.03 for c in real["control"].values())
+    assert 2.3 < real["beta"] < 3.3
+    assert real["fields"][0]["replaced"] < 0.05
