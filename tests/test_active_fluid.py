@@ -191,7 +191,8 @@ def test_every_preset_resolves_with_its_smoke_cut():
 def test_the_chapter_runs_small_and_records_its_data(tmp_path):
     from paperbook.active_fluid.chapter import CHAPTER
 
-    sets = [a for k, v in CHAPTER.smoke.items() for a in ("--set", f"{k}={json.dumps(v) if isinstance(v, tuple) else v}")]
+    text = lambda v: json.dumps(v) if isinstance(v, tuple) else v
+    sets = [a for k, v in CHAPTER.smoke.items() for a in ("--set", f"{k}={text(v)}")]
     r = cli("run", "ecoli-gnf", *sets, "--out", tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads((tmp_path / "metrics.json").read_text())
