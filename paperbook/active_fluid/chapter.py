@@ -122,7 +122,8 @@ def make_claims(sims: dict, spectra: dict, pivs: dict, real: dict | None, cfg: C
     lo, hi = cfg.real.spectrum_fit_wavelengths
     r32 = real["coupling"]
     rows += [
-        paired_claim(f"the real frames show GNF: γ above the pixel-shuffled control's (boxes ≤ {cfg.real.gnf_fit_lmax} px)",
+        paired_claim("the real frames show GNF: γ above the pixel-shuffled control's "
+                     f"(boxes ≤ {cfg.real.gnf_fit_lmax} px)",
                      paper="GNF in 3-D bacterial active turbulence (abstract)", a=real["boot"], b=real["control"],
                      better="higher", margin=0.05, names=("γ frames", "γ shuffled"), threshold="by more than 0.05"),
         claim("the real frames reach the paper's exponent, ΔN ∝ N^0.80", paper="ΔN ∝ N^0.80, α ≈ 0.30 (recalled)",
