@@ -1,0 +1,162 @@
+"""Chapter 9 (ACTION-NET): scores reader, feature generator, model parts, ensemble training, the chapter."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from paperbook.action_net.data import Routines, crop, generate_features, load_features, read_scores
+from paperbook.action_net.model import (ActionNet, Ensemble, Stream, fisher_mean, spearman, temporal_graph,
+                                        train_ensemble)
+from paperbook.core import resolve
+
+from helpers import cli, one_and_two_processes
+
+HEADER = "Video_Name\tDifficulty_Score    Execution_Score Total_Score\tPenalty\tVideo_length\n"
+
+
+def _routines(D, E, P=None):
+    n = len(D)
+    P = np.zeros(n) if P is None else np.asarray(P, float)
+    D, E = np.asarray(D, float), np.asarray(E, float)
+    return Routines(tuple(f"Ball_{i}" for i in range(n)), np.array(["Ball"] * n), D, E, P, D + E - P,
+                    np.full(n, 90.0))
+
+
+def test_scores_reader_and_its_refusals(tmp_path):
+    rows = "Ball_001\t10.50\t8.30\t18.80\t0.00\t92\nHoop_002\t7.2\t4.2\t10.8\t0.6\t93\n"
+    (tmp_path / "ok.txt").write_text(HEADER + rows)
+    r = read_scores(tmp_path / "ok.txt")
+    assert r.names == ("Ball_001", "Hoop_002") and r.total.tolist() == [18.8, 10.8] and len(r.of("Hoop")) == 1
+    (tmp_path / "sum.txt").write_text(HEADER + "Ball_001\t10.50\t8.30\t19.80\t0.00\t92\n")
+    with pytest.raises(ValueError, match="total != difficulty .* Ball_001"):
+        read_scores(tmp_path / "sum.txt")
+    (tmp_path / "cols.txt").write_text("Video_Name Difficulty_Score Total_Score\nBall_1 1 1\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_scores(tmp_path / "cols.txt")
+    (tmp_path / "app.txt").write_text(HEADER + "Rope_001\t1\t1\t2\t0\t90\n")
+    with pytest.raises(ValueError, match="unknown apparatus \\['Rope'\\]"):
+        read_scores(tmp_path / "app.txt")
+    with pytest.raises(ValueError, match="unknown apparatus 'Rope'"):
+        r.of("Rope")
+
+
+def test_generated_elements_are_adjacent_pairs_and_the_mean_hides_them():
+    r = _routines([2.4, 9.6], [8.0, 8.0])
+    f = generate_features(r, noise=0.0, offset=0.0, seed=0)
+    assert [len(e) for e in f.elements] == [2, 8]
+    pat = np.random.default_rng(12345)
+    a, b = pat.normal(size=(2, 4, 32)) / np.sqrt(32) * 6.0
+    for i in range(2):
+        sa, sb = f.dynamic[i] @ a.T, f.dynamic[i] @ b.T  # (clips, 4) projections on the halves
+        pairs = sum(int(np.any((sa[t] > 20) & (sb[t + 1] > 20))) for t in range(f.dynamic.shape[1] - 1))
+        assert pairs >= len(f.elements[i])  # every element is an a-half followed by its b-half
+    # the same number of halves in every routine: the mean over clips does not grow with difficulty
+    halves = lambda i: (np.abs(f.dynamic[i] @ np.concatenate([a, b]).T) > 20).any(1).sum()
+    assert halves(0) == halves(1) == 16
+
+
+def test_crop_and_temporal_graph_by_hand():
+    x = np.arange(10).reshape(1, 10, 1).astype(float)
+    assert crop(x, 4)[0, :, 0].tolist() == [3, 4, 5, 6]
+    with pytest.raises(ValueError, match="crop of 12"):
+        crop(x, 12)
+    A = temporal_graph(2)  # A = [[1, e^-1], [e^-1, 1]], degrees 1 + e^-1 on both rows
+    e = math.exp(-1)
+    assert torch.allclose(A, torch.tensor([[1, e], [e, 1]]) / (1 + e))
+
+
+def test_ablations_do_what_they_say():
+    torch.manual_seed(0)
+    v = torch.randn(2, 6, 8)
+    _, a = Stream(8, 6, 4, attention=False)(v)
+    assert torch.allclose(a, torch.full((2, 6), 1 / 6))
+    s = Stream(8, 6, 4, graph=False)
+    f, _ = s(v)
+    assert torch.equal(f[:, 4:], torch.zeros(2, 4))  # h = [x; 0]: the context half of the feature is zero
+    with pytest.raises(ValueError, match="streams"):
+        ActionNet(8, 8, 6, 6, streams=("audio",))
+
+
+def test_ensemble_copies_are_independent():
+    torch.manual_seed(0)
+    copies = [ActionNet(8, 8, 6, 6, 4, dropout=0.0) for _ in range(3)]
+    ens = Ensemble(copies)
+    d, s = torch.randn(3, 2, 6, 8), torch.randn(3, 2, 6, 8)
+    out = ens(d, s)
+    assert torch.allclose(out, torch.stack([copies[i](d[i], s[i]) for i in range(3)]), atol=1e-5)
+    out[0].sum().backward()  # a loss of copy 0 only
+    assert all(p.grad[1:].abs().max() == 0 for p in ens.parameters() if p.grad is not None)
+    assert any(p.grad[0].abs().max() > 0 for p in ens.parameters() if p.grad is not None)
+
+
+def test_training_fits_the_training_routines():
+    rng = np.random.default_rng(1)
+    r = _routines(rng.uniform(3, 12, 64).round(1), rng.uniform(4, 9, 64).round(2))
+    f = generate_features(r, seed=0)
+    torch.manual_seed(0)
+    ens = Ensemble([ActionNet(32, 32, 16, 32, 16)])
+    losses = train_ensemble(ens, [(f.dynamic, f.static, f.y)], epochs=25, batch=16, lr=3e-3, clips=16, frames=32,
+                            optimizer="adam")
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="optimizer"):
+        train_ensemble(ens, [(f.dynamic, f.static, f.y)], epochs=1, batch=16, lr=1e-3, clips=16, frames=32,
+                       optimizer="lbfgs")
+
+
+def test_spearman_and_fisher_by_hand():
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 30, 20, 40])) == pytest.approx(0.8)
+    assert fisher_mean([0.2, 0.6]) == pytest.approx(math.tanh((math.atanh(0.2) + math.atanh(0.6)) / 2))
+
+
+def test_feature_loader_round_trip_and_errors(tmp_path):
+    r = _routines([5.0, 6.0], [7.0, 8.0])
+    for sub, t, d in (("dynamic", 20, 4), ("static", 40, 3)):
+        (tmp_path / sub).mkdir()
+        for i, name in enumerate(r.names):
+            np.save(tmp_path / sub / f"{name}.npy", np.full((t, d), i, np.float32))
+    f = load_features(r, tmp_path, clips=18, frames=36)
+    assert f.dynamic.shape == (2, 18, 4) and f.static.shape == (2, 36, 3) and f.static[1].max() == 1
+    with pytest.raises(ValueError, match="expected \\(50 or more steps"):
+        load_features(r, tmp_path, clips=50, frames=36)
+    np.save(tmp_path / "static" / "Ball_1.npy", np.zeros((40, 5), np.float32))
+    with pytest.raises(ValueError, match="width 5 differs"):
+        load_features(r, tmp_path, clips=18, frames=36)
+    (tmp_path / "dynamic" / "Ball_0.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="no dynamic features for Ball_0"):
+        load_features(r, tmp_path, clips=18, frames=36)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"train.apparatus": "Ball,Rope"}, "unknown apparatus \\['Rope'\\]"),
+    ({"train.variants": "mean pooling"}, "must include 'full'"),
+    ({"train.crop_clips": 30}, "crops \\(30, 32\\) longer than the sequences"),
+    ({"features.source": "folder"}, "needs features.folder"),
+    ({"train.optimizer": "rmsprop"}, "train.optimizer must be"),
+    ({"features.halves": 20}, "at most clips // 2"),
+])
+def test_bad_config_fails_before_any_work(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        resolve("action-net", "cpu-toy", overrides)
+
+
+@pytest.mark.dist
+def test_ddp_two_processes_equal_one(tmp_path):
+    one, two = one_and_two_processes(Path(__file__).parent / "dist_scripts" / "action_net_ddp.py", tmp_path)
+    assert len(one["losses"]) == len(two["losses"]) == 2
+    assert np.allclose(one["losses"], two["losses"], rtol=1e-4)
+    assert np.allclose(one["params"], two["params"], atol=1e-5)
+
+
+def test_the_chapter_runs_small(tmp_path):
+    r = cli("run", "action-net", "--set", "train.seeds=2", "--set", "train.epochs=2",
+            "--set", "train.variants=full,mean pooling", "--set", "train.apparatus=Ball,Hoop", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "metrics.json").read_text())
+    rho = rec["metrics"]["rho"]
+    assert set(rho) == {"full", "mean pooling"} and set(rho["full"]) == {"Ball", "Hoop"}
+    paired = [row for row in rec["reproduction"] if "difference" in row]
+    assert len(paired) == 2 and all(row["k_of_n"].endswith("/2") for row in paired)
