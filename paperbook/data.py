@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+
 # %% auto #0
 __all__ = ['REGISTRY', 'DataFile', 'DataSet', 'cache_dir', 'get_dataset', 'file_url', 'content_hash', 'check_file',
-           'check_folder', 'Located', 'locate', 'fetch', 'verify', 'where', 'status']
+           'check_folder', 'Located', 'locate', 'fetch', 'verify', 'read_idx', 'load_fashion_mnist', 'where', 'status']
 
 # %% ../nbs/00d_data.ipynb #acdb9167
 @dataclass(frozen=True)
@@ -477,6 +479,34 @@ def verify(name: str) -> dict:
     if found.path is None:
         raise ValueError(f"data set {name!r} is not on this machine (neither in $PAPERBOOK_DATA nor in the cache)")
     return {"path": str(found.path), "source": found.source, "files": len(get_dataset(name).files)}
+
+# %% ../nbs/00d_data.ipynb #d2d1a4af
+def read_idx(path: str | Path) -> np.ndarray:
+    "An IDX file (optionally gzipped) of unsigned bytes as a numpy array."
+    path = Path(path)
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (the magic number must start with two zero bytes)")
+    if raw[2] != 0x08:
+        raise ValueError(f"{path}: IDX type code {raw[2]:#04x} is not supported; allowed: 0x08 (unsigned byte)")
+    nd = raw[3]
+    if nd < 1 or len(raw) < 4 + 4 * nd:
+        raise ValueError(f"{path}: truncated IDX header ({nd} dimensions)")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
+    size = int(np.prod(dims))
+    if len(raw) - 4 - 4 * nd != size:
+        raise ValueError(f"{path}: IDX header says {dims} ({size} bytes) but the file holds {len(raw) - 4 - 4 * nd}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
+
+# %% ../nbs/00d_data.ipynb #fbe7ccb1
+def load_fashion_mnist() -> dict[str, np.ndarray] | None:
+    "Fashion-MNIST's four arrays (X_train, y_train, X_test, y_test) where the registry finds them, else None."
+    found = locate("fashion_mnist", quiet=True)
+    if found.path is None:
+        return None
+    files = {"X_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
+             "X_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
+    return {k: read_idx(_copy_of(found.path, DataFile(v, None, None))) for k, v in files.items()}
 
 # %% ../nbs/00d_data.ipynb #bd606893
 def where(name: str) -> str:

@@ -16,7 +16,7 @@ from .core.records import pick_device
 
 # %% auto #0
 __all__ = ['DistInfo', 'init_distributed', 'shutdown', 'distributed', 'print0', 'all_reduce_sum', 'all_reduce_mean', 'wrap_ddp',
-           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean']
+           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean', 'threads']
 
 # %% ../nbs/00a_dist.ipynb #c137c48c
 @dataclass(frozen=True)
@@ -138,3 +138,15 @@ def rank_slice(n: int, info: DistInfo | None) -> slice:
 def share_of_mean(loss_sum: torch.Tensor, count: int, info: DistInfo | None) -> torch.Tensor:
     "A rank's loss sum as its share of the global mean (× world size, which DDP's gradient average undoes)."
     return loss_sum / count * (info.world_size if info is not None else 1)
+
+# %% ../nbs/00a_dist.ipynb #fa1c682e
+@contextmanager
+def threads(n: int, device: torch.device | str = "cpu"):
+    "Run the block with `n` intra-op threads when `device` is the CPU (restored afterwards)."
+    before = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

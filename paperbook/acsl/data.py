@@ -3,7 +3,6 @@
 # %% ../../nbs/02b_acsl_data.ipynb #cdbb08dc
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,30 +12,14 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['FASHION_CLASSES', 'VARIANTS', 'read_idx', 'BaseImages', 'load_base_images', 'frequency_group', 'Category',
-           'make_long_tail', 'groups_of', 'Scene', 'box_iou', 'render', 'make_scenes', 'label_proposals', 'train_pool',
-           'sample_rois', 'eval_proposals', 'LvisData', 'load_lvis', 'lvis_scenes']
+__all__ = ['FASHION_CLASSES', 'VARIANTS', 'BaseImages', 'load_base_images', 'frequency_group', 'Category', 'make_long_tail',
+           'groups_of', 'Scene', 'box_iou', 'render', 'make_scenes', 'label_proposals', 'train_pool', 'sample_rois',
+           'eval_proposals', 'LvisData', 'load_lvis', 'lvis_scenes']
 
 # %% ../../nbs/02b_acsl_data.ipynb #bcae153a
+from ..data import read_idx
+
 FASHION_CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    "An IDX file (optionally gzipped) of unsigned bytes as a numpy array."
-    path = Path(path)
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (the magic number must start with two zero bytes)")
-    if raw[2] != 0x08:
-        raise ValueError(f"{path}: IDX type code {raw[2]:#04x} is not supported; allowed: 0x08 (unsigned byte)")
-    nd = raw[3]
-    if nd < 1 or len(raw) < 4 + 4 * nd:
-        raise ValueError(f"{path}: truncated IDX header ({nd} dimensions)")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
-    size = int(np.prod(dims))
-    if len(raw) - 4 - 4 * nd != size:
-        raise ValueError(f"{path}: IDX header says {dims} ({size} bytes) but the file holds {len(raw) - 4 - 4 * nd}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
 
 # %% ../../nbs/02b_acsl_data.ipynb #74d2bc1e
 @dataclass

@@ -23,13 +23,10 @@ def vicsek(n: int = 8192, box: int = 64, *, v0: float = 0.5, eta: float = 0.25, 
     if not 0 <= keep_from < steps or keep_every < 1 or box < 3:
         raise ValueError(f"need 0 <= keep_from < steps, keep_every >= 1, box >= 3; got {keep_from}, {steps}, "
                          f"{keep_every}, {box}")
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)  # thousands of tiny steps: one thread is several times faster than two
-    try:
+    from paperbook.dist import threads
+
+    with threads(1, device):  # thousands of tiny steps: one thread is several times faster (paperbook.dist)
         return _vicsek(n, box, v0, eta, steps, keep_from, keep_every, seed, device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _vicsek(n, box, v0, eta, steps, keep_from, keep_every, seed, device) -> dict:

@@ -1,0 +1,161 @@
+"""Chapter 5 (weight distance): corruption, distances, the bound, stopping rules, code length, the chapter."""
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from paperbook.core import resolve
+from paperbook.weight_info.data import Split, corrupt, load_images, make_model, read_cifar_batch
+from paperbook.weight_info.measures import (calibrate, distance_stop, flat_params, invert, kl_bits,
+                                            layer_distances, prequential_bits, sharpness_sigma, train_recording,
+                                            validation_stop)
+
+from helpers import cli, one_and_two_processes
+
+
+def test_corruption_rate_and_refusals():
+    y = torch.arange(10).repeat(2000)
+    noisy, redrawn = corrupt(y, 0.5, seed=1)
+    assert abs(redrawn.float().mean().item() - 0.5) < 0.02
+    assert abs((noisy != y).float().mean().item() - 0.45) < 0.02  # redrawn, and landed on another class
+    assert torch.equal(noisy[~redrawn], y[~redrawn])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got 1.5"):
+        corrupt(y, 1.5)
+    with pytest.raises(ValueError, match="empty"):
+        corrupt(torch.tensor([], dtype=torch.long), 0.5)
+
+
+def test_distances_by_hand():
+    m = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+    start = {k: v.detach().clone() for k, v in m.named_parameters()}
+    th0 = flat_params(m)
+    with torch.no_grad():
+        m.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+    assert float((flat_params(m) - th0).norm()) == pytest.approx(1.0)
+    assert layer_distances(m, start)["weight"] == pytest.approx(1.0 / 5.0)  # ‖Δ‖ = 1, ‖θ0‖ = 5
+    assert kl_bits(3.0, 0.5) == pytest.approx(9 / (2 * 0.25) / math.log(2))
+
+
+def test_sharpness_sigma_brackets_the_tolerance():
+    from paperbook.weight_info.measures import perturbed_loss
+
+    torch.manual_seed(0)
+    X = torch.randn(300, 4)
+    y = (X[:, 0] + X[:, 1] > 0).long()
+    m = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    for _ in range(100):
+        loss = nn.functional.cross_entropy(m(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    base = nn.functional.cross_entropy(m(X), y).item()
+    sigma = sharpness_sigma(m, X, y, tolerance=0.1)
+    # the same perturbation directions at every σ (one seed): the bisection brackets the tolerance
+    assert perturbed_loss(m, X, y, sigma) - base <= 0.1 < perturbed_loss(m, X, y, sigma * 1.01) - base
+    assert perturbed_loss(m, X, y, 0.0) == pytest.approx(base, abs=1e-6)
+    assert torch.isclose(nn.functional.cross_entropy(m(X), y), torch.tensor(base))  # weights restored
+
+
+def test_training_records_and_fits_small_data():
+    d = load_images("digits", n_train=200, n_val=50, n_test=50, seed=0)
+    y, redrawn = corrupt(d["train"].y, 0.3, seed=0)
+    torch.manual_seed(0)
+    rec = train_recording(make_model("mlp", (1, 8, 8), width=64), Split(d["train"].X, y), d["val"], d["test"],
+                          redrawn=redrawn, max_epochs=200, seed=0)
+    rows = rec["rows"]
+    assert rec["fitted"] and rows[-1]["memorised"] == 1.0 and rows[-1]["train_acc"] == 1.0
+    assert all(r["path"] >= r["distance"] - 1e-9 for r in rows)  # a path is never shorter than the chord
+    with pytest.raises(ValueError, match="empty"):
+        train_recording(make_model("mlp", (1, 8, 8)), Split(d["train"].X[:0], y[:0]), d["val"], d["test"],
+                        redrawn=redrawn[:0])
+
+
+def test_stopping_rules_by_hand():
+    assert distance_stop([1, 3, 2, 1.5, 1.2, 1.0, 1.0, 1.1, 1.3, 1.6], window=1, rise=0.2) == 5
+    assert distance_stop([1, 1, 1, 1], window=1) == 3  # no rise: train to the end
+    assert validation_stop([0.1, 0.7, 0.7, 0.6]) == 1
+
+
+def test_prequential_code_separates_structure_from_noise():
+    X = torch.randn(400, 3)
+    make = lambda: nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 10))
+    structured = prequential_bits(make, X, (X[:, 0] > 0).long(), epochs=15)
+    noise = prequential_bits(make, X, torch.randint(0, 10, (400,), generator=torch.Generator().manual_seed(0)),
+                             epochs=15)
+    assert structured < 0.4 * noise and noise > 0.8 * 400 * math.log2(10)
+    with pytest.raises(ValueError, match="increasing fractions"):
+        prequential_bits(make, X, X[:, 0].long(), blocks=(0.5, 0.25, 1.0))
+
+
+def test_calibration_by_hand():
+    curve = calibrate([0, 0.5, 1, 0, 0.5, 1], [10, 20, 18, 12, 22, 22])  # means 11, 21, 20 -> monotone 11, 21, 21
+    assert curve[1].tolist() == [11, 21, 21]
+    assert invert(curve, 16) == pytest.approx(0.25) and invert(curve, 5) == 0.0
+
+
+def test_the_cifar_reader_refuses_code(tmp_path):
+    data = (np.arange(3072 * 2) % 256).astype(np.uint8).reshape(2, 3072)
+    (tmp_path / "ok").write_bytes(pickle.dumps({b"data": data, b"labels": [1, 2]}))
+    X, y = read_cifar_batch(tmp_path / "ok")
+    assert X.shape == (2, 3, 32, 32) and X[0, 0, 0, 1] == 1 and y.tolist() == [1, 2]
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    (tmp_path / "evil").write_bytes(pickle.dumps({b"data": Payload(), b"labels": []}))
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        read_cifar_batch(tmp_path / "evil")
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "wrong").write_bytes(pickle.dumps({b"x": 1}))
+    with pytest.raises(ValueError, match="not a CIFAR-10 batch"):
+        read_cifar_batch(tmp_path / "wrong")
+
+
+def test_models_and_bad_names():
+    for kind in ("mlp", "cnn"):
+        assert make_model(kind, (3, 32, 32))(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown model 'vit'"):
+        make_model("vit", (1, 8, 8))
+    with pytest.raises(ValueError, match="unknown image set 'svhn'"):
+        load_images("svhn")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"train.levels": "0,1.5,0.5"}, "probabilities in \\[0, 1\\]"),
+    ({"train.seeds": 1}, "train.seeds must be >= 2"),
+    ({"data.images": "cifar10"}, "needs data.folder"),
+    ({"train.model": "vit"}, "train.model must be mlp or cnn"),
+])
+def test_bad_config_fails_before_any_work(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        resolve("weight-info", "cpu-toy", overrides)
+
+
+@pytest.mark.dist
+def test_two_processes_give_the_same_distances_as_one(tmp_path):
+    one, two = one_and_two_processes(Path(__file__).parent / "dist_scripts" / "weight_info_ddp.py", tmp_path)
+    assert len(one["distances"]) == len(two["distances"]) == 3
+    assert np.allclose(one["distances"], two["distances"], rtol=1e-5)
+    assert np.allclose(one["params"], two["params"], atol=1e-5)
+
+
+def test_the_chapter_runs_small(tmp_path):
+    from paperbook.weight_info.chapter import CHAPTER
+
+    text = lambda v: json.dumps(v) if isinstance(v, tuple) else v
+    sets = [a for k, v in CHAPTER.smoke.items() for a in ("--set", f"{k}={text(v)}")]
+    r = cli("run", "weight-info", *sets, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(rec["metrics"]["runs"]) == 6 and len(rec["reproduction"]) == 6
+    assert rec["data"]["digits"]["source"] == "package"
