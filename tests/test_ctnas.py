@@ -1,0 +1,185 @@
+"""Chapter 3 (CTNAS): graph encodings, loaders and their refusals, Kendall's τ, the comparator, the searches."""
+
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+from paperbook.core import resolve
+from paperbook.ctnas.model import (NAC, Controller, GraphEncoder, batch_graphs, kendall_from_verdicts, nac_matrix,
+                                   regularized_evolution, search, train_nac)
+from paperbook.ctnas.spaces import (Space, _AllowListUnpickler, chain_graph, check_nb101, load_nasbench101_json,
+                                    load_nasbench_macro, nb201_graph)
+
+from helpers import cli
+
+
+def toy_space(layers=4, options=3, seed=0):
+    "A chain space whose accuracy is additive in the choices: the best architecture is known."
+    gain = np.random.default_rng(seed).normal(size=(layers, options))
+    archs = [tuple(int(c) for c in np.unravel_index(i, (options,) * layers)) for i in range(options ** layers)]
+    acc = np.array([80 + sum(gain[k, a[k]] for k in range(layers)) for a in archs])
+    return Space("toy", archs, acc, (options,) * layers, options, lambda a: chain_graph(a, options)), gain
+
+
+def test_nb201_cell_as_an_op_on_node_graph():
+    A, types = nb201_graph((0, 1, 2, 3, 4, 0))
+    # node k + 1 is edge k of (c0→c1, c0→c2, c1→c2, c0→c3, c1→c3, c2→c3); node 0 input, node 7 output
+    expected = {(0, 1), (0, 2), (0, 4),  # edges leaving c0 are fed by the input
+                (1, 3), (1, 5),  # edges leaving c1 are fed by the edge c0→c1
+                (2, 6), (3, 6),  # the edge c2→c3 is fed by both edges into c2
+                (4, 7), (5, 7), (6, 7)}  # the edges into c3 feed the output
+    assert {tuple(map(int, e)) for e in zip(*np.nonzero(A))} == expected
+    assert types.tolist() == [0, 2, 3, 4, 5, 6, 2, 1]
+    with pytest.raises(ValueError, match="6 operations in 0..4"):
+        nb201_graph((0, 1, 2, 3, 5, 0))
+
+
+def test_chain_graph():
+    A, types = chain_graph((2, 0, 1))
+    assert A.tolist() == np.eye(5, k=1).tolist() and types.tolist() == [0, 4, 2, 3, 1]
+    with pytest.raises(ValueError, match="0..2"):
+        chain_graph((0, 3))
+
+
+def test_graph_layer_by_hand():
+    enc = GraphEncoder(3, width=2, layers=1)
+    with torch.no_grad():
+        enc.embed.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        enc.W[0].weight.copy_(torch.eye(2))
+        enc.b[0].fill_(0.5)
+    A = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]])  # 0 → 1 → 2
+    types = torch.tensor([[0, 2, 1]])
+    # X = [[1,0],[1,1],[0,1]]; (Aᵀ+I)X sums a node and its predecessor: [[1,0],[2,1],[1,2]]; + X + b
+    expected = np.array([[2.5, 0.5], [3.5, 2.5], [1.5, 3.5]]).mean(0)
+    assert np.allclose(enc(A, types).detach().numpy()[0], expected)
+
+
+def test_kendall_from_verdicts_matches_scipy():
+    rng = np.random.default_rng(3)
+    acc = rng.normal(size=60)
+    score = acc + rng.normal(scale=0.8, size=60)
+    better = score[:, None] > score[None, :]
+    assert kendall_from_verdicts(better, acc) == pytest.approx(kendalltau(score, acc).statistic, abs=1e-12)
+    assert kendall_from_verdicts(acc[:, None] > acc[None, :], acc) == 1.0
+    assert kendall_from_verdicts(acc[:, None] < acc[None, :], acc) == -1.0
+
+
+def test_comparator_learns_a_toy_space():
+    space, _ = toy_space()
+    lab = np.random.default_rng(0).choice(len(space), 40, replace=False)
+    held = np.setdiff1d(np.arange(len(space)), lab)
+    torch.manual_seed(0)
+    nac = NAC(space.n_ops + 2, width=64, layers=4)  # a chain needs depth for the layers' positions to show
+    A, t = batch_graphs(space, [space.archs[i] for i in lab])
+    train_nac(nac, A, t, space.acc[lab], epochs=1000, seed=0)
+    hA, ht = batch_graphs(space, [space.archs[i] for i in held])
+    M = nac_matrix(nac, hA, ht)
+    assert kendall_from_verdicts(M > 0.5, space.acc[held]) > 0.6
+    assert np.allclose(M + M.T, 1.0, atol=0.35)  # roughly antisymmetric, though nothing forces it
+
+
+def test_controller_samples_valid_architectures_with_the_right_entropy():
+    ctl = Controller((2, 3, 5))
+    with torch.no_grad():
+        for h in ctl.heads:
+            h.weight.zero_()
+            h.bias.zero_()
+    archs, logp, ent = ctl(500, torch.Generator().manual_seed(0))
+    assert archs.shape == (500, 3) and (archs.max(0).values == torch.tensor([1, 2, 4])).all()
+    assert torch.allclose(ent, torch.tensor(np.log(2 * 3 * 5), dtype=torch.float32))
+    assert torch.allclose(logp, -ent)
+
+
+def test_search_finds_a_good_architecture_of_a_toy_space():
+    space, gain = toy_space()
+    torch.manual_seed(0)
+    nac = NAC(space.n_ops + 2, width=64, layers=4)
+    A, t = batch_graphs(space, space.archs)
+    train_nac(nac, A, t, space.acc, epochs=400, seed=0)
+    res = search(space, nac, steps=80, batch=8, update_every=10, lr=2e-2, seed=0)
+    assert space.rank_percentile(res["best"]) <= 10.0
+    assert len(res["history"]) == 8 and res["explored"] > 0
+    with pytest.raises(ValueError, match="update, fixed or random"):
+        search(space, nac, steps=1, baseline="best")
+
+
+def test_regularized_evolution_spends_its_budget_and_climbs():
+    space, gain = toy_space()
+    looked = []
+    accuracy = space.accuracy
+    space.accuracy = lambda a: looked.append(a) or accuracy(a)
+    best = regularized_evolution(space, 30, seed=1)
+    assert len(looked) == 30 and best in looked
+    assert accuracy(best) == max(accuracy(a) for a in looked)
+    space.accuracy = accuracy
+    big, _ = toy_space(layers=6, options=4)  # 4,096 architectures: the best of 60 random ones is in the top ~1%
+    found = [big.rank_percentile(regularized_evolution(big, 60, seed=s)) for s in range(10)]
+    assert np.median(found) < 0.5  # mutation climbs an additive space
+
+
+def test_unpickler_refuses_code():
+    payload = pickle.dumps(print)
+    with pytest.raises(pickle.UnpicklingError, match="refused to load builtins.print"):
+        _AllowListUnpickler(io.BytesIO(payload)).load()
+    ok = pickle.dumps({(0, 1): [1.5, np.float64(2.0)]})
+    assert _AllowListUnpickler(io.BytesIO(ok)).load() == {(0, 1): [1.5, 2.0]}
+
+
+def test_nasbench101_json_loader_and_its_refusals(tmp_path):
+    good = {"matrix": [[0, 1, 1], [0, 0, 1], [0, 0, 0]], "ops": ["input", "conv3x3-bn-relu", "output"],
+            "test_accuracy": 91.5}
+    p = tmp_path / "nb101.json"
+    p.write_text(json.dumps([good, good | {"test_accuracy": 90.0}]))
+    graphs, acc = load_nasbench101_json(p)
+    assert acc.tolist() == [91.5, 90.0] and graphs[0][0].shape == (7, 7) and graphs[0][0].sum() == 3
+    cases = {"non-empty JSON list": [],
+             "lacks \\['test_accuracy'\\]": [{"matrix": good["matrix"], "ops": good["ops"]}],
+             "record 1": [good, good | {"matrix": [[0, 1, 0], [1, 0, 1], [0, 0, 0]]}],
+             "record 0": [good | {"ops": ["input", "conv5x5", "output"]}]}
+    for words, records in cases.items():
+        p.write_text(json.dumps(records))
+        with pytest.raises(ValueError, match=words):
+            load_nasbench101_json(p)
+    with pytest.raises(ValueError):
+        check_nb101(np.triu(np.ones((8, 8)), 1).tolist(), ["input"] + ["conv1x1-bn-relu"] * 6 + ["output"])
+
+
+def test_macro_loader_reads_and_checks_a_small_file(tmp_path):
+    p = tmp_path / "macro.json"
+    p.write_text(json.dumps({"01201201": {"mean_acc": 91.0}, "22222222": {"mean_acc": 92.5}}))
+    s = load_nasbench_macro(p)
+    assert len(s) == 2 and s.accuracy((2,) * 8) == 92.5 and s.rank_percentile((2,) * 8) == 50.0
+    with pytest.raises(ValueError, match="not in the space"):
+        s.accuracy((0,) * 8)
+    p.write_text(json.dumps({"0120": {"mean_acc": 91.0}}))
+    with pytest.raises(ValueError, match="8-character keys"):
+        load_nasbench_macro(p)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"study.spaces": ["nas-bench-101"]}, "unknown space"),
+    ({"search.budget": 0.05}, "must be one of study.budgets"),
+    ({"seeds": 1}, "seeds must be >= 2"),
+    ({"study.budgets": [0.01]}, "at least two shares"),
+])
+def test_config_errors(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        resolve("ctnas", "cpu-toy", overrides)
+
+
+def test_the_chapter_runs_small(tmp_path):
+    from paperbook.ctnas.chapter import CHAPTER
+
+    sets = [a for k, v in CHAPTER.smoke.items() for a in ("--set", f"{k}={v}")]
+    r = cli("run", "ctnas", *sets, "--set", "study.spaces=[\"nas-bench-201\"]", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(rec["reproduction"]) == 5  # two ranking rows, three search rows (ablations off)
+    assert rec["data"]["nas-bench-201"]["source"] == "package"
+    assert set(rec["metrics"]["search"]["0"]) == {"ctnas", "random search", "predictor's pick",
+                                                  "regularized evolution"}
