@@ -1,0 +1,230 @@
+"""Chapter 6 (DeFlow-Net): deformable convolution, cities, samples, partitions, Moran's I, loaders, the chapter."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from paperbook.core import resolve
+from paperbook.deflow.data import (Flows, block_partition, calendar_features, fill_missing, hex_partition, load_st_h5,
+                                   make_samples, morans_i, paint, read_sensors, region_sums, self_organised_partition,
+                                   simulate_city, split)
+from paperbook.deflow.deform import DeformConv2d, deform_conv2d
+from paperbook.deflow.model import STResNet, copy_last, historical_average, rmse
+
+from helpers import cli, one_and_two_processes
+
+
+def centre_only(value=1.0):
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0, 1, 1] = value
+    return w
+
+
+def test_deformable_matches_convolution_and_shifts():
+    x = torch.randn(2, 3, 5, 4)
+    w = torch.randn(6, 3, 3, 3)
+    b = torch.randn(6)
+    zero = torch.zeros(2, 18, 5, 4)
+    assert torch.allclose(deform_conv2d(x, zero, w, b), F.conv2d(x, w, b, padding=1), atol=1e-5)
+    left = zero.clone()
+    left[:, 1::2] = -2.0  # every tap reads two columns to the left
+    expected = F.conv2d(F.pad(x, (3, 0, 1, 1))[..., :4 + 2], w)  # columns c-3..c-1 of x, zero before column 0
+    assert torch.allclose(deform_conv2d(x, left, w), expected, atol=1e-5)
+
+
+def test_fractional_offsets_by_hand():
+    x = torch.tensor([[[[1.0, 2.0, 4.0], [8.0, 16.0, 32.0]]]])  # (1, 1, 2, 3)
+    off = torch.zeros(1, 18, 2, 3)
+    off[0, 2 * 4 + 1] = 0.25  # the centre tap (k = 4) reads a quarter column to the right
+    y = deform_conv2d(x, off, centre_only())[0, 0]
+    assert torch.allclose(y, torch.tensor([[1.25, 2.5, 3.0], [10.0, 20.0, 24.0]]))  # last column: 0.75·x + 0.25·0
+    off[0, 2 * 4] = 0.5  # and half a row down
+    y = deform_conv2d(x, off, centre_only())[0, 0]
+    assert y[0, 0].item() == pytest.approx(0.5 * 1.25 + 0.5 * 10.0)
+    assert y[1, 1].item() == pytest.approx(0.5 * 20.0)  # the row below the image reads zero
+    mask = torch.full((1, 9, 2, 3), 0.5)
+    assert torch.allclose(deform_conv2d(x, off, centre_only(), mask=mask), 0.5 * deform_conv2d(x, off, centre_only()))
+    with pytest.raises(ValueError, match="offset must have shape"):
+        deform_conv2d(x, off[:, :10], centre_only())
+
+
+def test_agrees_with_torchvision_where_it_works():
+    try:
+        from torchvision.ops import deform_conv2d as tv
+        tv(torch.zeros(1, 1, 3, 3), torch.zeros(1, 18, 3, 3), torch.zeros(1, 1, 3, 3), padding=1)
+    except Exception as e:  # its compiled operators do not load next to the CPU torch pinned here
+        pytest.skip(f"torchvision's deform_conv2d unavailable: {str(e).splitlines()[0][:80]}")
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 4, 6, 7, generator=g), torch.randn(5, 4, 3, 3, generator=g)
+    off, mask = 1.5 * torch.randn(2, 18, 6, 7, generator=g), torch.rand(2, 9, 6, 7, generator=g)
+    assert torch.allclose(deform_conv2d(x, off, w, mask=mask), tv(x, off, w, padding=1, mask=mask), atol=1e-4)
+
+
+def test_layer_starts_as_a_convolution_and_learns_offsets():
+    layer = DeformConv2d(2, 3, modulated=True)
+    x = torch.randn(4, 2, 6, 6)
+    assert torch.allclose(layer(x), F.conv2d(x, layer.weight, layer.bias, padding=1), atol=1e-5)
+    layer(x).pow(2).sum().backward()
+    assert layer.offset.weight.grad.abs().sum() > 0  # the offsets receive gradient from the start
+
+
+def test_morans_i_by_hand():
+    assert morans_i(np.array([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(-1.0)
+    assert morans_i(np.array([[1.0, 1.0, 0.0, 0.0]])) == pytest.approx(1 / 3)  # n/S0 · Σwzz/Σz² = 4/6 · 0.5/1
+    assert morans_i(np.array([[1.0, 2.0], [3.0, 4.0]])) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="constant"):
+        morans_i(np.ones((3, 3)))
+
+
+def test_regions_painted_and_summed_back():
+    regions = block_partition(4, 2)
+    cells = np.array([[0, 0], [0, 1], [2, 3]])
+    counts = np.array([[3.0, 5.0, 4.0], [1.0, 1.0, 0.0]])
+    painted = paint(counts, cells, regions)
+    assert painted.shape == (2, 1, 4, 4) and painted[0, 0, 1, 1] == 2.0 and painted[0, 0, 3, 2] == 1.0
+    assert np.allclose(painted.sum((1, 2, 3)), counts.sum(1))
+    assert np.allclose(region_sums(painted, regions)[:, 0], [[8, 0, 0, 4], [2, 0, 0, 0]])
+    with pytest.raises(ValueError, match="empty region"):
+        paint(counts, cells, np.where(regions == 1, 2, regions))  # region 1 has no cells
+
+
+def test_partitions():
+    hexes = hex_partition(10, 1.5)
+    assert hexes.min() == 0 and set(np.unique(hexes)) == set(range(hexes.max() + 1))
+    rng = np.random.default_rng(0)
+    profiles = rng.random((8, 8, 5))
+    profiles[:, 4:] += 3.0  # two halves that differ
+    regions = self_organised_partition(profiles, 6)
+    assert len(np.unique(regions)) == 6
+    from scipy.ndimage import label
+    for r in range(6):
+        assert label(regions == r)[1] == 1  # every region is one contiguous piece
+    assert len(set(regions[:, :4].ravel()) & set(regions[:, 4:].ravel())) == 0  # no region spans the two halves
+
+
+def test_samples_lags_and_errors():
+    T = 24 * 9
+    X = np.arange(T, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 2, 2), np.float32)
+    flows = Flows(X, np.arange(T), calendar_features(np.arange(T)))
+    s = make_samples(flows, lc=3, lp=2, lq=1)
+    i = 10
+    t = s.t[i]
+    assert s.xc[i, :, 0, 0].tolist() == [t - 3, t - 2, t - 1]
+    assert s.xp[i, :, 0, 0].tolist() == [t - 48, t - 24] and s.xq[i, :, 0, 0].tolist() == [t - 168]
+    assert s.y[i, 0, 0, 0] == t and s.t[0] == 168
+    assert make_samples(flows, lc=2, lp=0, lq=0).xp.shape[1] == 0
+    with pytest.raises(ValueError, match="needs 336 intervals"):
+        make_samples(flows, lq=2)
+    flows.rasters[-24:] = 1e6  # the test day: the scaler must not see it
+    _, _, test, scaler = split(flows, s, test_days=1)
+    assert scaler.hi == T - 25 and len(test) == 24
+
+
+def test_calendar_features():
+    f = calendar_features(np.array([0, 13, 24 * 5 + 2, 24 * 8]), holidays=[8])
+    assert f[1, 13] == 1 and f[1, 24] == 1  # 13 h on day 0, a Monday
+    assert f[2, 24 + 5] == 1 and f[2, 31] == 1  # Saturday: a weekend
+    assert f[3, 32] == 1 and f[:3, 32].sum() == 0
+    assert calendar_features(np.array([0]), first_weekday=6)[0, 24 + 6] == 1
+
+
+def test_cities():
+    straight = simulate_city("straight", size=10, days=8, corridors=2, speed=3.0, seed=1)
+    X = straight.rasters
+    rows = np.nonzero(X.sum((0, 1, 3)))[0]
+    assert rows.tolist() == [2, 7]  # traffic only on the corridors' rows (2.5 and 7.5)
+    assert np.array_equal(X[1:, 1], X[:-1, 0])  # every vehicle leaves its cell within an interval
+    curved = simulate_city("curved", size=10, days=8, corridors=2, speed=3.0, seed=1)
+    assert len(np.nonzero(curved.rasters.sum((0, 1, 3)))[0]) > 2
+    with pytest.raises(ValueError, match="curved' or 'straight"):
+        simulate_city("radial")
+
+
+def test_baselines_by_hand():
+    T = 7 * 3
+    X = np.zeros((T, 1, 1, 1), np.float32)
+    X[:, 0, 0, 0] = np.arange(T)
+    flows = Flows(X, np.arange(T), np.zeros((T, 1)), intervals_per_day=1)
+    t = np.array([14, 20])
+    assert historical_average(flows, 14, t)[:, 0, 0, 0].tolist() == [3.5, 9.5]  # mean of (0, 7) and (6, 13)
+    assert copy_last(flows, t)[:, 0, 0, 0].tolist() == [13, 19]
+    assert rmse([0, 0], [3, 4]) == pytest.approx(np.sqrt(12.5))
+
+
+def test_sensor_reader_and_its_refusals(tmp_path):
+    counts = np.array([[1, 2], [3, -1], [5, 6], [-1, 8]], dtype=np.int16)
+    np.savez(tmp_path / "c.npz", counts=counts, start=np.array("2021-01-01T00:00"))
+    (tmp_path / "s.csv").write_text("column,latitude,longitude\n0,-37.81,144.96\n1,-37.82,144.97\n")
+    s = read_sensors(tmp_path / "c.npz", tmp_path / "s.csv")
+    assert np.isnan(s.counts[1, 1]) and s.coords.shape == (2, 2)
+    filled = fill_missing(s.counts, train_until=3)
+    assert filled[1, 1] == 4.0 and filled[3, 0] == 3.0  # no same hour of week in training: the training mean
+    (tmp_path / "bad.csv").write_text("id,lat,lon\n0,1,2\n1,1,2\n")
+    with pytest.raises(ValueError, match="needs columns"):
+        read_sensors(tmp_path / "c.npz", tmp_path / "bad.csv")
+    np.savez(tmp_path / "c.npz", counts=np.array([[1, -1], [2, -1]], dtype=np.int16))
+    with pytest.raises(ValueError, match=r"sensor column\(s\) \[1\] have no counts"):
+        read_sensors(tmp_path / "c.npz", tmp_path / "s.csv")
+
+
+def test_st_resnet_h5_loader(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    p = tmp_path / "bike.h5"
+    dates = [f"201404{d:02d}{s:02d}".encode() for d in (1, 2) for s in range(1, 25)]
+    with h5py.File(p, "w") as f:
+        f["data"] = np.ones((48, 2, 4, 4), np.float32)
+        f["date"] = dates
+    flows = load_st_h5(p, holidays=["20140402"])
+    assert flows.intervals_per_day == 24 and flows.rasters.shape == (48, 2, 4, 4)
+    assert flows.external[0, 24 + 1] == 1  # 2014-04-01 was a Tuesday
+    assert flows.external[:24, 32].sum() == 0 and flows.external[24:, 32].all()
+    with h5py.File(p, "w") as f:
+        f["data"] = np.ones((48, 2, 4, 4), np.float32)
+        f["date"] = dates[:10] + dates[11:] + dates[-1:]
+    with pytest.raises(ValueError, match="gaps or repeats"):
+        load_st_h5(p)
+    with h5py.File(p, "w") as f:
+        f["data"] = np.ones((48, 2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"missing dataset\(s\) \['date'\]"):
+        load_st_h5(p)
+
+
+def test_network_shapes_and_dropped_branches():
+    m = STResNet(2, 6, 6, lp=0, lq=0, ch=4, units=1, deformable=True)
+    assert len(m.branches) == 1 and len(m.deformable_layers()) == 2
+    out = m(torch.randn(3, 6, 6, 6), torch.zeros(3, 0, 6, 6), torch.zeros(3, 0, 6, 6), torch.randn(3, 33))
+    assert out.shape == (3, 2, 6, 6) and out.abs().max() < 1
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"melbourne.partitions": ["voronoi:3"]}, "unknown partition 'voronoi:3'"),
+    ({"seeds": 1}, "seeds must be >= 2"),
+    ({"city.days": 8}, "leaves no training days"),
+])
+def test_config_errors(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        resolve("deflow-net", "cpu-toy", overrides)
+
+
+@pytest.mark.dist
+def test_two_processes_train_as_one(tmp_path):
+    one, two = one_and_two_processes(Path(__file__).parent / "dist_scripts" / "deflow_ddp.py", tmp_path)
+    assert np.allclose(one["val"], two["val"], rtol=1e-4)
+    assert np.allclose(one["params"], two["params"], atol=1e-5)
+
+
+def test_the_chapter_runs_small(tmp_path):
+    from paperbook.deflow.chapter import CHAPTER
+
+    text = lambda v: json.dumps(list(v)) if isinstance(v, tuple) else v
+    sets = [a for k, v in CHAPTER.smoke.items() for a in ("--set", f"{k}={text(v)}")]
+    r = cli("run", "deflow-net", *sets, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(rec["reproduction"]) == 5
+    assert set(rec["metrics"]["cities"]["0"]["curved"]) == {"historical average", "copy last", "ST-ResNet",
+                                                            "DeFlow-Net"}
