@@ -99,7 +99,7 @@ def test_bad_input_names_the_limit():
 def test_chapter_claims_at_cpu_toy():
     # the full cpu-toy run (and its perplexity-against-size claim) is executed by nbval on the chapter notebook;
     # here a shortened study keeps the test fast
-    short = {"data.max_docs": 300, "train.steps": 3, "study.sizes": "[[1, 16, 2], [1, 32, 2]]"}
+    short = {"data.max_docs": 300, "train.steps": 3, "train.warmup": 1, "study.sizes": "[[1, 16, 2], [1, 32, 2]]"}
     result = CHAPTER.run(resolve("pangu-alpha", overrides=short))
     holds = {r["claim"]: r["holds"] for r in result.claims}
     assert holds["PanGu-α 2.6B has 2.6B parameters"] and holds["PanGu-α 200B has 207B parameters"]

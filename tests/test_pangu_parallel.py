@@ -2,6 +2,7 @@
 of the issue under torchrun (gloo) against one process."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ TINY_SETS = ["data.source=synthetic", "model.vocab_size=96", "model.seq_len=16",
 @pytest.mark.parametrize("plan, world, needle", [
     (ParallelPlan(tp=3), 3, "num_heads (32) must be divisible by tp (3)"),
     (ParallelPlan(pp=3), 3, "num_layers (32, the query layer included) must be divisible by pp"),
-    (ParallelPlan(tp=2, dp_shard=2), 8, "world size 8 != pp × dp_replicate × dp_shard × tp = 1 × 1 × 2 × 2 = 4"),
+    (ParallelPlan(tp=2, dp_shard=2), 8, "world size 8 != dp_replicate × dp_shard × pp × tp = 1 × 2 × 1 × 2 = 4"),
     (ParallelPlan(schedule="zero-bubble"), 1, "schedule 'zero-bubble' is not one of gpipe, 1f1b, interleaved-1f1b"),
     (ParallelPlan(remat="some"), 1, "remat 'some' is not one of off, full, selective"),
     (ParallelPlan(tp=0), 1, "tp must be a positive integer, got 0"),
@@ -69,7 +70,7 @@ def test_entry_point_refuses_a_plan_for_another_world_size_before_any_work():
     r = subprocess.run([sys.executable, "-m", "paperbook.pangu", "--preset", "cpu-dist"], capture_output=True,
                        text=True, env=ENV, timeout=120)
     assert r.returncode != 0
-    assert "world size 1 != pp × dp_replicate × dp_shard × tp = 2 × 1 × 1 × 2 = 4" in r.stderr
+    assert "world size 1 != dp_replicate × dp_shard × pp × tp = 1 × 1 × 2 × 2 = 4" in r.stderr
 
 
 # ---- stages ---------------------------------------------------------------------------------------
@@ -131,6 +132,30 @@ def test_rematerialisation_changes_no_number(remat):
     assert max(abs(a - b) for a, b in zip(plain, again)) < 1e-6
 
 
+@pytest.mark.parametrize("remat", ["full", "selective"])
+def test_rematerialisation_with_dropout_recomputes_the_same_masks(remat):
+    from dataclasses import replace
+
+    rows = synthetic_rows(64, 16, 96, mean_doc=6)
+    drop = replace(SMALL, dropout=0.1)
+    kw = dict(eod_id=0, train=TrainConfig(steps=3, batch_size=8, lr=3e-3, warmup=1))
+    plain = train_parallel(build_parallel(drop, ParallelPlan(), eod_id=0), rows, **kw)["losses"]
+    again = train_parallel(build_parallel(drop, ParallelPlan(remat=remat), eod_id=0), rows, **kw)["losses"]
+    assert len(plain) == len(again) == 3
+    assert max(abs(a - b) for a, b in zip(plain, again)) < 1e-6  # new masks in the recompute would change step 2
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("layout, world", [("pp2", 2), ("pp2-tp2", 4)])
+def test_meta_init_with_a_pipeline_gives_the_last_stage_the_embedding(tmp_path, layout, world):
+    out = tmp_path / "meta.json"
+    r = torchrun(world, Path(__file__).parent / "dist_scripts" / "pangu_meta_init.py", out, layout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads(out.read_text())
+    assert rec["world"] == world and len(rec["tied"]) == world // 2 and all(rec["tied"])
+    assert all(map(math.isfinite, rec["losses"])) and rec["losses"][-1] < rec["losses"][0]
+
+
 def test_meta_device_initialisation_keeps_the_tie_and_trains():
     par = build_parallel(SMALL, ParallelPlan(), eod_id=0, meta_init=True)
     (stage,) = par.modules
@@ -184,7 +209,8 @@ def test_paperbook_plan_prints_the_2048_plan():
     r = cli("plan", "pangu-alpha", "--preset", "cluster-2048")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "pp 16 × dp_replicate 1 × dp_shard 16 × tp 8 = 2048" in out
+    assert "dp_replicate 1 × dp_shard 16 × pp 16 × tp 8 = 2048" in out
+    assert "an op-level group spans 1 server(s), a pipeline 16" in out  # §4.1: tp inside a server, dp outermost
     assert "fits 32 GB: yes" in out and "rank_2047" in out and "206.86B" in out
     assert "srun --nodes=256" in out and "-m paperbook.pangu --preset cluster-2048" in out
 

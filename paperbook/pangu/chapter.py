@@ -175,18 +175,28 @@ PRESETS = {
                                          dropout=0.0), nproc_per_node=4,
                        data=DataConfig(source="synthetic"), train=TrainConfig(steps=30, warmup=3),
                        parallel=ParallelPlan(pp=2, tp=2, microbatches=4)),
-    "node-8": Config(model=SIZES["2.6B"], nproc_per_node=8, train=TrainConfig(batch_size=64, lr=1e-4, warmup=500),
+    "node-8": Config(model=SIZES["2.6B"], nproc_per_node=8, data=DataConfig(raw_docs=0, max_docs=0),
+                     train=TrainConfig(steps=20000, batch_size=64, lr=1e-4, warmup=500, beta2=0.999,
+                                       weight_decay=0.01),
                      parallel=ParallelPlan(dp_shard=8, remat="selective")),
-    # the report's cluster runs (Table 5). Only the 200B layout is published (§4.1: 16 stages × op-level
-    # 8 × data/optimizer 16, recompute per layer); the 2.6B/13B layouts and all batch sizes are ours.
+    # the report's cluster runs (Table 5: steps, processors, Adam β2, learning rate, weight decay per size;
+    # the 200B run's first phase, 130,000 steps on 2,048 processors). Only the 200B layout is published
+    # (§4.1: 16 stages × op-level 8 × data/optimizer 16, recompute per layer); the 2.6B/13B layouts, the
+    # warm-up and all batch sizes are ours. The whole cleaned corpus (this book's; not the report's 1.1TB).
     "cluster-512": Config(model=SIZES["2.6B"], nnodes=64, nproc_per_node=8,
-                          train=TrainConfig(batch_size=512, lr=1e-4, warmup=2000),
+                          data=DataConfig(raw_docs=0, max_docs=0),
+                          train=TrainConfig(steps=70000, batch_size=512, lr=1e-4, warmup=2000, beta2=0.999,
+                                            weight_decay=0.01),
                           parallel=ParallelPlan(tp=8, dp_shard=64, remat="full")),
     "cluster-1024": Config(model=SIZES["13B"], nnodes=128, nproc_per_node=8,
-                           train=TrainConfig(batch_size=512, lr=5e-5, warmup=2000),
+                           data=DataConfig(raw_docs=0, max_docs=0),
+                           train=TrainConfig(steps=84000, batch_size=512, lr=5e-5, warmup=2000, beta2=0.98,
+                                             weight_decay=0.01),
                            parallel=ParallelPlan(tp=8, pp=4, dp_shard=32, microbatches=8, remat="full")),
     "cluster-2048": Config(model=SIZES["200B"], nnodes=256, nproc_per_node=8,
-                           train=TrainConfig(batch_size=512, lr=2e-5, warmup=2000),
+                           data=DataConfig(raw_docs=0, max_docs=0),
+                           train=TrainConfig(steps=130000, batch_size=512, lr=2e-5, warmup=2000, beta2=0.95,
+                                             weight_decay=0.1),
                            parallel=ParallelPlan(tp=8, pp=16, dp_shard=16, microbatches=32, remat="full")),
 }
 
@@ -204,5 +214,5 @@ CHAPTER = Chapter(name="pangu-alpha", title="PanGu-α: a 200B-parameter Chinese 
                   paper="Zeng et al., arXiv 2104.12369", config=Config, presets=PRESETS,
                   notebook="01_pangu_alpha.ipynb", experiment=experiment, plan=_plan,
                   torchrun_module="paperbook.pangu",
-                  smoke={"train.steps": 4, "data.raw_docs": 1500, "data.max_docs": 300,
+                  smoke={"train.steps": 4, "train.warmup": 1, "data.raw_docs": 1500, "data.max_docs": 300,
                          "study.sizes": ((1, 64, 4), (2, 128, 4)), "fewshot.reviews": 20, "fewshot.shots": (0, 1)})

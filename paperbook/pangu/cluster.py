@@ -10,7 +10,7 @@ from .model import ModelConfig, PanguAlpha, num_params
 from .parallel import MESH_DIMS, ParallelPlan, apply_plan, build_mesh, split_stages
 
 # %% auto #0
-__all__ = ['GiB', 'dry_run', 'memory_plan', 'plan_report', 'draw_mesh']
+__all__ = ['GiB', 'dry_run', 'memory_plan', 'placement', 'plan_report', 'draw_mesh']
 
 # %% ../../nbs/01h_pangu_cluster.ipynb #347d3b99
 def dry_run(model_cfg: ModelConfig, plan: ParallelPlan, rank: int = 0) -> dict:
@@ -77,13 +77,26 @@ def memory_plan(model_cfg: ModelConfig, plan: ParallelPlan, *, batch_size: int, 
             "fits_32GB": total < 32e9, "fits_80GB": total < 80e9}
 
 # %% ../../nbs/01h_pangu_cluster.ipynb #69e6b70c
+def placement(plan: ParallelPlan, per_node: int) -> str:
+    "Which parallel groups stay inside one server (node) and how many servers the others span."
+    nodes = lambda span: max(1, -(-span // per_node))  # ranks one group spans → servers
+    tp_span = plan.tp  # a tensor group: consecutive ranks
+    pp_span = plan.tp * plan.pp  # a pipeline: tp groups side by side
+    dp_span = plan.world_size
+    return (f"{per_node} ranks per server: an op-level group spans {nodes(tp_span)} server(s), a pipeline "
+            f"{nodes(pp_span)} (its stages on neighbouring servers), the data-parallel groups all "
+            f"{nodes(dp_span)} (across racks, §4.1)")
+
+
+#| export
 def plan_report(cfg) -> dict:
     "Lines for `paperbook plan pangu-alpha`: mesh, per-device memory of the first and last rank."
     plan, mc = cfg.parallel, cfg.model
     out = {"mesh": " × ".join(f"{n} {v}" for n, v in zip(MESH_DIMS, plan.mesh_shape)) + f" = {plan.world_size}",
            "schedule": f"{plan.schedule}, {plan.microbatches} micro-batches, remat {plan.remat}" if plan.pp > 1 else
                        f"no pipeline, remat {plan.remat}",
-           "model_params": f"{num_params(mc) / 1e9:.2f}B; fp32 weights alone {4 * num_params(mc) / GiB:,.0f} GiB"}
+           "model_params": f"{num_params(mc) / 1e9:.2f}B; fp32 weights alone {4 * num_params(mc) / GiB:,.0f} GiB",
+           "placement": placement(plan, cfg.nproc_per_node)}
     if mc.num_layers == 64 and mc.d == 16384:
         out["report_says"] = ("storing 200B is ~750 GB; accelerators have 30-40 GB (§4); 2048 Ascend 910 (32 GB): "
                               "16 stages × op-level 8 × data/optimizer 16, recompute per layer (§4.1)")
@@ -125,7 +138,7 @@ def draw_mesh(plan: ParallelPlan, model_cfg: ModelConfig, ax=None):
             for t in range(plan.tp):
                 x, y = p * (plan.tp + 0.3) + t, -row * 1.15
                 ax.add_patch(plt.Rectangle((x, y), 0.94, 1.0, color=colours[p % len(colours)], alpha=0.8))
-                ax.text(x + 0.47, y + 0.5, f"rank {int(ranks[p, r_, s_, t])}\n{layers}\ntp {t + 1}/{plan.tp}, "
+                ax.text(x + 0.47, y + 0.5, f"rank {int(ranks[r_, s_, p, t])}\n{layers}\ntp {t + 1}/{plan.tp}, "
                         f"dp {row + 1}/{dp}\nstores 1/{plan.tp * plan.dp_shard}", ha="center", va="center",
                         fontsize=7.5)
     ax.set_xlim(-0.1, plan.pp * (plan.tp + 0.3))

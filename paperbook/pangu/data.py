@@ -170,10 +170,10 @@ class DataConfig:
     source: str = "corpus"  # "corpus": the cleaned corpus; "synthetic": Zipf-token documents
     raw_docs: int = 4000  # raw documents sampled before cleaning (0: all; cleaning all takes ~25 s)
     max_docs: int = 1500  # cleaned documents used (0: all)
-    min_chars: int = 150  # §3.2: drop documents shorter than this ...
+    min_chars: int = 150  # §3.1.1: drop documents shorter than this ...
     min_chinese_ratio: float = 0.6  # ... or with a smaller share of Chinese characters
     sensitive_words: tuple[str, ...] = ("赌博", "色情")  # the report's list is not published; a stand-in
-    max_sensitive: int = 0
+    max_sensitive: int = 3  # §3.1.1: documents with more than three of the 724 words are removed
     dedup_threshold: float = 0.7  # MinHash LSH Jaccard threshold
     valid_fraction: float = 0.1  # documents held out for validation perplexity
     synthetic_rows: int = 512  # rows of the synthetic source

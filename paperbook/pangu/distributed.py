@@ -25,8 +25,8 @@ from .train import TrainConfig, lr_at, make_optimizer, next_token_targets, optim
 from .train import param_groups
 
 # %% auto #0
-__all__ = ['ScaledLoss', 'forward_backward', 'synthetic_rows', 'load_rows', 'build_parallel', 'CkptConfig', 'train_parallel',
-           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'run', 'main']
+__all__ = ['ScaledLoss', 'forward_backward', 'synthetic_rows', 'load_rows', 'build_parallel', 'share_tied_embedding',
+           'CkptConfig', 'train_parallel', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'run', 'main']
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #ba877d83
 class ScaledLoss:
@@ -128,7 +128,31 @@ def build_parallel(model_cfg: ModelConfig, plan: ParallelPlan, *, device="cpu", 
                 m.head.weight = m.tok.weight
         torch.manual_seed(seed + par.pp_rank)
         model.reset_parameters()  # the parts this rank holds; the rest stay on the meta device
+        if plan.pp > 1:
+            share_tied_embedding(par)
     return par
+
+
+def share_tied_embedding(par: Parallelized) -> None:
+    """Copy the first stage's word embedding into the last stage's output layer (they are one matrix, §2).
+
+    After a meta-device build they are separate tensors on different ranks: `reset_parameters` skips the
+    tied head, so without this the last stage would start from uninitialised memory. Each rank's local
+    shard goes point to point within its pipeline group (ranks that differ only in the pp coordinate)."""
+    import torch.distributed as dist
+
+    ranks = dist.get_process_group_ranks(par.mesh["pp"].get_group())
+    first, last = ranks[0], ranks[-1]
+    local = lambda p: p.to_local() if hasattr(p, "to_local") else p
+    with torch.no_grad():
+        for m in par.modules:
+            if m.is_first and not m.is_last:
+                dist.send(local(m.tok.weight).contiguous(), dst=last)
+            if m.is_last and not m.is_first:
+                w = local(m.head.weight)
+                buf = torch.empty_like(w)
+                dist.recv(buf, src=first)
+                w.copy_(buf)
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #e65ac09d
 def _no_foreach_if_mixed(opt: torch.optim.Optimizer) -> None:
@@ -149,7 +173,7 @@ class CkptConfig:
 def _optimizer(par: Parallelized, train: TrainConfig, checkpointing: bool) -> torch.optim.Optimizer:
     "The optimiser over this rank's parameters (ZeRO-1 when the plan asks for it)."
     if not par.plan.zero1:
-        opt = make_optimizer(param_groups(par, train.weight_decay), train.optimizer, train.lr)
+        opt = make_optimizer(param_groups(par, train.weight_decay), train.optimizer, train.lr, train.beta2)
         _no_foreach_if_mixed(opt)
         return opt
     if checkpointing:
@@ -157,7 +181,7 @@ def _optimizer(par: Parallelized, train: TrainConfig, checkpointing: bool) -> to
                          "ZeroRedundancyOptimizer; use dp_shard (FSDP2) to shard optimizer state and checkpoint")
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    cls, settings = optimizer_spec(train.optimizer)
+    cls, settings = optimizer_spec(train.optimizer, train.beta2)
     return ZeroRedundancyOptimizer(param_groups(par, train.weight_decay), optimizer_class=cls, lr=train.lr,
                                    **settings, process_group=par.mesh["dp_replicate"].get_group())
 

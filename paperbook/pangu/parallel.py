@@ -18,7 +18,7 @@ __all__ = ['MESH_DIMS', 'SCHEDULES', 'REMAT', 'ParallelPlan', 'build_mesh', 'sta
            'sync_tied_grads', 'grad_norm', 'clip_grads', 'gather_named']
 
 # %% ../../nbs/01f_pangu_parallel.ipynb #a4a19b67
-MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
+MESH_DIMS = ("dp_replicate", "dp_shard", "pp", "tp")  # slowest to fastest: racks, servers, accelerators
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 REMAT = ("off", "full", "selective")
 
@@ -51,7 +51,7 @@ class ParallelPlan:
 
     @property
     def mesh_shape(self) -> tuple[int, ...]:
-        return self.pp, self.dp_replicate, self.dp_shard, self.tp
+        return self.dp_replicate, self.dp_shard, self.pp, self.tp  # in MESH_DIMS order
 
     def check(self, model: ModelConfig, *, batch_size: int | None = None, seq_len: int | None = None,
               world_size: int | None = None) -> "ParallelPlan":
@@ -70,7 +70,7 @@ class ParallelPlan:
         if errors:  # the rest needs valid numbers
             raise ValueError("invalid parallel plan: " + "; ".join(errors))
         if world_size is not None and world_size != self.world_size:
-            errors.append(f"world size {world_size} != pp × dp_replicate × dp_shard × tp = "
+            errors.append(f"world size {world_size} != dp_replicate × dp_shard × pp × tp = "
                           f"{' × '.join(map(str, self.mesh_shape))} = {self.world_size}")
         for what, n in (("num_heads", model.num_heads), ("d_ff", model.d_ff), ("vocab_size", model.vocab_size)):
             if n % self.tp:
@@ -194,7 +194,8 @@ def apply_remat(stage: PanguStage, mode: str) -> PanguStage:
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
     kw = {} if mode == "full" else {"context_fn": partial(create_selective_checkpoint_contexts, _save_matmuls)}
-    wrap = lambda m: checkpoint_wrapper(m, preserve_rng_state=False, **kw)
+    # the recomputed forward must draw the same dropout masks as the first one: keep the RNG state
+    wrap = lambda m: checkpoint_wrapper(m, preserve_rng_state=True, **kw)
     for name in list(stage.blocks):
         stage.blocks[name] = wrap(stage.blocks[name])
     if stage.is_last:

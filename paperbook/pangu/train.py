@@ -26,7 +26,8 @@ class TrainConfig:
     batch_size: int = 16  # sequences per step (the global batch)
     lr: float = 2e-3  # peak learning rate
     warmup: int = 12  # linear warm-up steps, then cosine decay to lr / 10
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # Table 5: 0.01 (2.6B, 13B), 0.1 (200B)
+    beta2: float = 0.95  # Adam's β2, Table 5: 0.999 (2.6B), 0.98 (13B), 0.95 (200B)
     clip: float = 1.0  # gradient norm clipping
     optimizer: str = "adamw"  # or "sgd" (plain, to check gradient scales)
     bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
@@ -37,6 +38,11 @@ class TrainConfig:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps}, "
                              f"{self.batch_size}, {self.lr}")
+        if not 0 <= self.warmup < self.steps:
+            raise ValueError(f"train.warmup ({self.warmup}) must be below train.steps ({self.steps}): "
+                             "the learning rate would never reach its peak")
+        if not 0 < self.beta2 < 1:
+            raise ValueError(f"train.beta2 must lie in (0, 1), got {self.beta2}")
 
 # %% ../../nbs/01d_pangu_train.ipynb #0b0d3eb1
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -46,18 +52,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 # %% ../../nbs/01d_pangu_train.ipynb #4bc89947
-def optimizer_spec(name: str) -> tuple[type, dict]:
-    "(class, settings) of AdamW(β1 0.9, β2 0.95, ε 1e-8) as the chapter trains, or plain SGD."
+def optimizer_spec(name: str, beta2: float = 0.95) -> tuple[type, dict]:
+    "(class, settings) of AdamW(β1 0.9, β2, ε 1e-8) as Table 5 trains (β2 per model size), or plain SGD."
     if name == "adamw":
-        return torch.optim.AdamW, {"betas": (0.9, 0.95), "eps": 1e-8}
+        return torch.optim.AdamW, {"betas": (0.9, beta2), "eps": 1e-8}
     if name == "sgd":
         return torch.optim.SGD, {}
     raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 # %% ../../nbs/01d_pangu_train.ipynb #22435938
-def make_optimizer(groups: list[dict], name: str, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], name: str, lr: float, beta2: float = 0.95) -> torch.optim.Optimizer:
     "The optimizer `name` (see `optimizer_spec`) over parameter groups."
-    cls, settings = optimizer_spec(name)
+    cls, settings = optimizer_spec(name, beta2)
     return cls(groups, lr=lr, **settings)
 
 # %% ../../nbs/01d_pangu_train.ipynb #9d792d76
@@ -106,7 +112,7 @@ def perplexity(model, data: torch.Tensor, eod_id: int, batch_size: int = 32) -> 
 def train_lm(model, data: torch.Tensor, *, eod_id: int, train: TrainConfig, seed: int = 0,
              desc: str = "train") -> list[float]:
     "Train `model` on rows of `data` with the `train` settings (AdamW, warm-up + cosine, clipping); the losses."
-    opt = make_optimizer(param_groups(model, train.weight_decay), train.optimizer, train.lr)
+    opt = make_optimizer(param_groups(model, train.weight_decay), train.optimizer, train.lr, train.beta2)
     g = torch.Generator().manual_seed(seed)
     model.train()
     losses = []
