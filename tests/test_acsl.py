@@ -83,6 +83,26 @@ def test_eql_drops_tail_negatives_of_foreground_samples_only():
     assert torch.allclose(grad[1], torch.tensor([-0.5, 0.5, 0.5, 0.5, 0.5]))
 
 
+def test_acsl_bce_and_eql_differ_as_computed_by_hand():
+    # background 0.3, category 1 (the label) 0.9, category 2 (tail) 0.8, category 3 (tail) 0.2; xi = 0.7
+    p = torch.tensor([[0.3, 0.9, 0.8, 0.2]])
+    y, tail = torch.tensor([1]), torch.tensor([False, False, True, True])
+    grads, values = {}, {}
+    for name, f in (("bce", lambda z: bce_loss(z, y)), ("acsl", lambda z: acsl_loss(z, y, xi=0.7)),
+                    ("eql", lambda z: eql_loss(z, y, tail=tail))):
+        z = torch.logit(p).requires_grad_()
+        values[name] = f(z)
+        values[name].backward()
+        grads[name] = z.grad[0].tolist()
+    # BCE: every column; ACSL: the label and category 2 (0.8 >= xi); EQL: the label and the background
+    assert grads["bce"] == pytest.approx([0.3, -0.1, 0.8, 0.2], abs=1e-6)
+    assert grads["acsl"] == pytest.approx([0.0, -0.1, 0.8, 0.0], abs=1e-6)
+    assert grads["eql"] == pytest.approx([0.3, -0.1, 0.0, 0.0], abs=1e-6)
+    assert values["bce"].item() == pytest.approx(-np.log(0.7 * 0.9 * 0.2 * 0.8), rel=1e-5)
+    assert values["acsl"].item() == pytest.approx(-np.log(0.9 * 0.2), rel=1e-5)
+    assert values["eql"].item() == pytest.approx(-np.log(0.7 * 0.9), rel=1e-5)
+
+
 def test_focal_and_ce_reduce_to_known_losses():
     torch.manual_seed(2)
     z, y = torch.randn(20, 4), torch.randint(0, 4, (20,))
@@ -159,6 +179,23 @@ def test_long_tail_follows_the_lvis_split():
     assert all(c.frequency == frequency_group(c.count) for c in cats)
     assert all(c.frequency == "f" for c in cats if c.variant == 0)  # the plain garments are the head
     assert {c.frequency for c in cats} == {"r", "c", "f"}
+
+
+def test_rarity_is_independent_of_the_variant():
+    # the schedule by hand: n_r = 400 (1/400)^(r/49); rounded counts <= 10 from rank 30 on
+    # (400 · 400^(-30/49) = 10.2): 20 rare categories
+    expect_rare = sum(round(400 * (1 / 400) ** (r / 49)) <= 10 for r in range(50))
+    assert expect_rare == 20
+    rare_variants, rare_sets = set(), set()
+    for seed in range(10):
+        cats = make_long_tail(10, n_max=400, n_min=1, rng=np.random.default_rng(seed))
+        rare = [c for c in cats if c.frequency == "r"]
+        assert len(rare) == expect_rare
+        assert all(c.variant != 0 for c in rare)
+        assert len({c.variant for c in rare}) >= 3  # every seed's rare set mixes the variants
+        rare_variants |= {c.variant for c in rare}
+        rare_sets.add(frozenset((c.base, c.variant) for c in rare))
+    assert rare_variants == {1, 2, 3, 4} and len(rare_sets) == 10
     with pytest.raises(ValueError, match="n_min <= n_max"):
         make_long_tail(10, n_max=5, n_min=9, rng=np.random.default_rng(0))
 
@@ -283,6 +320,72 @@ def test_per_image_budget_and_perfect_scores():
     assert r["mAP"] == 100 and r["APr"] == 100 and r["APf"] == 100 and np.isnan(r["APc"])
 
 
+def test_budget_free_evaluation_and_background_share():
+    # one image: an object of category 1 and two background proposals; category 2 scores high on background
+    scores = torch.tensor([[0.6, 0.1], [0.2, 0.9], [0.1, 0.8]])
+    labels, image = torch.tensor([1, 0, 0]), torch.tensor([0, 0, 0])
+    tight = evaluate(scores, labels, image, ["-", "r", "f"], max_dets=2)
+    assert tight["bg_share"] == 1.0 and tight["APr"] == 0.0  # the budget goes to category 2's background boxes
+    free = evaluate(scores, labels, image, ["-", "r", "f"], max_dets=None)
+    assert free["APr"] == 100.0 and free["bg_share"] == pytest.approx(4 / 6)
+
+
+def test_draw_rois_respects_the_quota_per_image():
+    from paperbook.acsl.detector import draw_rois
+
+    labels = torch.tensor([1, 2, 3, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0])
+    image = torch.tensor([0] * 9 + [1] * 7)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        rows = draw_rois(labels, image, rng, rois_per_image=4, pos_fraction=0.5).numpy()
+        lab, img = labels.numpy()[rows], image.numpy()[rows]
+        assert ((img == 0) & (lab > 0)).sum() == 2 and ((img == 0) & (lab == 0)).sum() == 2  # 2 of 3 positives
+        assert ((img == 1) & (lab > 0)).sum() == 1 and ((img == 1) & (lab == 0)).sum() == 3  # its only positive
+        seen.add(tuple(rows))
+    assert len(seen) > 5  # fresh draws
+
+
+def test_lookalike_auc_by_hand():
+    from paperbook.acsl.chapter import lookalike_auc
+
+    # category 2 (rare) looks like category 1; its scores (column 1): on itself 0.9, 0.8; on category 1: 0.85, 0.1
+    scores = np.array([[0, 0.9], [0, 0.8], [0, 0.85], [0, 0.1]])
+    labels = np.array([2, 2, 1, 1])
+    assert lookalike_auc(scores, labels, {2: 1}, ["-", "f", "r"]) == pytest.approx(3 / 4)
+    assert np.isnan(lookalike_auc(scores, labels, {2: 1}, ["-", "f", "c"]))  # no rare category
+
+
+def _crafted_runs(gain: float, noise: float, n: int = 6):
+    "Runs in the chapter's shape where ACSL's APr exceeds every other method's by `gain` (± noise)."
+    rng = np.random.default_rng(0)
+    units = {}
+    for u in range(n):
+        base = {k: 10.0 + rng.normal() for k in ("mAP", "APr", "APc", "APf", "auc_lookalike")}
+        res = {}
+        for m in ("ce", "bce", "focal", "eql", "acsl", "acsl (paper bg rule)", "acsl xi=0"):
+            d = {k: v + (gain if m == "acsl" else 0.0) + noise * rng.normal() for k, v in base.items()}
+            res[m] = d | {"budget": {"20": d, "none": d}}
+        units[f"0/{u}"] = res
+    return [{"seed": 0, "units": units}]
+
+
+def test_claims_follow_the_paired_differences():
+    from paperbook.acsl.chapter import make_claims
+
+    cfg = resolve("acsl", "cpu-toy", {})
+    rows = {r["claim"]: r for r in make_claims(_crafted_runs(gain=5.0, noise=0.5), cfg)}
+    acsl_rows = [r for c, r in rows.items() if c.startswith(("ACSL raises", "mechanism"))]
+    assert len(acsl_rows) >= 6 and all(r["holds"] for r in acsl_rows)
+    assert not rows["the regime: EQL raises rare-category AP50 over CE"]["holds"]  # EQL = CE here
+    assert rows["frequent categories keep their AP50"]["holds"]
+    rows = {r["claim"]: r for r in make_claims(_crafted_runs(gain=0.0, noise=0.5), cfg)}
+    assert not any(r["holds"] for c, r in rows.items() if c.startswith(("ACSL raises", "mechanism")))
+    rows = {r["claim"]: r for r in make_claims(_crafted_runs(gain=-4.0, noise=0.5), cfg)}
+    assert not rows["frequent categories keep their AP50"]["holds"]  # 4 points below: beyond the margin of 2
+    assert all(r["k_of_n"].endswith("/6") for r in rows.values())
+
+
 def test_stage1_ddp_two_processes_equal_one(tmp_path):
     a, b = one_and_two_processes(Path(__file__).parent / "dist_scripts" / "acsl_ddp.py", tmp_path)
     assert np.allclose(a["losses"], b["losses"], atol=1e-5)
@@ -296,7 +399,9 @@ def test_stage1_ddp_two_processes_equal_one(tmp_path):
     ({"background": "lvis"}, "paper"),
     ({"lvis_json": "a.json"}, "LVIS needs all of"),
     ({"n_min": 50, "n_max": 10}, "n_min <= n_max"),
-    ({"seeds": 0}, "seeds must be >= 1"),
+    ({"seeds": 0}, "seeds and cls_seeds must be >= 1"),
+    ({"cls_seeds": 0}, "seeds and cls_seeds must be >= 1"),
+    ({"budgets": [-1]}, "budgets >= 0"),
 ])
 def test_bad_config_fails_before_compute(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -304,11 +409,11 @@ def test_bad_config_fails_before_compute(overrides, message):
 
 
 def test_cli_runs_a_tiny_acsl_experiment(tmp_path):
-    sets = ["seeds=2", "n_max=30", "epochs=1", "cls_epochs=1", "test_per_class=2", "width=8", "hidden=16",
-            "xi_sweep=[0.0]", "images=digits"]
+    sets = ["seeds=1", "cls_seeds=2", "n_max=30", "epochs=1", "cls_epochs=1", "test_per_class=2", "width=8",
+            "hidden=16", "xi_sweep=[0.0]", "budgets=[0]", "images=digits"]
     r = cli("run", "acsl", "--out", tmp_path, *[a for s in sets for a in ("--set", s)])
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "ACSL raises rare-category AP over softmax CE" in r.stdout
+    assert "ACSL raises rare-category AP50 over softmax CE" in r.stdout
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert {"ce", "bce", "focal", "eql", "acsl"} <= set(m["metrics"]["summary"])
     paired = [r for r in m["reproduction"] if "difference" in r]

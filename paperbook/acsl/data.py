@@ -93,8 +93,10 @@ def make_long_tail(num_bases: int, *, n_max: int, n_min: int, rng: np.random.Gen
     if not 1 <= n_min <= n_max:
         raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
     C = num_bases * len(variants)
-    ranked = [(b, 0) for b in range(num_bases)] + [(b, v) for v in range(1, len(variants))
-                                                   for b in rng.permutation(num_bases)]
+    others = [(b, v) for b in range(num_bases) for v in range(1, len(variants))]
+    # the head: the plain garments (in a seeded order); then every other (garment, variant) pair in one seeded
+    # permutation, so which variants end up rare changes from seed to seed
+    ranked = [(b, 0) for b in rng.permutation(num_bases)] + [others[i] for i in rng.permutation(len(others))]
     rank_of = {bv: r for r, bv in enumerate(ranked)}
     counts = np.maximum(1, np.round(n_max * (n_min / n_max) ** (np.arange(C) / max(C - 1, 1)))).astype(int)
     cats = []

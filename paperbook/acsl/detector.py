@@ -15,8 +15,8 @@ from .losses import class_loss
 from ..core import progress
 
 # %% auto #0
-__all__ = ['roi_align', 'Detector', 'train_representation', 'roi_features', 'retrain_classifier', 'average_precision', 'keep_top',
-           'evaluate']
+__all__ = ['roi_align', 'Detector', 'train_representation', 'roi_features', 'draw_rois', 'retrain_classifier',
+           'average_precision', 'keep_top', 'evaluate']
 
 # %% ../../nbs/02c_acsl_detector.ipynb #23b05764
 def roi_align(fmap: torch.Tensor, rois: torch.Tensor, *, out: int, image_size: int) -> torch.Tensor:
@@ -106,21 +106,55 @@ def roi_features(net: Detector, scenes: Sequence[Scene], proposals: Sequence, *,
     return torch.cat(feats), torch.cat(labels), torch.cat(image)
 
 
+def draw_rois(labels: torch.Tensor, image: torch.Tensor, rng: np.random.Generator, *, rois_per_image: int,
+              pos_fraction: float) -> torch.Tensor:
+    "Rows of one fresh RoI draw: per image, at most pos_fraction·rois_per_image foreground, the rest background."
+    lab, img = labels.numpy(), image.numpy()
+    neg = lab == 0
+    order = np.lexsort((rng.random(len(lab)), neg, img))  # by image, foreground first, random within
+    key = img[order] * 2 + neg[order]
+    start = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
+    rank = np.arange(len(order)) - np.repeat(start, np.diff(np.r_[start, len(order)]))
+    n_pos = np.minimum(np.bincount(img[~neg], minlength=img.max() + 1), int(rois_per_image * pos_fraction))
+    quota = np.where(neg[order], rois_per_image - n_pos[img[order]], n_pos[img[order]])
+    return torch.from_numpy(np.sort(order[rank < quota]))
+
+
 def retrain_classifier(feats: torch.Tensor, labels: torch.Tensor, init: dict, loss: str, *, epochs: int, lr: float,
-                       batch: int, seed: int, **loss_kw) -> nn.Linear:
-    "A classification layer initialised from `init` and trained on fixed features with `loss`."
+                       batch: int, seed: int, image: torch.Tensor | None = None, rois_per_image: int = 16,
+                       pos_fraction: float = 0.25, grad_stats: dict | None = None, **loss_kw) -> nn.Linear:
+    """A classification layer initialised from `init` and trained on fixed features with `loss`.
+
+    With `image` (the image of every row), each epoch trains on a fresh RoI draw per image from the rows (the
+    candidate pools); without it, on all rows. `grad_stats`, when given, receives the accumulated positive
+    and negative gradient of every column ('pos', 'neg': the sums of |dL/dz_j| over the samples of j and
+    over all other samples; 'neg_bg': the part of 'neg' from background samples)."""
     g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     lin = nn.Linear(feats.shape[1], init["weight"].shape[0])
     lin.load_state_dict(init)
     opt = torch.optim.SGD(lin.parameters(), lr=lr, momentum=0.9)
+    if grad_stats is not None:
+        grad_stats.update({k: torch.zeros(lin.out_features) for k in ("pos", "neg", "neg_bg")})
     for _ in range(epochs):
-        perm = torch.randperm(len(labels), generator=g)
+        rows = draw_rois(labels, image, rng, rois_per_image=rois_per_image, pos_fraction=pos_fraction) \
+            if image is not None else torch.arange(len(labels))
+        perm = rows[torch.randperm(len(rows), generator=g)]
         for i in range(0, len(perm), batch):
             b = perm[i:i + batch]
-            value = class_loss(loss, lin(feats[b]), labels[b], generator=g, **loss_kw)
+            z = lin(feats[b])
+            if grad_stats is not None:
+                z.retain_grad()
+            value = class_loss(loss, z, labels[b], generator=g, **loss_kw)
             opt.zero_grad()
             value.backward()
             opt.step()
+            if grad_stats is not None:
+                G, y = z.grad * len(b), F.one_hot(labels[b], lin.out_features).float()
+                grad_stats["pos"] += (-G * y).clamp(min=0).sum(0)
+                neg = (G * (1 - y)).clamp(min=0)
+                grad_stats["neg"] += neg.sum(0)
+                grad_stats["neg_bg"] += neg[labels[b] == 0].sum(0)
     return lin
 
 # %% ../../nbs/02c_acsl_detector.ipynb #4303f7de
@@ -137,8 +171,10 @@ def average_precision(scores: np.ndarray, is_pos: np.ndarray, num_gt: int) -> fl
     return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
 
 
-def keep_top(scores: torch.Tensor, image: torch.Tensor, max_dets: int) -> torch.Tensor:
-    "Mask of the max_dets highest (box, category) scores of each image."
+def keep_top(scores: torch.Tensor, image: torch.Tensor, max_dets: int | None) -> torch.Tensor:
+    "Mask of the max_dets highest (box, category) scores of each image (None: keep all)."
+    if max_dets is None:
+        return torch.ones_like(scores, dtype=torch.bool)
     keep = torch.zeros_like(scores, dtype=torch.bool)
     for i in image.unique():
         rows = (image == i).nonzero().squeeze(1)
@@ -151,8 +187,9 @@ def keep_top(scores: torch.Tensor, image: torch.Tensor, max_dets: int) -> torch.
 
 
 def evaluate(scores: torch.Tensor, labels: torch.Tensor, image: torch.Tensor, groups: Sequence[str], *,
-             max_dets: int) -> dict:
-    "mAP, APr, APc, APf (in %) and the per-category AP of test detections."
+             max_dets: int | None) -> dict:
+    """AP50 (in %): mAP, APr, APc, APf, the per-category AP, and `bg_share`, the share of kept detections
+    that sit on background proposals. `max_dets` None: no per-image budget."""
     keep = keep_top(scores, image, max_dets).numpy()
     s, y = scores.numpy(), labels.numpy()
     ap = np.array([average_precision(s[keep[:, c], c], (y == c + 1)[keep[:, c]], int((y == c + 1).sum()))
@@ -161,4 +198,5 @@ def evaluate(scores: torch.Tensor, labels: torch.Tensor, image: torch.Tensor, gr
     out = {"mAP": float(np.nanmean(ap))}
     for k in "rcf":
         out[f"AP{k}"] = float(np.nanmean(ap[g == k])) if (g == k).any() else float("nan")
+    out["bg_share"] = float(keep[y == 0].sum() / max(keep.sum(), 1))
     return out | {"per_class": ap.tolist()}
