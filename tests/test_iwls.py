@@ -71,8 +71,8 @@ def test_generators_match_arithmetic():
     rng = np.random.default_rng(0)
     for k in (3, 5):
         X = rng.integers(0, 2, (200, 2 * k), dtype=np.uint8)
-        a = X[:, :k] @ (1 << np.arange(k)[::-1])
-        b = X[:, k:] @ (1 << np.arange(k)[::-1])
+        a = X[:, :k] @ (1 << np.arange(k))  # least significant bit first, as the real benchmark
+        b = X[:, k:] @ (1 << np.arange(k))
         assert (contest_function(f"adder-{k}-{k}")[1](X) == ((a + b) >> k & 1)).all()
         assert (contest_function(f"comparator-{k}")[1](X) == (a > b)).all()
         assert (contest_function(f"multiplier-{k}-{k - 1}")[1](X) == ((a * b) >> (k - 1) & 1)).all()
@@ -232,6 +232,82 @@ def test_portfolio_prefers_accuracy_then_size_and_respects_limit():
     assert over.valid_accuracy == 0 and "over 3 ANDs" in over.note
     with pytest.raises(ValueError, match="unknown method 'svm'"):
         fit_candidate("svm", {}, tr, va)
+
+
+# ---- structure learners -------------------------------------------------------------------------
+def _lsb(bits):
+    return bits @ (1 << np.arange(bits.shape[1]))
+
+
+@needs_data
+def test_ex00_is_bit_15_of_an_lsb_first_sum():
+    # computed here with integer arithmetic, independently of the template search
+    for part in load_benchmark("ex00"):  # train and valid
+        X, y = part.X, part.y
+        a, b = _lsb(X[:, :16].astype(np.int64)), _lsb(X[:, 16:].astype(np.int64))
+        assert ((a + b) >> 15 & 1 == y).all()
+
+
+def test_symmetric_learner_is_exact_on_a_generated_function_and_rejects_noise():
+    from paperbook.iwls.structure import learn_symmetric
+
+    tr, _, te = generate("symmetric-16-3_4_8_11_12", seed=2)
+    g = learn_symmetric(tr)
+    assert g is not None and accuracy(g, te.X, te.y) == 1.0
+    rng = np.random.default_rng(0)
+    noise = PLA(tr.X, rng.integers(0, 2, (len(tr), 1), dtype=np.uint8))
+    assert learn_symmetric(noise) is None
+
+
+@pytest.mark.parametrize("spec,template", [
+    ("adder-16-16", {"op": "add", "bit": 16}),
+    ("adder-32-31", {"op": "add", "bit": 31}),
+    ("multiplier-8-8", {"op": "mul", "bit": 8}),
+])
+def test_arithmetic_template_finds_lsb_first_operands(spec, template):
+    from paperbook.iwls.structure import find_arithmetic, learn_arithmetic
+
+    tr, _, te = generate(spec, seed=4)
+    t = find_arithmetic(tr)
+    assert t == template | {"layout": "halves", "lsb_first": True, "inverted": False}
+    g = learn_arithmetic(tr)
+    assert accuracy(g, te.X, te.y) == 1.0 and g.num_ands < 5000
+    # the circuit against integers on all minterms of a small instance: bit 3 of a 3-bit a + b is the carry
+    X = all_minterms(6)
+    a, b = _lsb(X[:, :3].astype(int)), _lsb(X[:, 3:].astype(int))
+    small = PLA(X, ((a + b) >> 3 & 1).astype(np.uint8)[:, None])
+    assert (simulate(learn_arithmetic(small), X)[:, 0] == small.y).all()
+
+
+def test_structure_learners_reject_a_random_function():
+    from paperbook.iwls.structure import learn_arithmetic, learn_chain, learn_symmetric
+
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 2, (3000, 20), dtype=np.uint8)
+    noise = PLA(X, rng.integers(0, 2, (3000, 1), dtype=np.uint8))
+    assert [f(noise) for f in (learn_symmetric, learn_arithmetic, learn_chain)] == [None, None, None]
+
+
+def test_comparator_chain_above_0_9_and_extrapolated():
+    from paperbook.iwls.structure import find_chain, learn_chain
+
+    tr, _, te = generate("comparator-40", seed=5)  # 6,400 minterms reach only ~13 of 40 pairs
+    order = find_chain(tr)
+    assert [p for p, _, _ in order[:-1]] == list(range(39, -1, -1))  # every pair, from the top
+    assert accuracy(learn_chain(tr), te.X, te.y) > 0.9
+    g = learn_chain(tr)
+    assert accuracy(g, te.X, te.y) == 1.0
+
+
+def test_portfolio_tie_break_takes_the_fewest_ands():
+    tr, va, _ = generate("symmetric-16-3_4_8_11_12", seed=1, size=3000)
+    sym = fit_candidate("symmetric", {}, tr, va)
+    assert sym.valid_accuracy == 1.0
+    deep = fit_candidate("tree", {"max_depth": 20}, tr, va)
+    big = type(sym)("tree", {"max_depth": 20}, sym.aig, sym.ands + 100, 1.0)  # as accurate, more ANDs
+    assert portfolio([big, sym]).method == "symmetric" and portfolio([sym, big]).method == "symmetric"
+    assert portfolio([deep, sym]).method == "symmetric"  # the tree is not exact
+    assert fit_candidate("arith", {}, tr, va).note == "no exact structure found"
 
 
 # ---- chapter config and CLI --------------------------------------------------------------------

@@ -178,8 +178,9 @@ def run_seed(cfg: Config, seed: int, info=None) -> dict:
             with torch.no_grad():
                 s = class_scores(loss, lin(Fte))
             res = {str(b or "none"): evaluate(s, Lte, Ite, task.groups, max_dets=b) for b in budgets}
+            keys = ("mAP", "APr", "APc", "APf", "bg_share")
             results[row] = res[str(cfg.max_dets)] | {
-                "budget": {b: {key: v[key] for key in ("mAP", "APr", "APc", "APf", "bg_share")} for b, v in res.items()},
+                "budget": {b: {key: v[key] for key in keys} for b, v in res.items()},
                 "auc_lookalike": lookalike_auc(s.numpy(), Lte.numpy(), task.lookalike, task.groups)}
             if stats:
                 grads[row] = {key: v.tolist() for key, v in stats.items()}
@@ -209,7 +210,8 @@ def summary(runs: list[dict], budget: str | None = None):
     pick = (lambda res: res) if budget is None else (lambda res: res["budget"][budget])
     rows = [{"method": m, "unit": u, **{k: pick(res)[k] for k in ("mAP", "APr", "APc", "APf")}}
             for u, results in unit_results(runs).items() for m, res in results.items()]
-    return pd.DataFrame(rows).groupby("method", sort=False)[["mAP", "APr", "APc", "APf"]].agg(["mean", "std"]).fillna(0.0)
+    keys = ["mAP", "APr", "APc", "APf"]
+    return pd.DataFrame(rows).groupby("method", sort=False)[keys].agg(["mean", "std"]).fillna(0.0)
 
 # %% ../../nbs/02_acsl.ipynb #59d9b188
 README = "official README (LVIS v0.5, Faster R-CNN R50-FPN): bbox mAP 21.18 → 26.36"

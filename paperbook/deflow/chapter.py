@@ -221,7 +221,8 @@ class MelbourneConfig:
             if not ok:
                 raise ValueError(f"unknown partition {p!r}; allowed: 'block:<cells>', 'hex:<radius>', 'self:<regions>'")
         if self.weeks < 3:
-            raise ValueError(f"melbourne.weeks must be >= 3 (one week of history, then training and test), got {self.weeks}")
+            raise ValueError(f"melbourne.weeks must be >= 3 (one week of history, then training and test), "
+                             f"got {self.weeks}")
 
 # %% ../../nbs/06_deflow_net.ipynb #fd5eec50
 @dataclass(kw_only=True)
@@ -258,7 +259,8 @@ class Config(BaseConfig):
 def _paper_scale(seeds: int, units: int, batch: int) -> Config:
     "32 × 32 cities and ST-ResNet's 64 channels, a long training, Melbourne at 16 × 16 with six partitions."
     return Config(seeds=seeds, city=CityConfig(size=32, days=60, corridors=16, speed=4.0, test_days=7),
-                  model=ModelConfig(channels=64, units=units, lq=1), train=TrainConfig(epochs=100, batch=batch, lr=2e-4),
+                  model=ModelConfig(channels=64, units=units, lq=1),
+                  train=TrainConfig(epochs=100, batch=batch, lr=2e-4),
                   melbourne=MelbourneConfig(grid=16, weeks=40, test_days=28,
                                             partitions=("block:1", "block:2", "block:4", "hex:1.5", "self:32",
                                                         "self:64")))
@@ -267,7 +269,8 @@ def _paper_scale(seeds: int, units: int, batch: int) -> Config:
 PRESETS = {
     "cpu-toy": Config(),
     "cpu-study": Config(seeds=5, city=CityConfig(size=16, days=21, corridors=8, speed=4.0, test_days=3),
-                        model=ModelConfig(lq=1), train=TrainConfig(epochs=40), melbourne=MelbourneConfig(enabled=False)),
+                        model=ModelConfig(lq=1), train=TrainConfig(epochs=40),
+                        melbourne=MelbourneConfig(enabled=False)),
     "gpu-1": _paper_scale(seeds=5, units=4, batch=32),
     "node-8": _paper_scale(seeds=8, units=12, batch=64),
 }

@@ -34,7 +34,7 @@ def learn_cli(argv=None) -> int:
     plan = {"tree": [{"max_depth": d} for d in (6, 8, 10, 14, 20)], "forest": [{}],
             "espresso": [{"timeout_s": a.espresso_timeout}], "lut": [{}]}
     methods = list(LEARNERS) if a.method == "portfolio" else [a.method]
-    cands = [_fit(m, params, train, valid) for m in methods for params in plan[m]]
+    cands = [_fit(m, params, train, valid) for m in methods for params in plan.get(m, [{}])]
     try:
         best = _portfolio(cands)
     except ValueError as e:

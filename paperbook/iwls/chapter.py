@@ -19,9 +19,9 @@ from ..data import locate
 from .learn import MAX_ANDS, fit_candidate, portfolio
 
 # %% auto #0
-__all__ = ['REAL_TOY', 'GENERATED_TOY', 'PRESETS', 'PAPER', 'LEARNER_ORDER', 'CHAPTER', 'Config', 'resolve_functions',
-           'load_task', 'single_learners', 'run_function', 'run_all', 'make_claims', 'metrics_of', 'experiment',
-           'family_table']
+__all__ = ['REAL_TOY', 'GENERATED_TOY', 'PRESETS', 'PAPER', 'RECALLED', 'LEARNER_ORDER', 'GENERAL', 'STRUCTURE', 'CHAPTER',
+           'Config', 'resolve_functions', 'load_task', 'single_learners', 'run_function', 'run_all', 'make_claims',
+           'metrics_of', 'experiment', 'family_table']
 
 # %% ../../nbs/08_iwls2020.ipynb #072c2fb8
 REAL_TOY = ("ex05", "ex12", "ex22", "ex31", "ex37", "ex44", "ex55", "ex65", "ex74", "ex77", "ex82")
@@ -101,7 +101,8 @@ def single_learners(cfg: Config) -> list[tuple[str, dict]]:
     return [("tree", {"max_depth": cfg.tree_depth}),
             ("forest", {"trees": cfg.forest_trees, "max_depth": cfg.forest_depth, "seed": cfg.seed}),
             ("espresso", {"timeout_s": cfg.espresso_timeout_s}),
-            ("lut", {"k": cfg.lut_k, "widths": cfg.lut_widths, "seed": cfg.seed})]
+            ("lut", {"k": cfg.lut_k, "widths": cfg.lut_widths, "seed": cfg.seed}),
+            ("symmetric", {}), ("arith", {}), ("chain", {})]
 
 
 def run_function(name: str, source: str, cfg: Config) -> list[dict]:
@@ -154,29 +155,40 @@ def run_all(cfg: Config):
 
 # %% ../../nbs/08_iwls2020.ipynb #99b0a903
 PAPER = "finding of the team comparison (arXiv 2012.02530); its figures are not quoted here"
+RECALLED = "best team ≈ 88–89% mean test accuracy, per-function best of all teams ≈ 91% (recalled, not quoted)"
+LEARNER_ORDER = ["constant", "tree", "forest", "espresso", "lut", "symmetric", "arith", "chain", "portfolio"]
+GENERAL = ["tree", "forest", "espresso", "lut"]  # learners that assume nothing about how a function was made
+STRUCTURE = ["symmetric", "arith", "chain"]  # learners that recognise how a function was generated (part 4)
 
 # %% ../../nbs/08_iwls2020.ipynb #iw0claims
 def make_claims(df, cfg: Config) -> list[dict]:
     "The chapter's reproduction rows from the per-function results (one seed: `cfg.seed`)."
     mean = df.groupby("learner")["accuracy"].mean()
     port = df[df.learner == "portfolio"]
-    singles = ["tree", "forest", "espresso", "lut"]
     comp = port[port.family == "comparator"]
     one = lambda v: {cfg.seed: v}
-    best = max(mean[s] for s in singles)
+    best = max(LEARNER_ORDER[1:-1], key=lambda s: mean.get(s, 0.0))
+    found = df[df.learner.isin(STRUCTURE) & (df.ands > 0) & (df.ands <= cfg.max_ands)]
     rows = [
         claim("decision trees beat the constant guess by ≥ 20 points on average", paper=PAPER,
               values=one(float(mean["tree"] - mean["constant"])), rule=lambda d: d >= 0.20,
               threshold="≥ 20 points",
               ours=f"tree {100 * mean['tree']:.1f}% vs constant {100 * mean['constant']:.1f}%"),
-        claim("a per-benchmark portfolio beats every single learner on average", paper=PAPER,
-              values=one(float(mean["portfolio"] - best)), rule=lambda d: d >= 0,
-              ours=f"portfolio {100 * mean['portfolio']:.1f}% vs best single {100 * best:.1f}%"),
+        claim("choosing per function beats the best single learner by ≥ 1 point on average", paper=RECALLED,
+              values=one(float(mean["portfolio"] - mean[best])), rule=lambda d: d >= 0.01,
+              threshold="≥ 1 point",
+              ours=f"portfolio {100 * mean['portfolio']:.1f}% vs best single ({best}) {100 * mean[best]:.1f}%"),
         claim("comparators are learned almost exactly (≥ 95%)", paper=PAPER, threshold="≥ 95%",
               values=one(float(comp.accuracy.min()) if len(comp) else None),
               rule=lambda a: a is not None and a >= 0.95,
               ours=f"{100 * comp.accuracy.mean():.1f}% on {len(comp)} functions" if len(comp)
               else "no comparator run"),
+        claim("structure found on the training minterms generalises (≥ 99.9% on unseen minterms)",
+              paper="exploits how the benchmark was generated (this book's learners, part 4)",
+              values=one(float(found.accuracy.min()) if len(found) else None),
+              rule=lambda a: a is not None and a >= 0.999, threshold="≥ 99.9% on every such function",
+              ours=f"{len(found)} circuits ({', '.join(sorted(found.function))}), worst "
+                   f"{100 * found.accuracy.min():.2f}%" if len(found) else "no structure found"),
     ]
     abc = "scored with ABC &mltest (contest rules, p. 2)"
     if "abc_ands" in port:
@@ -211,9 +223,6 @@ def experiment(cfg: Config, info) -> Result:
                   extras={"df": df})
 
 # %% ../../nbs/08_iwls2020.ipynb #a94cfb31
-LEARNER_ORDER = ["constant", "tree", "forest", "espresso", "lut", "portfolio"]
-
-
 def family_table(df):
     "Mean accuracy (%) and mean ANDs per family and learner."
     t = df.pivot_table(index="family", columns="learner", values=["accuracy", "ands"], aggfunc="mean")

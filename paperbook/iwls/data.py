@@ -185,8 +185,8 @@ def load_benchmark(name: str, folder: Path | None = None) -> tuple[PLA, PLA]:
 
 # %% ../../nbs/08a_iwls_data.ipynb #d0411dda
 def _operands(X: np.ndarray, k: int) -> tuple[list[int], list[int]]:
-    "The two k-bit operands (MSB first) of each row of X, as Python ints."
-    weights = [1 << (k - 1 - i) for i in range(k)]
+    "The two k-bit operands (least significant bit first, as in the real benchmark) of each row of X, as ints."
+    weights = [1 << i for i in range(k)]
     ints = lambda B: [sum(w for w, b in zip(weights, row) if b) for row in B.tolist()]
     return ints(X[:, :k]), ints(X[:, k:2 * k])
 

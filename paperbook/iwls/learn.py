@@ -10,12 +10,13 @@ import numpy as np
 
 from .aig import AIG, abc_command, abc_optimize, accuracy
 from .data import PLA
+from .structure import learn_arithmetic, learn_chain, learn_symmetric
 
 MAX_ANDS = 5000
 
 # %% auto #0
-__all__ = ['MAX_ANDS', 'LEARNERS', 'tree_to_aig', 'learn_tree', 'learn_forest', 'espresso_cubes', 'sop_to_aig', 'learn_espresso',
-           'learn_lut', 'Candidate', 'fit_candidate', 'portfolio']
+__all__ = ['MAX_ANDS', 'LEARNERS', 'NOTHING', 'tree_to_aig', 'learn_tree', 'learn_forest', 'espresso_cubes', 'sop_to_aig',
+           'learn_espresso', 'learn_lut', 'Candidate', 'fit_candidate', 'portfolio']
 
 # %% ../../nbs/08c_iwls_learn.ipynb #81f51d9f
 def tree_to_aig(tree, g: AIG) -> int:
@@ -142,7 +143,9 @@ class Candidate:
     score: float = 0.0  # accuracy on held-out minterms, filled in by the experiment
 
 
-LEARNERS = {"tree": learn_tree, "forest": learn_forest, "espresso": learn_espresso, "lut": learn_lut}
+LEARNERS = {"tree": learn_tree, "forest": learn_forest, "espresso": learn_espresso, "lut": learn_lut,
+            "symmetric": learn_symmetric, "arith": learn_arithmetic, "chain": learn_chain}
+NOTHING = {"espresso": "timed out"}  # why a learner delivered nothing (structure learners: no exact structure)
 
 
 def fit_candidate(method: str, params: dict, train: PLA, valid: PLA, *, max_ands: int = MAX_ANDS,
@@ -152,12 +155,12 @@ def fit_candidate(method: str, params: dict, train: PLA, valid: PLA, *, max_ands
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(LEARNERS)}, portfolio")
     aig = LEARNERS[method](train, **params)
     if aig is None:
-        return Candidate(method, params, None, note="timed out")
-    note = ""
+        return Candidate(method, params, None, note=NOTHING.get(method, "no exact structure found"))
+    note = getattr(aig, "description", "")
     if aig.num_ands > max_ands and optimize and abc_command():
         before = aig.num_ands
         aig = abc_optimize(aig)
-        note = f"ABC: {before} -> {aig.num_ands} ANDs"
+        note = f"{note}; ABC: {before} -> {aig.num_ands} ANDs".lstrip("; ")
     if aig.num_ands > max_ands:
         return Candidate(method, params, aig, aig.num_ands, 0.0, note=f"over {max_ands} ANDs: scores 0")
     return Candidate(method, params, aig.cleanup(), aig.num_ands, accuracy(aig, valid.X, valid.y), note)

@@ -93,7 +93,8 @@ def make_claims(per_seed: dict, cfg: Config) -> list[dict]:
     thr = cfg.claims.retrieval
     rows = [claim(f"retrieval (GraphWave) finds the planted copies: precision and recall ≥ {thr} (mean over kinds)",
                   values={s: mean_pr(r, "GraphWave") for s, r in per_seed.items()},
-                  rule=lambda pr: min(pr) >= thr, paper="the retrieval finds similar substructures (Figure 1, recalled)",
+                  rule=lambda pr: min(pr) >= thr,
+                  paper="the retrieval finds similar substructures (Figure 1, recalled)",
                   ours="mean P {:.2f}, R {:.2f} over the seeds".format(
                       *np.mean([mean_pr(r, "GraphWave") for r in per_seed.values()], 0)),
                   threshold=f"{thr}"),
@@ -109,8 +110,9 @@ def make_claims(per_seed: dict, cfg: Config) -> list[dict]:
                          paper="matching is by graph structure (factorised graph matching in the paper)",
                          names=("ours", "embedding only"), digits=3)]
     share = {s: direction_share(r["targets"]) for s, r in per_seed.items()}
-    rows.append(claim(f"transfer: the targets' readability moves the way the exemplar's did (≥ {cfg.claims.direction:.0%} "
-                      "of metric changes)", values=share, rule=lambda x: x >= cfg.claims.direction,
+    rows.append(claim(f"transfer: the targets' readability moves the way the exemplar's did "
+                      f"(≥ {cfg.claims.direction:.0%} of metric changes)", values=share,
+                      rule=lambda x: x >= cfg.claims.direction,
                       paper="the edit's effect carries over to similar substructures (user study, recalled)",
                       threshold=f"{cfg.claims.direction:.0%}"))
     cvs = {s: r["boundary_cv"] for s, r in per_seed.items()}
@@ -140,7 +142,8 @@ def experiment(cfg: Config, info) -> Result:
 def real_graphs() -> dict:
     "networkx's built-in social networks, as simple undirected graphs with integer nodes."
     raw = {"karate club": nx.karate_club_graph(), "Les Misérables": nx.les_miserables_graph(),
-           "Florentine families": nx.florentine_families_graph(), "Davis southern women": nx.davis_southern_women_graph()}
+           "Florentine families": nx.florentine_families_graph(),
+           "Davis southern women": nx.davis_southern_women_graph()}
     return {k: nx.convert_node_labels_to_integers(nx.Graph(g)) for k, g in raw.items()}
 
 # %% ../../nbs/10_layout_transfer.ipynb #cf3968b5
@@ -217,7 +220,8 @@ PRESETS = {
 
 # %% ../../nbs/10_layout_transfer.ipynb #08198a9b
 CHAPTER = Chapter(name="layout-transfer", title="Exemplar-based layout fine-tuning for node-link diagrams",
-                  summary="retrieve substructures like an edited exemplar (GraphWave, WL kernel), transfer and blend the edit",
+                  summary="retrieve substructures like an edited exemplar (GraphWave, WL kernel), "
+                          "transfer and blend the edit",
                   paper="Pan et al., IEEE VIS 2020, arXiv 2008.00666", config=Config, presets=PRESETS,
                   notebook="10_layout_transfer.ipynb", experiment=experiment,
                   smoke={"seeds": 2, "graph.backbone": 40, "graph.copies": 2, "graph.kinds": ("wheel",)})

@@ -228,6 +228,7 @@ def readability(G: nx.Graph, pos: dict, nodes) -> dict:
     np.fill_diagonal(d, np.inf)
     shape = [len(set(np.argsort(d[idx[v]])[:H.degree(v)]) & {idx[u] for u in H[v]}) /
              len(set(np.argsort(d[idx[v]])[:H.degree(v)]) | {idx[u] for u in H[v]}) for v in H if H.degree(v)]
-    return {"crosslessness": 1 - c / pairs if pairs else 1.0, "minimum angle": float(np.mean(angles)) if angles else 1.0,
+    return {"crosslessness": 1 - c / pairs if pairs else 1.0,
+            "minimum angle": float(np.mean(angles)) if angles else 1.0,
             "edge uniformity": float(max(0.0, 1 - lengths.std() / lengths.mean())) if len(lengths) else 1.0,
             "shape-based": float(np.mean(shape)) if shape else 1.0}
