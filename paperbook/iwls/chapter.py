@@ -124,14 +124,21 @@ def run_function(name: str, source: str, cfg: Config) -> list[dict]:
             rows.append(base | {"learner": method, "ands": c.ands, "accuracy": c.score, "note": c.note,
                                 "seconds": round(time.perf_counter() - t, 2)})
     best = portfolio(cands)
-    row = base | {"learner": "portfolio", "ands": best.ands, "accuracy": best.score,
-                  "note": f"{best.method} {best.params}", "seconds": round(time.perf_counter() - t0, 2)}
+    # the contest let the teams train on train + valid: refit the chosen learner on train + the select half
+    both = PLA(np.vstack([train.X, select.X]), np.vstack([train.Y, select.Y]), "fr", f"{name}.train+select")
+    refit = fit_candidate(best.method, best.params, both, select, max_ands=cfg.max_ands)
+    refit.score = accuracy(refit.aig, score.X, score.y) if refit.aig is not None and refit.valid_accuracy > 0 else 0.0
+    chosen = refit if refit.aig is not None and refit.valid_accuracy > 0 else best
+    row = base | {"learner": "portfolio", "ands": chosen.ands, "accuracy": chosen.score,
+                  "train_only_accuracy": best.score, "refit": chosen is refit,
+                  "note": f"{best.method} {best.params}" + ("" if chosen is refit else "; refit over the limit"),
+                  "seconds": round(time.perf_counter() - t0, 2)}
     if cfg.abc_check and abc_command():
-        abc = abc_check(best.aig, score)
+        abc = abc_check(chosen.aig, score)
         row |= {"abc_ands": abc["ands"], "abc_accuracy": abc["accuracy"]}
     if cfg.aig_dir:
         Path(cfg.aig_dir).mkdir(parents=True, exist_ok=True)
-        write_aiger(best.aig, Path(cfg.aig_dir) / f"{name}.aig")
+        write_aiger(chosen.aig, Path(cfg.aig_dir) / f"{name}.aig")
     return rows + [row]
 
 
@@ -211,7 +218,8 @@ def metrics_of(df, source: str) -> dict:
     return {"source": source, "functions": int(port.shape[0]),
             "mean_accuracy": mean["accuracy"].to_dict(), "mean_ands": mean["ands"].to_dict(),
             "portfolio": port[["function", "family", "ands", "accuracy", "note"]].to_dict("records"),
-            "seconds_per_function": float(port.seconds.mean())}
+            "seconds_per_function": float(port.seconds.mean()),
+            "portfolio_train_only_mean": float(port.train_only_accuracy.mean())}
 
 # %% ../../nbs/08_iwls2020.ipynb #iw0experim
 def experiment(cfg: Config, info) -> Result:
