@@ -8,23 +8,29 @@ from typing import Literal
 
 import numpy as np
 
-from .data import Corpus, catalog, load_corpus, load_pairs, split_catalog
+from .data import (Corpus, apply_lut, catalog, lab_to_rgb, load_corpus, load_pairs, make_field,
+                                     nearest_training_distance, split_catalog)
 from .model import (ColormapNet, Extractor, KindClassifier, corpus_inputs, delta_e,
                                       histogram_features, nearest_neighbour, predict, principal_axis_path,
-                                      refine, save_extractor, train_net)
-from ..core import BaseConfig, Chapter, Result, claim, pick_device, progress, seed_everything
+                                      recover_values, refine, save_extractor, train_net)
+from ..core import (BaseConfig, Chapter, Result, claim, paired_claim, pick_device, progress,
+                            seed_everything)
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHAPTER', 'Config', 'build_corpora', 'train_models', 'evaluate', 'summary', 'fit_classifier',
-           'make_claims', 'metrics_of', 'experiment', 'strip_figure']
+__all__ = ['PRESETS', 'GENERALISES', 'NET', 'PIPE', 'CHAPTER', 'Config', 'build_corpora', 'train_models', 'evaluate',
+           'value_recovery', 'summary', 'values_table', 'fit_classifier', 'make_claims', 'metrics_of', 'run_seed',
+           'experiment', 'strip_figure']
 
 # %% ../../nbs/04_colormap.ipynb #de358584
 @dataclass(kw_only=True)
 class Config(BaseConfig):
+    seeds: int = 3  # independent runs (split, corpora, networks) with seeds seed, seed + 1, ...
     n_train: int = 2400  # training images (rendered from the training colormaps)
     n_test: int = 400  # images in each test set: unseen colormaps, seen colormaps
     px: int = 64  # image side (pixels)
     test_fraction: float = 0.15  # share of the catalogue held out (never seen in training)
+    family_de: float = 5.0  # colormaps closer than this (order-free ΔE00) are one family, held out together
+    n_values: int = 100  # unseen images whose data are read back through each method's colormap
     p_sub: float = 0.5  # training: chance of using a random sub-range of a continuous colormap
     p_binned: float = 0.25  # chance of binning a continuous colormap (4-12 levels) into a discrete one
     transform: Literal["minmax", "log"] = "minmax"  # histogram normalisation (official: minmax)
@@ -44,7 +50,7 @@ class Config(BaseConfig):
     pairs_test: str = ""  # ... and its test list (the "unseen" set; "seen" is the first n_test training pairs)
 
     def __post_init__(self):
-        for name in ("n_train", "n_test", "px", "knots", "steps", "batch_size", "refine_iters"):
+        for name in ("seeds", "n_train", "n_test", "px", "knots", "steps", "batch_size", "refine_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.px < 16:
@@ -65,7 +71,8 @@ class Config(BaseConfig):
 
 
 PRESETS = {
-    "cpu-toy": Config(),
+    "cpu-toy": Config(n_train=1200, n_test=160, steps=250, ablation=False, n_values=30),
+    "cpu-study": Config(seeds=5),  # 2,400 images, 600 steps and the ASPP ablation, five seeds: ~6 min on 2 cores
     "gpu-1": Config(n_train=64000, n_test=2000, px=128, width=1.0, steps=120000, batch_size=8, lr=1e-4),
     "node-8": Config(nproc_per_node=8, n_train=64000, n_test=2000, px=128, width=1.0, steps=15000, batch_size=64,
                      lr=1e-4),
@@ -81,7 +88,7 @@ def build_corpora(cfg: Config, info=None) -> dict:
     import torch.distributed as dist
 
     cmaps = catalog()
-    train_maps, test_maps = split_catalog(cmaps, cfg.test_fraction, cfg.seed)
+    train_maps, test_maps = split_catalog(cmaps, cfg.test_fraction, cfg.seed, family_de=cfg.family_de)
     if cfg.pairs_train:  # the paper's own chart/legend pairs instead of the generator
         train = load_pairs(cfg.pairs_train, px=cfg.px)
         seen = train.first(min(cfg.n_test, len(train)))
@@ -131,7 +138,7 @@ def evaluate(cfg: Config, data: dict, models: dict, classifier: KindClassifier) 
         preds["random training colormap"] = train.lab(rng.integers(0, len(train), len(test)))
         preds["principal axis (no model)"] = np.stack([principal_axis_path(h) for h in hists])
         kw = {"eps": cfg.eps, "iters": cfg.refine_iters, "window": cfg.window}
-        for m in [m for m in preds if m.startswith(("network", "nearest"))]:
+        for m in [m for m in preds if m.startswith(("network", "nearest", "principal"))]:
             preds[m + " + refinement"] = np.stack([refine(p, h, d, **kw) for p, h, d in
                                                    progress(zip(preds[m], hists, kind), total=len(test),
                                                             desc=f"refining {m} ({split})")])
@@ -142,19 +149,56 @@ def evaluate(cfg: Config, data: dict, models: dict, classifier: KindClassifier) 
                                   for m, p in preds.items()},
                       "predicted_discrete": kind.tolist()}
         out[split]["examples"] = {m: p[:8] for m, p in preds.items()}
+        if split == "unseen":
+            out[split]["values"] = value_recovery(test, preds, cfg.n_values, cfg.seed)
+    return out
+
+
+def value_recovery(test: Corpus, preds: dict, n: int, seed: int) -> dict:
+    "Spearman ρ and RMSE of data read back through each method's colormap from a heatmap in the true colormap."
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng([seed, 7])
+    out = {m: {"spearman": [], "rmse": [], "rmse_order_free": []} for m in ["true colormap", *preds]}
+    for i in range(min(n, len(test))):
+        z = make_field("grf", 32, rng)
+        image = np.round(apply_lut(test.luts[i], z) * 255).astype(np.uint8)
+        for m, v in out.items():
+            lut = test.luts[i] if m == "true colormap" else lab_to_rgb(preds[m][i])
+            try:
+                r = recover_values(image, lut, max_distance=np.inf).ravel()
+            except ValueError:  # a colourless image: nothing to read
+                r = np.full(z.size, 0.5)
+            rho = spearmanr(r, z.ravel()).statistic if r.std() > 0 else 0.0  # one colour: no information
+            v["spearman"].append(abs(float(rho)))  # |ρ|: a colormap read backwards gives ρ = −1
+            e, e_flip = (float(np.sqrt(np.mean((w - z.ravel()) ** 2))) for w in (r, 1 - r))
+            v["rmse"].append(e)
+            v["rmse_order_free"].append(min(e, e_flip))
     return out
 
 # %% ../../nbs/04_colormap.ipynb #a327a09d
-def summary(results: dict):
-    "Mean ΔE00 per method (rows) and test set / order (columns)."
+def summary(results: list[dict]):
+    "Mean ΔE00 per method (rows) and test set / order (columns), averaged over the seeds' results."
     import pandas as pd
 
     rows = {}
-    for split, r in results.items():
-        for m, v in r["methods"].items():
-            rows.setdefault(m, {})[f"{split}, order-free"] = float(np.mean(v["order_free"]))
-            rows[m][f"{split}, ordered"] = float(np.mean(v["ordered"]))
-    return pd.DataFrame.from_dict(rows, orient="index").round(2)
+    for res in results:
+        for split, r in res.items():
+            for m, v in r["methods"].items():
+                for order in ("order-free", "ordered"):
+                    key = order.replace("-", "_")
+                    rows.setdefault(m, {}).setdefault(f"{split}, {order}", []).append(float(np.mean(v[key])))
+    return pd.DataFrame({m: {k: float(np.mean(v)) for k, v in cols.items()} for m, cols in rows.items()}).T.round(2)
+
+
+def values_table(results: list[dict]):
+    "Value recovery per method: mean |ρ|, RMSE as read and RMSE with the better direction, over seeds."
+    import pandas as pd
+
+    cols = {"|ρ|": "spearman", "RMSE": "rmse", "RMSE (either direction)": "rmse_order_free"}
+    methods = results[0]["unseen"]["values"]
+    return pd.DataFrame({c: {m: float(np.mean([np.mean(r["unseen"]["values"][m][k]) for r in results]))
+                             for m in methods} for c, k in cols.items()}).round(3)
 
 # %% ../../nbs/04_colormap.ipynb #895a3227
 def fit_classifier(train: Corpus) -> KindClassifier:
@@ -163,65 +207,94 @@ def fit_classifier(train: Corpus) -> KindClassifier:
     return KindClassifier().fit(feats, train.discrete)
 
 # %% ../../nbs/04_colormap.ipynb #c6698647
-def make_claims(results: dict, cfg: Config) -> list[dict]:
-    "The reproduction rows, all computed from `results` (one seed: `cfg.seed`)."
-    u = results["unseen"]
-    m = {k: float(np.mean(v["order_free"])) for k, v in u["methods"].items()}
-    net, pipe, nn_, rnd = (m["network (aspp)"], m["network (aspp) + refinement"], m["nearest neighbour"],
-                           m["random training colormap"])
-    one = lambda v: {cfg.seed: v}
-    lower = lambda v: v[0] < v[1]
+GENERALISES = "the network generalises to colormaps it has not seen (paper's claim; figures not read offline)"
+NET, PIPE = "network (aspp)", "network (aspp) + refinement"
+
+
+def make_claims(runs: list[dict], cfg: Config) -> list[dict]:
+    "The reproduction rows, paired over the seeds (each seed: its own held-out families, corpus, networks)."
+    err = lambda split, m: {r["seed"]: float(np.mean(r["results"][split]["methods"][m]["order_free"])) for r in runs}
+    val = lambda m: {r["seed"]: float(np.mean(r["results"]["unseen"]["values"][m]["spearman"])) for r in runs}
+    lower = dict(better="lower", digits=2)
     rows = [
-        claim("the pipeline (network + classification + refinement) beats nearest-neighbour retrieval "
-              "on unseen colormaps", values=one((pipe, nn_)), rule=lower,
-              paper="network generalises to unseen colormaps; issue's NN baseline: 24.15 (91 matplotlib "
-                    "maps), random 34.67",
-              ours=f"ΔE00 {pipe:.2f} vs NN {nn_:.2f} (random {rnd:.2f})"),
-        claim("the network alone (before refinement) beats nearest-neighbour retrieval on unseen colormaps",
-              paper="as above", values=one((net, nn_)), rule=lower, ours=f"ΔE00 {net:.2f} vs NN {nn_:.2f}"),
-        claim("refinement lowers the network's error", paper="refinement step of the pipeline",
-              values=one((pipe, net)), rule=lower, ours=f"ΔE00 {net:.2f} → {pipe:.2f}"),
+        paired_claim("the network beats nearest-neighbour retrieval on unseen colormaps (both raw)",
+                     paper=GENERALISES, a=err("unseen", NET), b=err("unseen", "nearest neighbour"),
+                     names=("network ΔE00", "NN ΔE00"), **lower),
+        paired_claim("the network beats nearest-neighbour retrieval after the same refinement", paper=GENERALISES,
+                     a=err("unseen", PIPE), b=err("unseen", "nearest neighbour + refinement"),
+                     names=("pipeline", "NN + refinement"), **lower),
+        paired_claim("the pipeline beats the model-free principal axis given the same refinement",
+                     paper="the network carries information beyond the histogram's colours (implied)",
+                     a=err("unseen", PIPE), b=err("unseen", "principal axis (no model) + refinement"),
+                     names=("pipeline", "principal axis + refinement"), **lower),
+        paired_claim("the network's error on unseen colormaps is within 2 ΔE00 of its error on seen ones",
+                     paper=GENERALISES, a=err("unseen", NET), b=err("seen", NET), names=("unseen", "seen"),
+                     margin=-2.0, threshold="interval of unseen − seen below +2 ΔE00", **lower),
+        paired_claim("refinement lowers the network's error", paper="refinement step of the pipeline",
+                     a=err("unseen", PIPE), b=err("unseen", NET), names=("refined", "raw"), **lower),
         claim("discrete / continuous classification accuracy ≥ 90%",
               paper="colormaps classified as discrete or continuous before refinement",
-              values=one(u["kind_accuracy"]), rule=lambda a: a >= 0.9, threshold="≥ 90%",
-              ours=f"{u['kind_accuracy']:.1%} unseen, {results['seen']['kind_accuracy']:.1%} seen "
-                   f"({u['discrete_share']:.0%} of unseen images discrete)"),
+              values={r["seed"]: r["results"]["unseen"]["kind_accuracy"] for r in runs}, rule=lambda a: a >= 0.9,
+              threshold="≥ 90%"),
+        paired_claim("data read back through the pipeline's colormap follow the true data better than through "
+                     "NN retrieval + refinement", paper="application: reading data back from a chart (paper's use case)",
+                     a=val(PIPE), b=val("nearest neighbour + refinement"), better="higher",
+                     names=("pipeline |ρ|", "NN + refinement |ρ|"), digits=3),
+        paired_claim("data read back through the pipeline's colormap follow the true data better than through "
+                     "the principal axis + refinement",
+                     paper="application: reading data back from a chart (paper's use case)", a=val(PIPE),
+                     b=val("principal axis (no model) + refinement"), better="higher",
+                     names=("pipeline |ρ|", "principal axis + refinement |ρ|"), digits=3),
     ]
-    if "network (no-aspp)" in m:
-        no = m["network (no-aspp)"]
-        rows.append(claim("ASPP beats the same network without ASPP (unseen, raw network)",
-                          paper="ablation: ASPP captures colour features at multiple scales",
-                          values=one((net, no)), rule=lower, ours=f"ΔE00 {net:.2f} with vs {no:.2f} without",
-                          note="on the 2 × 2 map where the official model applies it, ASPP's atrous branches "
-                               "reduce to 1×1 convolutions"))
+    if "network (no-aspp)" in runs[0]["results"]["unseen"]["methods"]:
+        rows.append(paired_claim("ASPP beats the same network without ASPP (unseen, raw network)",
+                                 paper="ablation: ASPP captures colour features at multiple scales",
+                                 a=err("unseen", NET), b=err("unseen", "network (no-aspp)"),
+                                 names=("with ASPP", "without"), **lower,
+                                 note="not parameter-matched: without ASPP the network is smaller"))
     return rows
 
 # %% ../../nbs/04_colormap.ipynb #cm0metrics
-def metrics_of(results: dict, models: dict, table) -> dict:
-    "What the run record keeps."
-    return {"table": table.to_dict(orient="index"),
-            "kind_accuracy": {s: r["kind_accuracy"] for s, r in results.items()},
-            "final_loss": {k: float(np.mean(v["loss"][-20:])) for k, v in models.items()},
-            "per_image_unseen": {k: v["order_free"] for k, v in results["unseen"]["methods"].items()}}
+def metrics_of(runs: list[dict], table) -> dict:
+    "What the run record keeps: the table (mean over seeds) and every seed's per-method means."
+    per_seed = {r["seed"]: {split: {m: float(np.mean(v["order_free"])) for m, v in res["methods"].items()}
+                            for split, res in r["results"].items()} for r in runs}
+    return {"table": table.to_dict(orient="index"), "per_seed": per_seed,
+            "values": values_table([r["results"] for r in runs]).to_dict(orient="index"),
+            "kind_accuracy": {r["seed"]: {s: v["kind_accuracy"] for s, v in r["results"].items()} for r in runs},
+            "nearest_training_colormap": {r["seed"]: [float(x) for x in r["floor"]] for r in runs},
+            "final_loss": {r["seed"]: {k: float(np.mean(v["loss"][-20:])) for k, v in r["models"].items()}
+                           for r in runs}}
 
 # %% ../../nbs/04_colormap.ipynb #cm0experim
-def experiment(cfg: Config, info) -> Result:
-    "Corpora, models, classifier, evaluation, the saved extractor and the claims (`paperbook run colormap`)."
-    pick_device(cfg.device)  # a device this machine lacks fails here, before any rendering
+def run_seed(cfg: Config, info=None) -> dict:
+    "One seed: split, corpora, networks, classifier, evaluation, and the retrieval floor of the held-out maps."
     data = build_corpora(cfg, info)
     models = train_models(cfg, data["train"], info)
     classifier = fit_classifier(data["train"])
     results = evaluate(cfg, data, models, classifier)
-    extractor = Extractor(models["aspp"]["net"], classifier, transform=cfg.transform, eps=cfg.eps,
+    floor = nearest_training_distance(data["train_maps"], data["test_maps"]) if data["test_maps"] else np.zeros(0)
+    return {"seed": cfg.seed, "data": data, "models": models, "classifier": classifier, "results": results,
+            "floor": floor}
+
+
+def experiment(cfg: Config, info) -> Result:
+    "Every seed's run, the saved extractor (first seed) and the claims (`paperbook run colormap`)."
+    from dataclasses import replace
+
+    pick_device(cfg.device)  # a device this machine lacks fails here, before any rendering
+    runs = [run_seed(replace(cfg, seed=cfg.seed + k), info) for k in range(cfg.seeds)]
+    first = runs[0]
+    extractor = Extractor(first["models"]["aspp"]["net"], first["classifier"], transform=cfg.transform, eps=cfg.eps,
                           iters=cfg.refine_iters, window=cfg.window)
     if cfg.save_model and cfg.cache != "off" and (info is None or info.is_main):
         from pathlib import Path
 
         save_extractor(extractor, None if cfg.cache == "auto" else Path(cfg.cache) / "model.pt")
-    table = summary(results)
-    return Result(metrics=metrics_of(results, models, table), claims=make_claims(results, cfg),
-                  extras={"data": data, "models": models, "classifier": classifier, "results": results,
-                          "extractor": extractor, "table": table})
+    table = summary([r["results"] for r in runs])
+    return Result(metrics=metrics_of(runs, table), claims=make_claims(runs, cfg),
+                  extras={"data": first["data"], "models": first["models"], "classifier": first["classifier"],
+                          "results": first["results"], "extractor": extractor, "table": table, "runs": runs})
 
 # %% ../../nbs/04_colormap.ipynb #ce76bdcc
 def strip_figure(test: Corpus, examples: dict, truth: np.ndarray, methods: list[str], n: int = 8):
@@ -257,4 +330,5 @@ CHAPTER = Chapter(name="colormap", title="Deep colormap extraction from visualiz
                   summary="a CNN with ASPP reads a Lab histogram and predicts the colormap; unseen maps vs retrieval",
                   paper="Yuan et al., IEEE TVCG 2021, arXiv 2103.00741", config=Config, presets=PRESETS,
                   notebook="04_colormap.ipynb", experiment=experiment,
-                  smoke={"n_train": 160, "n_test": 32, "steps": 10, "ablation": False, "cache": "off"})
+                  smoke={"seeds": 2, "n_train": 160, "n_test": 32, "steps": 10, "ablation": False, "n_values": 5,
+                         "cache": "off"})

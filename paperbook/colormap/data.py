@@ -16,10 +16,11 @@ from ..core import progress
 
 # %% auto #0
 __all__ = ['FIELDS', 'CHARTS', 'CHART_WEIGHTS', 'BINS', 'CORPUS_VERSION', 'Colormap', 'lut_of', 'listed', 'rgb_to_lab',
-           'lab_to_rgb', 'catalog', 'split_catalog', 'sample_fields', 'make_field', 'apply_lut', 'render',
-           'check_image', 'lab_histogram', 'bin_centres', 'background_bins', 'network_input', 'histogram_colours',
-           'sub_range', 'binned', 'make_item', 'Corpus', 'make_corpus', 'cache_dir', 'corpus_key', 'save_corpus',
-           'read_corpus', 'load_corpus', 'read_rgb', 'legend_lut', 'load_pairs']
+           'lab_to_rgb', 'catalog', 'catalog_distances', 'families', 'split_catalog', 'nearest_training_distance',
+           'sample_fields', 'make_field', 'apply_lut', 'render', 'check_image', 'lab_histogram', 'bin_centres',
+           'background_bins', 'network_input', 'histogram_colours', 'sub_range', 'binned', 'make_item', 'Corpus',
+           'make_corpus', 'cache_dir', 'corpus_key', 'save_corpus', 'read_corpus', 'load_corpus', 'read_rgb',
+           'legend_lut', 'load_pairs']
 
 # %% ../../nbs/04a_colormap_data.ipynb #af98e52b
 @dataclass(frozen=True)
@@ -102,19 +103,62 @@ def catalog(min_chroma: float = 8.0) -> list[Colormap]:
     return out
 
 
-def split_catalog(cmaps: list[Colormap], test_fraction: float, seed: int) -> tuple[list, list]:
-    "Seeded split into (training colormaps, held-out colormaps), both kinds in both parts."
+def catalog_distances(cmaps: list[Colormap], others: list[Colormap] | None = None, entries: int = 64) -> np.ndarray:
+    "Order-free mean ΔE00 between the colormaps and `others` (default: themselves), on `entries` table entries."
+    from skimage.color import deltaE_ciede2000
+
+    idx = np.linspace(0, 255, entries).round().astype(int)
+    lab = lambda maps: np.stack([rgb_to_lab(c.lut[idx]) for c in maps])  # (m, entries, 3)
+    A, B = lab(cmaps), lab(others if others is not None else cmaps)
+    D = np.empty((len(A), len(B)))
+    for i, a in enumerate(A):
+        a = np.broadcast_to(a, B.shape)
+        D[i] = np.minimum(deltaE_ciede2000(a, B).mean(-1), deltaE_ciede2000(a[:, ::-1], B).mean(-1))
+    return D
+
+
+_FAMILIES: dict = {}
+
+
+def families(cmaps: list[Colormap], max_de: float = 5.0) -> np.ndarray:
+    "Family label of every colormap: connected components of 'order-free ΔE00 < max_de' (cached per catalogue)."
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    key = (tuple(c.name for c in cmaps), max_de)
+    if key not in _FAMILIES:
+        D = catalog_distances(cmaps)
+        _FAMILIES[key] = connected_components(csr_matrix(np.minimum(D, D.T) < max_de), directed=False)[1]
+    return _FAMILIES[key]
+
+
+def split_catalog(cmaps: list[Colormap], test_fraction: float, seed: int, *,
+                  family_de: float = 5.0) -> tuple[list, list]:
+    """Seeded split into (training colormaps, held-out colormaps) by whole families, both kinds in both parts.
+
+    Colormaps closer than `family_de` (order-free ΔE00) to each other are one family; a family is held
+    out or trained on as a whole, so no training colormap lies within `family_de` of a held-out one."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    fam = families(cmaps, family_de)
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    test_fams = set()
     for kind in ("continuous", "discrete"):
-        group = [c for c in cmaps if c.kind == kind]
-        order = rng.permutation(len(group))
-        k = max(1, round(test_fraction * len(group)))
-        test += [group[i] for i in order[:k]]
-        train += [group[i] for i in order[k:]]
-    return train, test
+        members = {f: [i for i in np.flatnonzero(fam == f)] for f in set(fam[[c.kind == kind for c in cmaps]])}
+        members = {f: m for f, m in members.items() if sum(cmaps[i].kind == kind for i in m) * 2 >= len(m)}
+        want, got = max(1, round(test_fraction * sum(c.kind == kind for c in cmaps))), 0
+        for f in rng.permutation(sorted(members)):
+            if got >= want:
+                break
+            test_fams.add(int(f))
+            got += len(members[f])
+    test = [c for c, f in zip(cmaps, fam) if f in test_fams]
+    return [c for c, f in zip(cmaps, fam) if f not in test_fams], test
+
+
+def nearest_training_distance(train_maps: list[Colormap], test_maps: list[Colormap]) -> np.ndarray:
+    "For each held-out colormap, the order-free ΔE00 to the closest training colormap (all 256 entries)."
+    return catalog_distances(test_maps, train_maps, entries=256).min(1)
 
 # %% ../../nbs/04a_colormap_data.ipynb #9e2a07c8
 FIELDS = ("grf", "blobs", "ramp", "noise", "waves", "sample")
