@@ -18,8 +18,26 @@ def tok():
 
 
 def test_segment_marks_spaces_and_newlines():
-    s = segment("中国 人民\n万岁")
-    assert SPACE in s and NEWLINE in s and " " in s
+    # jieba's words joined by spaces; the text's space is ▂, its newline ▃ (as tokenization_jieba.py)
+    assert segment("中国 人民\n万岁") == f"中国 {SPACE} 人民 {NEWLINE} 万岁"
+    assert segment("我爱北京天安门") == "我 爱 北京 天安门"
+
+
+def test_bpe_is_the_default_and_unigram_an_option():
+    # a BPE model scores its pieces by merge rank (0, -1, -2, ...), a unigram model by log-probabilities
+    def scores(t):
+        sp = t.sp
+        return [sp.get_score(i) for i in range(sp.get_piece_size()) if sp.is_unused(i) is False
+                and not sp.is_byte(i) and not sp.is_control(i) and not sp.is_unknown(i)
+                and sp.id_to_piece(i) not in ("<eod>", SPACE, NEWLINE)]
+
+    bpe, uni = Tokenizer.train(TEXTS, vocab_size=400), Tokenizer.train(TEXTS, vocab_size=400, model_type="unigram")
+    assert all(float(x).is_integer() for x in scores(bpe))
+    assert not all(float(x).is_integer() for x in scores(uni))
+    for t in (bpe, uni):
+        assert t.decode(t.encode(TEXTS[0])) == TEXTS[0]
+    with pytest.raises(ValueError, match="allowed: bpe, unigram"):
+        Tokenizer.train(TEXTS, vocab_size=400, model_type="wordpiece")
 
 
 def test_round_trip_keeps_everything(tok):

@@ -32,10 +32,13 @@ class Tokenizer:
         self.eod_id = self.sp.piece_to_id("<eod>")
 
     @classmethod
-    def train(cls, texts, vocab_size: int, *, max_sentences: int = 200_000, seed: int = 0) -> "Tokenizer":
-        "Train the SentencePiece model on segmented texts (unigram, byte fallback)."
+    def train(cls, texts, vocab_size: int, *, max_sentences: int = 200_000, seed: int = 0,
+              model_type: str = "bpe") -> "Tokenizer":
+        "Train the SentencePiece model on segmented texts (BPE as the report, or unigram; byte fallback)."
         import sentencepiece as spm
 
+        if model_type not in ("bpe", "unigram"):
+            raise ValueError(f"unknown model_type {model_type!r}; allowed: bpe, unigram")
         lines = [segment(t) for t in texts]
         if not lines:
             raise ValueError("no text to train the tokenizer on")
@@ -45,7 +48,7 @@ class Tokenizer:
         out = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type="unigram",
+                sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type=model_type,
                 character_coverage=0.995, byte_fallback=True, normalization_rule_name="identity",
                 user_defined_symbols=["<eod>", SPACE, NEWLINE],
                 input_sentence_size=max_sentences, shuffle_input_sentence=False,
