@@ -203,7 +203,7 @@ def test_network_shapes_and_dropped_branches():
 @pytest.mark.parametrize("overrides, words", [
     ({"melbourne.partitions": ["voronoi:3"]}, "unknown partition 'voronoi:3'"),
     ({"seeds": 1}, "seeds must be >= 2"),
-    ({"city.days": 8}, "leaves no training days"),
+    ({"city.days": 4}, "leaves no training days"),  # 1 day of history + 2 test days + 2 training days needed
 ])
 def test_config_errors(overrides, words):
     with pytest.raises(ValueError, match=words):

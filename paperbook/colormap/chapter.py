@@ -237,7 +237,8 @@ def make_claims(runs: list[dict], cfg: Config) -> list[dict]:
               values={r["seed"]: r["results"]["unseen"]["kind_accuracy"] for r in runs}, rule=lambda a: a >= 0.9,
               threshold="≥ 90%"),
         paired_claim("data read back through the pipeline's colormap follow the true data better than through "
-                     "NN retrieval + refinement", paper="application: reading data back from a chart (paper's use case)",
+                     "NN retrieval + refinement",
+                     paper="application: reading data back from a chart (paper's use case)",
                      a=val(PIPE), b=val("nearest neighbour + refinement"), better="higher",
                      names=("pipeline |ρ|", "NN + refinement |ρ|"), digits=3),
         paired_claim("data read back through the pipeline's colormap follow the true data better than through "
