@@ -294,9 +294,7 @@ def test_comparator_chain_above_0_9_and_extrapolated():
     tr, _, te = generate("comparator-40", seed=5)  # 6,400 minterms reach only ~13 of 40 pairs
     order = find_chain(tr)
     assert [p for p, _, _ in order[:-1]] == list(range(39, -1, -1))  # every pair, from the top
-    assert accuracy(learn_chain(tr), te.X, te.y) > 0.9
-    g = learn_chain(tr)
-    assert accuracy(g, te.X, te.y) == 1.0
+    assert accuracy(learn_chain(tr), te.X, te.y) == 1.0  # the unreached pairs extrapolated along the chain
 
 
 def test_portfolio_tie_break_takes_the_fewest_ands():
