@@ -21,6 +21,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert (a["world"], b["world"]) == (1, 2)
+    assert len(a["params"]) == len(b["params"]) > 0
     for p, q in zip(a["params"], b["params"]):
         np.testing.assert_allclose(p, q, atol=1e-6)  # fp32, same seed and global batch
     assert b["mean_rank"] == 0.5 and b["sum_ones"] == 2.0

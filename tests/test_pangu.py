@@ -56,13 +56,40 @@ def test_causal_no_peeking():
         torch.testing.assert_close(model(a)[0, :3], model(b)[0, :3])
 
 
-def test_query_layer_uses_position_query():
+def test_query_layer_is_eq5_by_hand():
+    # the report's eq. 5: the top layer's attention query is the position embedding p_n, keys and values the
+    # layer-normed hidden states; recomputed here with explicit matrix products (no SDPA, no module calls)
+    import torch.nn.functional as F
+
+    from paperbook.pangu.model import positions_and_mask
+
     torch.manual_seed(0)
     model = PanguAlpha(TINY).eval()
-    ids = torch.tensor([[1, 2, 3]])
+    for p in model.parameters():  # non-zero biases, so that every term is exercised
+        p.data.add_(0.05 * torch.randn_like(p))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    T, d, h = 5, TINY.d, TINY.num_heads
     with torch.no_grad():
+        pos, mask = positions_and_mask(ids)
+        x = model.embed(ids, pos)
+        for block in model.blocks:
+            x = block(x, mask)
+        x = model.ln_f(x)[0]  # (T, d): the query layer's input
+        ql = model.query_layer
+        lin = lambda m, z: z @ m.weight.T + m.bias
+        hx = F.layer_norm(x, (d,), ql.ln1.weight, ql.ln1.bias)
+        q, k, v = lin(ql.attn.q, model.top_query.weight[:T]), lin(ql.attn.k, hx), lin(ql.attn.v, hx)
+        heads = []
+        for j in range(h):
+            cols = slice(j * d // h, (j + 1) * d // h)
+            s = q[:, cols] @ k[:, cols].T / math.sqrt(d // h)
+            s = s.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+            heads.append(torch.softmax(s, -1) @ v[:, cols])
+        hh = x + lin(ql.attn.proj, torch.cat(heads, 1))
+        y = hh + lin(ql.ffn.proj, F.gelu(lin(ql.ffn.fc, F.layer_norm(hh, (d,), ql.ln2.weight, ql.ln2.bias))))
+        torch.testing.assert_close(model(ids)[0], y @ model.tok.weight.T, atol=1e-5, rtol=0)
         before = model(ids)
-        model.top_query.weight.add_(1.0)
+        model.top_query.weight.add_(1.0)  # and p_n matters
         assert not torch.allclose(before, model(ids))
 
 
@@ -77,14 +104,30 @@ def test_initialisation_scales():
     assert m.blocks[0].attn.q.bias.abs().sum() == 0 and m.ln_f.weight.eq(1).all()
 
 
-def test_output_layer_is_tied_and_gradients_flow():
+def test_output_layer_is_tied_and_its_gradient_is_the_sum_of_both_uses():
+    from paperbook.pangu.model import positions_and_mask
+
     torch.manual_seed(0)
     m = PanguAlpha(TINY)
-    logits = m(torch.tensor([[1, 2, 3, 4]]))
-    assert logits.shape == (1, 4, 50)
-    torch.nn.functional.cross_entropy(logits[0, :-1], torch.tensor([2, 3, 4])).backward()
-    assert all(p.grad is not None for p in m.parameters())
+    assert m.head.weight is m.tok.weight
     assert not any(n.startswith("head") for n, _ in m.named_parameters())
+    ids, target = torch.tensor([[1, 2, 3, 4]]), torch.tensor([2, 3, 4])
+    logits = m(ids)
+    assert logits.shape == (1, 4, 50)
+    torch.nn.functional.cross_entropy(logits[0, :-1], target).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    tied = m.tok.weight.grad.clone()
+    m.zero_grad()
+    out_w = m.tok.weight.detach().clone().requires_grad_()  # the output layer's use, as a separate leaf
+    pos, mask = positions_and_mask(ids)
+    x = m.embed(ids, pos)
+    for block in m.blocks:
+        x = block(x, mask)
+    y = m.query_layer(m.ln_f(x), mask, m.top_query(pos))
+    torch.nn.functional.cross_entropy((y @ out_w.T)[0, :-1], target).backward()
+    embedding_part, output_part = m.tok.weight.grad, out_w.grad
+    assert embedding_part.abs().sum() > 0 and output_part.abs().sum() > 0
+    torch.testing.assert_close(tied, embedding_part + output_part, atol=1e-7, rtol=1e-5)
 
 
 def test_bad_input_names_the_limit():
@@ -109,4 +152,29 @@ def test_chapter_claims_at_cpu_toy():
     assert len(table1_rows()) == 3
     study = result.metrics["scaling"]
     assert [s["d"] for s in study] == [16, 32] and all(1 < s["valid_ppl"] < 1e6 for s in study)
-    assert any("perplexity falls" in r["claim"] for r in result.claims)
+    row = next(r for r in result.claims if "perplexity falls" in r["claim"])
+    ppl = [s["valid_ppl"] for s in study]
+    assert row["per_seed"][0]["value"] == pytest.approx(ppl) and row["holds"] == (ppl[0] > ppl[1])
+
+
+def test_perplexity_by_hand():
+    from paperbook.pangu.train import perplexity
+
+    class Uniform(torch.nn.Module):  # every next token equally likely: perplexity = the vocabulary size
+        def __init__(self, vocab):
+            super().__init__()
+            self.vocab = vocab
+
+        def forward(self, ids, eod_id=None):
+            return torch.zeros(*ids.shape, self.vocab)
+
+    class Sure(Uniform):  # probability p on the true next token (ids count up by one): perplexity 1/p
+        def forward(self, ids, eod_id=None):
+            logits = torch.zeros(*ids.shape, self.vocab)
+            nxt = (ids + 1) % self.vocab
+            logits.scatter_(-1, nxt[..., None], math.log(self.vocab - 1))  # e^L / (e^L + V - 1) = 1/2
+            return logits
+
+    rows = torch.tensor([[9, 10, 11, 0, 1, 2], [3, 4, 5, 6, 7, 8]])  # every scored target is the id + 1 (mod 12)
+    assert perplexity(Uniform(12), rows, eod_id=0) == pytest.approx(12.0)
+    assert perplexity(Sure(12), rows, eod_id=0) == pytest.approx(2.0)

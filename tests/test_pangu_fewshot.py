@@ -48,6 +48,35 @@ def test_classify_picks_the_lower_perplexity_label_and_truncates_context():
         classify(m, tok, "1" * 19, [], template="{text}{label}", labels=labels, max_len=16)
 
 
+class Induction(torch.nn.Module):
+    "A model that reads its context: it favours the token that followed the last earlier copy of the current one."
+
+    def __init__(self, vocab=10, seq_len=64):
+        super().__init__()
+        self.cfg = type("C", (), {"seq_len": seq_len})()
+        self.vocab = vocab
+
+    def forward(self, ids, eod_id=None):
+        out = torch.zeros(*ids.shape, self.vocab)
+        for b in range(ids.shape[0]):
+            for t in range(ids.shape[1]):
+                prev = [s for s in range(t) if ids[b, s] == ids[b, t]]
+                if prev:
+                    out[b, t, ids[b, prev[-1] + 1]] = 5.0
+        return out
+
+
+def test_few_shot_examples_decide_and_truncation_drops_the_oldest():
+    m, tok = Induction(), Tok()
+    kw = dict(template="{text}{label}", labels={"bad": "3", "good": "7"})
+    assert classify(m, tok, "12", [("12", "good")], **kw) == "good"
+    assert classify(m, tok, "12", [("12", "bad")], **kw) == "bad"  # the examples decide, not a prior
+    assert classify(m, tok, "12", [], **kw) == "bad"  # without examples: a tie, the first label
+    shots = [("12", "good")] + [("45", "bad")] * 5
+    assert classify(m, tok, "12", shots, **kw) == "good"
+    assert classify(m, tok, "12", shots, max_len=10, **kw) == "bad"  # the one informative example was cut
+
+
 def test_generate_greedy_and_stop():
     m, tok = Fixed(), Tok()
     assert generate(m, tok, "12", max_new_tokens=4, stop="") == "7777"
