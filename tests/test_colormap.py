@@ -283,6 +283,40 @@ def test_aspp_shapes_and_branches():
     assert a(torch.randn(2, 16, 2, 2)).shape == (2, 16, 2, 2)
 
 
+def test_plain_block_matches_aspp_weights_without_dilation_or_pooling():
+    a, plain = ASPP(16), ASPP(16, multiscale=False)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(a) == count(plain) == 16 * 16 * (1 + 3 * 9 + 1) + 16 * 16 * 5 + 2 * 16 * 6
+    assert [b[0].dilation[0] for b in plain.branches] == [1, 1, 1, 1]
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in plain.modules())
+    # on a 2 × 2 map an undilated 3×3 branch reads the neighbouring cells: changing one cell changes the others
+    x = torch.zeros(1, 16, 2, 2)
+    y = x.clone()
+    y[0, :, 0, 0] = 1.0
+    conv = plain.branches[1][0]
+    assert not torch.allclose(conv(x)[0, :, 1, 1], conv(y)[0, :, 1, 1])
+    atrous = a.branches[1][0]
+    assert torch.allclose(atrous(x)[0, :, 1, 1], atrous(y)[0, :, 1, 1])
+
+
+def test_input_modes(tiny):
+    from paperbook.colormap.model import corpus_inputs
+
+    idx = [0, 1, 2]
+    h3 = corpus_inputs(tiny, idx)
+    h2 = corpus_inputs(tiny, idx, inputs="hist2d")
+    px = corpus_inputs(tiny, idx, inputs="pixels")
+    assert h3.shape == (3, BINS, BINS, BINS) and h2.shape == (3, 1, BINS, BINS) and px.shape == (3, 3, 64, 64)
+    s = h3.sum(1)  # the 2-D input is the 3-D one summed over b, min-max per image
+    assert torch.allclose(h2[:, 0], (s - s.amin((1, 2), keepdim=True)) / (s.amax((1, 2), keepdim=True)
+                                                                          - s.amin((1, 2), keepdim=True)))
+    assert torch.equal(px[1].permute(1, 2, 0), torch.as_tensor(tiny.images[1], dtype=torch.float32) / 255)
+    for mode, x in (("hist2d", h2), ("pixels", px)):
+        assert ColormapNet(width=0.125, inputs=mode)(x).shape == (3, 256, 3)
+    with pytest.raises(ValueError, match="unknown inputs 'rgb'; allowed: hist3d, hist2d, pixels"):
+        ColormapNet(inputs="rgb")
+
+
 def test_network_output_shape_range_and_knots():
     torch.manual_seed(0)
     net = ColormapNet(width=0.125, knots=4).eval()
@@ -519,25 +553,28 @@ def fake_runs(err: dict, rho: dict, acc: float, gap: float, seeds=(0, 1, 2), noi
 
 NAMES = ["network (aspp)", "network (no-aspp)", "nearest neighbour", "network (aspp) + refinement",
          "nearest neighbour + refinement", "principal axis (no model) + refinement"]
+CONTROLS = ["network (plain block)", "network (K = 2)", "network (2-D histogram)", "network (raw pixels)"]
 
 
 def test_claims_follow_the_paired_numbers():
     cfg = resolve("colormap", "cpu-toy")
-    # the network (seen: 20, unseen: 21) beats every baseline; its read-back data correlate best
-    good = fake_runs(dict(zip(NAMES, (20.0, 22.0, 30.0, 18.0, 26.0, 25.0))),
+    assert [f"network ({m})" for m in chapter.ABLATIONS] == [NAMES[1], *CONTROLS]
+    # the network (seen: 20, unseen: 21) beats every baseline and every ablation; its read-back data correlate best
+    good = fake_runs(dict(zip(NAMES + CONTROLS, (20.0, 22.0, 30.0, 18.0, 26.0, 25.0, 22.0, 23.0, 24.0, 25.0))),
                      dict(zip(NAMES[3:], (0.9, 0.6, 0.7))), 0.95, gap=1.0)
     rows = chapter.make_claims(good, cfg)
-    assert len(rows) == 9 and all(r["holds"] for r in rows), [r["claim"] for r in rows if not r["holds"]]
-    # NN that wins, a model-free path that wins, a generalisation gap of 3 (beyond the margin of 2), refinement
-    # and ASPP that change nothing, read-back no better, a weak classifier: every row fails
-    bad = fake_runs(dict(zip(NAMES, (26.0, 26.0, 28.0, 26.0, 23.0, 22.0))), dict(zip(NAMES[3:], (0.6, 0.6, 0.8))),
-                    0.85, gap=3.0)
+    assert len(rows) == 13 and all(r["holds"] for r in rows), [r["claim"] for r in rows if not r["holds"]]
+    # NN that wins, a model-free path that wins, a generalisation gap of 3 (beyond the margin of 2), refinement,
+    # ASPP, the decoder and the input that change nothing, read-back no better, a weak classifier: every row fails
+    bad = fake_runs(dict(zip(NAMES + CONTROLS, (26.0, 26.0, 28.0, 26.0, 23.0, 22.0, 26.0, 26.0, 26.0, 26.0))),
+                    dict(zip(NAMES[3:], (0.6, 0.6, 0.8))), 0.85, gap=3.0)
     verdict = {r["claim"]: r["holds"] for r in chapter.make_claims(bad, cfg)}
-    assert not any(verdict.values()), verdict
+    assert len(verdict) == 13 and not any(verdict.values()), verdict
+    dropped = {NAMES[1], *CONTROLS}
     no_ablation = [{"seed": r["seed"], "results": {s: {**v, "methods": {m: x for m, x in v["methods"].items()
-                                                                         if m != "network (no-aspp)"}}
+                                                                         if m not in dropped}}
                                                     for s, v in r["results"].items()}} for r in good]
-    assert len(chapter.make_claims(no_ablation, cfg)) == 8  # no ablation run, no ablation row
+    assert len(chapter.make_claims(no_ablation, cfg)) == 8  # no ablation run, no ablation rows
 
 
 def test_cli_run_small(tmp_path):

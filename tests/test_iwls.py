@@ -15,7 +15,10 @@ from paperbook.iwls.data import (
     PLA, benchmark_names, contest_function, family, format_pla, generate, load_benchmark, parse_pla, read_pla,
     write_pla,
 )
-from paperbook.iwls.learn import fit_candidate, learn_espresso, learn_forest, learn_lut, learn_tree, portfolio
+from paperbook.iwls.learn import (
+    learn_espresso, learn_forest, learn_fringe, learn_lut, learn_support, learn_tree, small_support,
+)
+from paperbook.iwls.select import CV, choose, cross_validate, deliver, fit_candidate, fold_indices, join, portfolio_cv
 
 from helpers import ENV
 
@@ -224,14 +227,82 @@ def test_lut_network_memorises_what_its_tables_see():
     assert accuracy(g, X, y) >= max(y.mean(), 1 - y.mean())  # never worse than the constant guess
 
 
-def test_portfolio_prefers_accuracy_then_size_and_respects_limit():
+def test_choice_prefers_accuracy_then_size_and_limit_scores_zero():
     tr, va, _ = generate("comparator-6", seed=1, size=800)
-    cands = [fit_candidate("tree", {"max_depth": d}, tr, va) for d in (2, 6)]
-    assert portfolio(cands).params == {"max_depth": 6}
+    data = join(tr, va)
+    cvs = [cross_validate("tree", {"max_depth": d}, data, folds=4) for d in (2, 6)]
+    assert choose(cvs).params == {"max_depth": 6} and cvs[1].mean > cvs[0].mean + 0.1
     over = fit_candidate("tree", {"max_depth": 12}, tr, va, max_ands=3, optimize=False)
     assert over.valid_accuracy == 0 and "over 3 ANDs" in over.note
     with pytest.raises(ValueError, match="unknown method 'svm'"):
         fit_candidate("svm", {}, tr, va)
+
+
+def test_folds_partition_and_cross_validation_matches_sklearn():
+    from sklearn.tree import DecisionTreeClassifier
+
+    parts = fold_indices(103, 4, seed=3)
+    assert sorted(len(p) for p in parts) == [25, 26, 26, 26]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(103))
+    with pytest.raises(ValueError, match="folds must be between 2"):
+        fold_indices(10, 1)
+    tr, va, _ = generate("comparator-8", seed=2, size=500)
+    data = join(tr, va)
+    cv = cross_validate("tree", {"max_depth": 4}, data, folds=4, seed=3)
+    parts = fold_indices(len(data), 4, seed=3)
+    by_hand = []
+    for f, held in enumerate(parts):  # sklearn's own predictions, not our circuit
+        fit_on = np.concatenate([p for g, p in enumerate(parts) if g != f])
+        clf = DecisionTreeClassifier(criterion="entropy", max_depth=4, random_state=0)
+        clf.fit(data.X[fit_on], data.y[fit_on])
+        by_hand.append(float((clf.predict(data.X[held]) == data.y[held]).mean()))
+    assert cv.accuracy == pytest.approx(by_hand, abs=1e-12) and all(cv.delivered)
+
+
+def test_portfolio_estimate_chooses_without_the_scored_fold():
+    a = CV("a", {}, [0.9, 0.5, 0.9, 0.9], [10] * 4)
+    b = CV("b", {}, [0.8, 0.8, 0.8, 0.8], [10] * 4)
+    acc, picks = portfolio_cv([a, b])
+    # fold 0: a's other folds average 0.767 < 0.8 -> b; fold 1: a's others 0.9 -> a (scores its bad 0.5); ...
+    assert acc == [0.8, 0.5, 0.8, 0.8] and picks == ["b", "a", "b", "b"]
+    with pytest.raises(ValueError, match="same folds"):
+        portfolio_cv([a, CV("c", {}, [1.0] * 3, [1] * 3)])
+
+
+def test_delivery_falls_back_when_the_refit_is_over_the_limit():
+    tr, va, _ = generate("comparator-8", seed=0, size=600)
+    data = join(tr, va)
+    deep = CV("tree", {"max_depth": 12}, [1.0] * 4, [1] * 4)  # claims to be best and tiny
+    shallow = CV("tree", {"max_depth": 1}, [0.6] * 4, [1] * 4)
+    chosen, circuit = deliver([deep, shallow], data, max_ands=3)
+    assert chosen is shallow and circuit.ands <= 3 and circuit.valid_accuracy > 0.5
+
+
+# ---- fringe features and small supports ---------------------------------------------------------
+@pytest.mark.parametrize("rule", ["xor_and", "parity3"])
+def test_fringe_features_learn_what_a_tree_of_the_same_depth_cannot(rule):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 2, (4000, 12), dtype=np.uint8)
+    y = (X[:, 0] ^ X[:, 1]) & (X[:, 2] ^ X[:, 3]) if rule == "xor_and" else X[:, 0] ^ X[:, 1] ^ X[:, 2]
+    tr, te = PLA(X[:3000], y[:3000, None]), PLA(X[3000:], y[3000:, None])
+    assert accuracy(learn_tree(tr, max_depth=3), te.X, te.y) < 0.8
+    g = learn_fringe(tr, max_depth=3)
+    assert accuracy(g, te.X, te.y) == 1.0
+    Z = all_minterms(12)  # the circuit is the function itself on all 4,096 minterms
+    z = (Z[:, 0] ^ Z[:, 1]) & (Z[:, 2] ^ Z[:, 3]) if rule == "xor_and" else Z[:, 0] ^ Z[:, 1] ^ Z[:, 2]
+    assert (simulate(g, Z)[:, 0] == z).all()
+
+
+def test_small_support_found_exactly_and_refused_for_noise():
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 2, (3000, 30), dtype=np.uint8)
+    S, table = [3, 7, 11, 20, 28], rng.integers(0, 2, 32)
+    y = table[X[:, S] @ (1 << np.arange(5))].astype(np.uint8)
+    tr, te = PLA(X[:2000], y[:2000, None]), PLA(X[2000:], y[2000:, None])
+    assert sorted(small_support(tr)) == S
+    assert accuracy(learn_support(tr), te.X, te.y) == 1.0
+    noise = PLA(X[:2000], rng.integers(0, 2, (2000, 1), dtype=np.uint8))
+    assert small_support(noise) is None and learn_support(noise) is None
 
 
 # ---- structure learners -------------------------------------------------------------------------
@@ -299,13 +370,15 @@ def test_comparator_chain_above_0_9_and_extrapolated():
 
 def test_portfolio_tie_break_takes_the_fewest_ands():
     tr, va, _ = generate("symmetric-16-3_4_8_11_12", seed=1, size=3000)
-    sym = fit_candidate("symmetric", {}, tr, va)
-    assert sym.valid_accuracy == 1.0
-    deep = fit_candidate("tree", {"max_depth": 20}, tr, va)
-    big = type(sym)("tree", {"max_depth": 20}, sym.aig, sym.ands + 100, 1.0)  # as accurate, more ANDs
-    assert portfolio([big, sym]).method == "symmetric" and portfolio([sym, big]).method == "symmetric"
-    assert portfolio([deep, sym]).method == "symmetric"  # the tree is not exact
-    assert fit_candidate("arith", {}, tr, va).note == "no exact structure found"
+    data = join(tr, va)
+    sym = cross_validate("symmetric", {}, data, folds=4)
+    assert sym.accuracy == [1.0] * 4
+    big = CV("tree", {"max_depth": 20}, [1.0] * 4, [n + 100 for n in sym.ands])  # as accurate, more ANDs
+    deep = cross_validate("tree", {"max_depth": 20}, data, folds=4)
+    assert choose([big, sym]) is sym and choose([sym, big]) is sym
+    assert choose([deep, sym]) is sym and deep.mean < 1.0  # the tree is not exact
+    assert portfolio_cv([big, sym])[1] == ["symmetric"] * 4
+    assert cross_validate("arith", {}, data, folds=4).note == "no exact structure found"
 
 
 # ---- chapter config and CLI --------------------------------------------------------------------
@@ -316,6 +389,20 @@ def test_chapter_config_errors():
         resolve("iwls2020", overrides={"forest_trees": 4})
     with pytest.raises(ValueError, match="functions is empty"):
         resolve("iwls2020", overrides={"functions": []})
+    with pytest.raises(ValueError, match="folds must be >= 2"):
+        resolve("iwls2020", overrides={"folds": 1})
+    with pytest.raises(ValueError, match="is not a folder"):
+        resolve("iwls2020", overrides={"test_dir": "/no/such/folder"})
+
+
+def test_test_sets_are_read_from_test_dir(tmp_path):
+    from paperbook.iwls.chapter import test_pla
+
+    _, _, te = generate("comparator-5", seed=0, size=64)
+    write_pla(te, tmp_path / "ex07.test.pla.gz")
+    got = test_pla("ex07", str(tmp_path))
+    assert (got.X == te.X).all() and (got.y == te.y).all()
+    assert test_pla("ex08", str(tmp_path)) is None and test_pla("ex07", "") is None
 
 
 def test_unknown_benchmark_is_named(monkeypatch):
@@ -333,19 +420,23 @@ def _cli(*args):
                           env=ENV, timeout=600)
 
 
-def test_cli_learn_writes_aig_within_limit(tmp_path):
-    tr, va, _ = generate("comparator-10", seed=0, size=1000)
+def test_cli_learn_writes_aig_within_limit_and_scores_the_test_set(tmp_path):
+    tr, va, te = generate("comparator-10", seed=0, size=1000)
     write_pla(tr, tmp_path / "x.train.pla.gz")
     write_pla(va, tmp_path / "x.valid.pla")
+    write_pla(te, tmp_path / "x.test.pla")
     r = _cli("learn", "--train", tmp_path / "x.train.pla.gz", "--valid", tmp_path / "x.valid.pla",
-             "--out", tmp_path / "x.aig", "--espresso-timeout", "2")
+             "--test", tmp_path / "x.test.pla", "--out", tmp_path / "x.aig", "--espresso-timeout", "2")
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
-    fields = dict(kv.split("=") for kv in line.split())
-    assert set(fields) == {"validation_accuracy", "ands", "method"}
+    fields = dict(kv.split("=", 1) for kv in line.split())
+    assert {"cv_accuracy", "ands", "method", "test_accuracy"} <= set(fields)
     g = read_aiger(tmp_path / "x.aig")
     assert g.num_ands == int(fields["ands"]) <= 5000
-    assert float(fields["validation_accuracy"]) == pytest.approx(accuracy(g, va.X, va.y), abs=1e-6)
+    assert float(fields["test_accuracy"]) == pytest.approx(accuracy(g, te.X, te.y), abs=1e-6)
+    assert float(fields["test_accuracy"]) > 0.9
+    if abc_command():
+        assert float(fields["abc_test_accuracy"]) == pytest.approx(float(fields["test_accuracy"]), abs=1e-6)
 
 
 @needs_data
@@ -356,7 +447,7 @@ def test_cli_on_a_real_benchmark(tmp_path):
     r = _cli("learn", "--train", d / "ex31.train.pla.gz", "--valid", d / "ex31.valid.pla.gz", "--out",
              tmp_path / "ex31.aig", "--method", "tree")
     assert r.returncode == 0, r.stderr
-    assert float(r.stdout.split("validation_accuracy=")[1].split()[0]) > 0.9
+    assert float(r.stdout.split("cv_accuracy=")[1].split()[0]) > 0.9
 
 
 def test_cli_bad_input(tmp_path):
@@ -369,6 +460,9 @@ def test_cli_bad_input(tmp_path):
     (tmp_path / "ok3.pla").write_text(".i 3\n.o 1\n010 1\n")
     r = _cli("learn", "--train", tmp_path / "ok.pla", "--valid", tmp_path / "ok3.pla", "--out", tmp_path / "o.aig")
     assert r.returncode == 2 and "4 inputs (.i) but --valid has 3" in r.stderr
+    r = _cli("learn", "--train", tmp_path / "ok.pla", "--valid", tmp_path / "ok.pla", "--out", tmp_path / "o.aig",
+             "--folds", "1")
+    assert r.returncode == 2 and "--folds must be between 2 and 4" in r.stderr and not (tmp_path / "o.aig").exists()
 
 
 @pytest.mark.slow

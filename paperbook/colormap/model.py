@@ -15,29 +15,33 @@ from .data import (BINS, Corpus, background_bins, cache_dir, check_image, histog
 from ..core import progress
 
 # %% auto #0
-__all__ = ['ASPPBranch', 'ASPP', 'ColormapNet', 'lab_to_unit', 'unit_to_lab', 'order_free_mse', 'corpus_inputs', 'recalibrate_bn',
-           'train_net', 'predict', 'delta_e', 'histogram_features', 'KindClassifier', 'refine_discrete',
-           'refine_continuous', 'refine', 'nearest_neighbour', 'principal_axis_path', 'Extractor', 'default_model_path',
-           'save_extractor', 'load_extractor', 'extract', 'recover_values', 'transfer', 'remap']
+__all__ = ['INPUTS', 'ASPPBranch', 'ASPP', 'ColormapNet', 'lab_to_unit', 'unit_to_lab', 'order_free_mse', 'corpus_inputs',
+           'recalibrate_bn', 'train_net', 'predict', 'delta_e', 'histogram_features', 'KindClassifier',
+           'refine_discrete', 'refine_continuous', 'refine', 'nearest_neighbour', 'principal_axis_path', 'Extractor',
+           'default_model_path', 'save_extractor', 'load_extractor', 'extract', 'recover_values', 'transfer', 'remap']
 
 # %% ../../nbs/04b_colormap_model.ipynb #8348f489
 class ASPPBranch(nn.Sequential):
     "conv (1×1 for rate 1, else 3×3 with dilation = padding = rate), BN, ReLU — the official ASPP_module."
 
-    def __init__(self, channels: int, rate: int):
-        k, pad = (1, 0) if rate == 1 else (3, rate)
-        super().__init__(nn.Conv2d(channels, channels, k, padding=pad, dilation=rate, bias=False),
+    def __init__(self, channels: int, rate: int, atrous: bool = True):
+        k, dil = (1, 1) if rate == 1 else (3, rate if atrous else 1)
+        super().__init__(nn.Conv2d(channels, channels, k, padding=dil if k == 3 else 0, dilation=dil, bias=False),
                          nn.BatchNorm2d(channels), nn.ReLU())
 
 
 class ASPP(nn.Module):
-    "Atrous spatial pyramid pooling: 1×1 branch, atrous branches, image pooling; concatenated and fused."
+    """Atrous spatial pyramid pooling: 1×1 branch, atrous branches, image pooling; concatenated and fused.
 
-    def __init__(self, channels: int, rates: tuple[int, ...] = (6, 12, 18)):
+    `multiscale=False` is the parameter-matched control: the same weights, but the 3×3 branches are
+    not dilated and the image-pooling branch is a plain 1×1 branch (no global pooling)."""
+
+    def __init__(self, channels: int, rates: tuple[int, ...] = (6, 12, 18), multiscale: bool = True):
         super().__init__()
-        self.branches = nn.ModuleList([ASPPBranch(channels, 1)] + [ASPPBranch(channels, r) for r in rates])
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1, bias=False),
-                                  nn.BatchNorm2d(channels), nn.ReLU())
+        self.branches = nn.ModuleList([ASPPBranch(channels, 1)] +
+                                      [ASPPBranch(channels, r, atrous=multiscale) for r in rates])
+        self.pool = nn.Sequential(*([nn.AdaptiveAvgPool2d(1)] if multiscale else []),
+                                  nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
         self.fuse = nn.Sequential(nn.Conv2d(channels * (len(rates) + 2), channels, 1, bias=False),
                                   nn.BatchNorm2d(channels), nn.ReLU())
 
@@ -50,22 +54,29 @@ def _conv(cin: int, cout: int, k: int, stride: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2), nn.ReLU()]
 
 
-class ColormapNet(nn.Module):
-    "Lab histogram (n, 32, 32, 32) → colormap (n, 256, 3) in [0, 1] (scaled Lab)."
+INPUTS = ("hist3d", "hist2d", "pixels")  # the official code's three input modes
 
-    def __init__(self, width: float = 1.0, aspp: bool = True, knots: int = 16, bins: int = BINS):
+
+class ColormapNet(nn.Module):
+    "Lab histogram (n, 32, 32, 32) → colormap (n, 256, 3) in [0, 1] (scaled Lab); or a 2-D histogram, or pixels."
+
+    def __init__(self, width: float = 1.0, aspp: bool = True, knots: int = 16, bins: int = BINS,
+                 inputs: str = "hist3d", px: int = 64, multiscale: bool = True):
         super().__init__()
-        if bins % 16 or knots < 2:
-            raise ValueError(f"need bins divisible by 16 and knots >= 2, got bins={bins}, knots={knots}")
-        self.width, self.knots = width, knots
+        if inputs not in INPUTS:
+            raise ValueError(f"unknown inputs {inputs!r}; allowed: {', '.join(INPUTS)}")
+        channels, side = {"hist3d": (bins, bins), "hist2d": (1, bins), "pixels": (3, px)}[inputs]
+        if side % 16 or knots < 2:
+            raise ValueError(f"need an input side divisible by 16 and knots >= 2, got side={side}, knots={knots}")
+        self.width, self.knots, self.inputs = width, knots, inputs
         c = [max(4, round(ch * width)) for ch in (64, 128, 256, 512)]
-        layers = _conv(bins, c[0], 5, 2) + _conv(c[0], c[0], 5, 1)
+        layers = _conv(channels, c[0], 5, 2) + _conv(c[0], c[0], 5, 1)
         for a, b in zip(c[:-1], c[1:]):
             layers += _conv(a, b, 3, 2) + _conv(b, b, 3, 1)
         self.backbone = nn.Sequential(*layers)
-        self.aspp = ASPP(c[-1]) if aspp else nn.Identity()
+        self.aspp = ASPP(c[-1], multiscale=multiscale) if aspp else nn.Identity()
         self.head = nn.Sequential(*_conv(c[-1], c[-1], 3, 1), *_conv(c[-1], c[-1], 3, 1))
-        self.legend = nn.Linear(c[-1] * (bins // 16) ** 2, 3 * knots)
+        self.legend = nn.Linear(c[-1] * (side // 16) ** 2, 3 * knots)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)  # as the official _init_weight
@@ -94,9 +105,18 @@ def order_free_mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "m
     return per.sum() if reduction == "sum" else per.mean()
 
 # %% ../../nbs/04b_colormap_model.ipynb #df6afadf
-def corpus_inputs(corpus: Corpus, idx, transform: str = "minmax") -> torch.Tensor:
-    "Network inputs of the images idx (dense histograms, background zeroed, min-max)."
-    return network_input(corpus.histograms(idx), transform)
+def corpus_inputs(corpus: Corpus, idx, transform: str = "minmax", inputs: str = "hist3d") -> torch.Tensor:
+    "Network inputs of the images idx: dense 3-D histograms (background zeroed, min-max), their 2-D sums, or pixels."
+    if inputs == "pixels":  # RGB in [0, 1], channels first
+        return torch.as_tensor(corpus.images[list(idx)], dtype=torch.float32).permute(0, 3, 1, 2) / 255
+    x = network_input(corpus.histograms(idx), transform)
+    if inputs == "hist2d":  # summed over b: an (L, a) histogram, min-max again
+        x = x.sum(1, keepdim=True)
+        lo, hi = x.amin((1, 2, 3), keepdim=True), x.amax((1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    elif inputs != "hist3d":
+        raise ValueError(f"unknown inputs {inputs!r}; allowed: {', '.join(INPUTS)}")
+    return x
 
 
 @torch.no_grad()
@@ -113,7 +133,8 @@ def recalibrate_bn(net: nn.Module, corpus: Corpus, *, transform: str = "minmax",
     was = net.training
     net.train()
     for lo in range(0, min(len(corpus), images), batch):
-        net(corpus_inputs(corpus, range(lo, min(lo + batch, len(corpus), images)), transform).to(device))
+        idx = range(lo, min(lo + batch, len(corpus), images))
+        net(corpus_inputs(corpus, idx, transform, getattr(net, "inputs", "hist3d")).to(device))
     net.train(was)
 
 
@@ -135,7 +156,7 @@ def train_net(net: ColormapNet, corpus: Corpus, *, steps: int, batch: int, lr: f
     for _ in progress(range(steps), desc=desc, disable=rank != 0):
         idx = torch.randint(0, len(corpus), (batch,), generator=g)
         mine = idx[rank_slice(batch, info)]
-        pred = model(corpus_inputs(corpus, mine.tolist(), transform).to(device))
+        pred = model(corpus_inputs(corpus, mine.tolist(), transform, getattr(net, "inputs", "hist3d")).to(device))
         loss = share_of_mean(order_free_mse(pred, targets[mine].to(device), reduction="sum"), batch, info)
         opt.zero_grad()
         loss.backward()

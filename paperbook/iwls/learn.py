@@ -4,25 +4,24 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-from dataclasses import dataclass
 
 import numpy as np
 
-from .aig import AIG, abc_command, abc_optimize, accuracy
+from .aig import AIG
 from .data import PLA
-from .structure import learn_arithmetic, learn_chain, learn_symmetric
 
 MAX_ANDS = 5000
 
 # %% auto #0
-__all__ = ['MAX_ANDS', 'LEARNERS', 'NOTHING', 'tree_to_aig', 'learn_tree', 'learn_forest', 'espresso_cubes', 'sop_to_aig',
-           'learn_espresso', 'learn_lut', 'Candidate', 'fit_candidate', 'portfolio']
+__all__ = ['MAX_ANDS', 'tree_to_aig', 'learn_tree', 'learn_forest', 'espresso_cubes', 'sop_to_aig', 'learn_espresso', 'learn_lut',
+           'fringe_features', 'learn_fringe', 'small_support', 'learn_support']
 
 # %% ../../nbs/08c_iwls_learn.ipynb #81f51d9f
-def tree_to_aig(tree, g: AIG) -> int:
-    "The literal computing a fitted sklearn tree's class-1 decision, built into `g`."
+def tree_to_aig(tree, g: AIG, lits: list[int] | None = None) -> int:
+    "The literal computing a fitted sklearn tree's class-1 decision in `g`; column f is `lits[f]` (default: input f)."
     t = tree.tree_
     memo: dict[int, int] = {}
+    lit = (lambda f: lits[f]) if lits is not None else g.input
 
     def node(i):
         if i not in memo:
@@ -30,7 +29,7 @@ def tree_to_aig(tree, g: AIG) -> int:
                 memo[i] = int(np.argmax(t.value[i][0]) == list(tree.classes_).index(1)) if 1 in tree.classes_ \
                     else 0
             else:  # x_f <= 0.5 goes left
-                memo[i] = g.MUX(g.input(int(t.feature[i])), node(t.children_right[i]), node(t.children_left[i]))
+                memo[i] = g.MUX(lit(int(t.feature[i])), node(t.children_right[i]), node(t.children_left[i]))
         return memo[i]
 
     return node(0)
@@ -130,45 +129,93 @@ def learn_lut(train: PLA, *, k: int = 4, widths: tuple[int, ...] = (256, 64, 16)
     g.outputs = [lits[0]]
     return g
 
-# %% ../../nbs/08c_iwls_learn.ipynb #ec951278
-@dataclass
-class Candidate:
-    "One learner's circuit and its scores."
-    method: str
-    params: dict
-    aig: AIG | None
-    ands: int = 0
-    valid_accuracy: float = 0.0
-    note: str = ""
-    score: float = 0.0  # accuracy on held-out minterms, filled in by the experiment
+# %% ../../nbs/08c_iwls_learn.ipynb #421e8812
+def _fringe_pairs(tree) -> list[tuple[int, bool, int, bool]]:
+    "The last two tests (feature, went right) above every leaf two or more levels deep, largest leaf first."
+    t = tree.tree_
+    up: dict[int, tuple[int, bool]] = {}
+    for i in range(t.node_count):
+        if t.children_left[i] != -1:
+            up[int(t.children_left[i])], up[int(t.children_right[i])] = (i, False), (i, True)
+    leaves = sorted(np.flatnonzero(t.children_left == -1), key=lambda i: -t.n_node_samples[i])
+    return [(int(t.feature[p]), rp, int(t.feature[q]), rq)
+            for leaf in leaves if leaf in up and up[leaf][0] in up
+            for p, rp in [up[leaf]] for q, rq in [up[p]]]
 
 
-LEARNERS = {"tree": learn_tree, "forest": learn_forest, "espresso": learn_espresso, "lut": learn_lut,
-            "symmetric": learn_symmetric, "arith": learn_arithmetic, "chain": learn_chain}
-NOTHING = {"espresso": "timed out"}  # why a learner delivered nothing (structure learners: no exact structure)
+_FRINGE_CACHE: dict = {}  # the discovered features of the last few training sets (a portfolio tries several depths)
 
 
-def fit_candidate(method: str, params: dict, train: PLA, valid: PLA, *, max_ands: int = MAX_ANDS,
-                  optimize: bool = True) -> Candidate:
-    "Train one learner, bring its circuit under the AND limit if ABC can, score it on `valid`."
-    if method not in LEARNERS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(LEARNERS)}, portfolio")
-    aig = LEARNERS[method](train, **params)
-    if aig is None:
-        return Candidate(method, params, None, note=NOTHING.get(method, "no exact structure found"))
-    note = getattr(aig, "description", "")
-    if aig.num_ands > max_ands and optimize and abc_command():
-        before = aig.num_ands
-        aig = abc_optimize(aig)
-        note = f"{note}; ABC: {before} -> {aig.num_ands} ANDs".lstrip("; ")
-    if aig.num_ands > max_ands:
-        return Candidate(method, params, aig, aig.num_ands, 0.0, note=f"over {max_ands} ANDs: scores 0")
-    return Candidate(method, params, aig.cleanup(), aig.num_ands, accuracy(aig, valid.X, valid.y), note)
+def fringe_features(train: PLA, *, rounds: int = 4, per_round: int = 24, grow_depth: int | None = None,
+                    seed: int = 0) -> tuple[list[tuple], np.ndarray]:
+    "FRINGE's discovery: the features (op, p, went right, q, went right) and the widened input columns."
+    from sklearn.tree import DecisionTreeClassifier
+
+    key = (hash(train.X.tobytes()), hash(train.Y.tobytes()), train.X.shape, rounds, per_round, grow_depth, seed)
+    if key in _FRINGE_CACHE:
+        return _FRINGE_CACHE[key]
+    cols, feats, seen = train.X.astype(bool), [], set()
+    for _ in range(rounds):
+        new = []
+        grown = DecisionTreeClassifier(criterion="entropy", max_depth=grow_depth, random_state=seed).fit(cols, train.y)
+        for p, rp, q, rq in _fringe_pairs(grown):
+            for f in (("and", p, rp, q, rq), ("xor", min(p, q), True, max(p, q), True)):
+                if f not in seen and p != q and len(new) < per_round:
+                    seen.add(f)
+                    new.append(f)
+        if not new:
+            break
+        vals = [(cols[:, p] == rp) & (cols[:, q] == rq) if op == "and" else cols[:, p] ^ cols[:, q]
+                for op, p, rp, q, rq in new]
+        cols, feats = np.column_stack([cols, *vals]), feats + new
+    if len(_FRINGE_CACHE) >= 4:
+        _FRINGE_CACHE.clear()
+    _FRINGE_CACHE[key] = (feats, cols)
+    return feats, cols
 
 
-def portfolio(candidates: list[Candidate]) -> Candidate:
-    "The delivered candidate: best validation accuracy within the limit, then fewest ANDs."
-    ok = [c for c in candidates if c.aig is not None and c.valid_accuracy > 0]
-    if not ok:
-        raise ValueError("no candidate produced a circuit within the AND limit")
-    return max(ok, key=lambda c: (c.valid_accuracy, -c.ands))
+def learn_fringe(train: PLA, *, max_depth: int = 10, rounds: int = 4, per_round: int = 24,
+                 grow_depth: int | None = None, seed: int = 0) -> AIG:
+    "FRINGE: discovery trees (full depth by default) add AND/XOR features of their fringe pairs; then a tree."
+    from sklearn.tree import DecisionTreeClassifier
+
+    feats, cols = fringe_features(train, rounds=rounds, per_round=per_round, grow_depth=grow_depth, seed=seed)
+    clf = DecisionTreeClassifier(criterion="entropy", max_depth=max_depth, random_state=seed).fit(cols, train.y)
+    g = AIG(train.n)
+    lits = [g.input(i) for i in range(train.n)]
+    for op, p, rp, q, rq in feats:  # a test that went right means x = 1: the literal itself
+        lits.append(g.AND(lits[p] ^ (not rp), lits[q] ^ (not rq)) if op == "and" else g.XOR(lits[p], lits[q]))
+    g.outputs = [tree_to_aig(clf, g, lits)]
+    used = len(set(clf.tree_.feature[clf.tree_.feature >= train.n]))
+    g.description = f"{len(feats)} fringe features, {used} used"
+    return g
+
+# %% ../../nbs/08c_iwls_learn.ipynb #cb065149
+def small_support(train: PLA, *, max_support: int = 16, seed: int = 0) -> list[int] | None:
+    "The first inputs, by a full tree's importance, on which the training set is consistent (None: > max_support)."
+    from sklearn.tree import DecisionTreeClassifier
+
+    imp = DecisionTreeClassifier(criterion="entropy", random_state=seed).fit(train.X, train.y).feature_importances_
+    order = [int(i) for i in np.argsort(-imp, kind="stable") if imp[i] > 0][:max_support]
+    y = train.y.astype(np.int64)
+    for s in range(1, len(order) + 1):
+        codes = train.X[:, order[:s]].astype(np.int64) @ (1 << np.arange(s))
+        ones, count = np.bincount(codes, weights=y), np.bincount(codes)
+        if np.all((ones == 0) | (ones == count)):  # every seen cell has one label
+            return order[:s]
+    return None
+
+
+def learn_support(train: PLA, *, max_support: int = 16, timeout_s: float = 10.0, seed: int = 0) -> AIG | None:
+    "Espresso over a small consistent support (unseen cells don't care), or None without one."
+    support = small_support(train, max_support=max_support, seed=seed)
+    if support is None:
+        return None
+    cells, first = np.unique(train.X[:, support], axis=0, return_index=True)
+    cubes = espresso_cubes(PLA(cells, train.Y[first], "fr", f"{train.name}.support"), timeout_s=timeout_s)
+    if cubes is None:
+        return None
+    full = [tuple(dict(zip(support, c)).get(j, 3) for j in range(train.n)) for c in cubes]  # 3: input free
+    g = sop_to_aig(full, train.n)
+    g.description = f"support {len(support)} inputs, {len(cubes)} cubes"
+    return g

@@ -9,7 +9,7 @@ from .aig import AIG
 from .data import PLA
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'popcount_at_least', 'learn_symmetric', 'operand_columns', 'find_arithmetic', 'arithmetic_aig',
+__all__ = ['LAYOUTS', 'popcount_at_least', 'learn_symmetric', 'operand_columns', 'add_bits', 'find_arithmetic', 'arithmetic_aig',
            'learn_arithmetic', 'find_chain', 'learn_chain']
 
 # %% ../../nbs/08e_iwls_structure.ipynb #bfaab245
@@ -50,7 +50,7 @@ def operand_columns(n: int, layout: str, lsb_first: bool) -> tuple[np.ndarray, n
     return (a, b) if lsb_first else (a[::-1], b[::-1])
 
 
-def _add_bits(A, B, upto: int, xor, and_, or_) -> list:
+def add_bits(A, B, upto: int, xor, and_, or_) -> list:
     "Bits 0 .. upto of A + B (lists of bits, least significant first) with the given gates."
     out, c = [], None
     for j in range(upto + 1):
@@ -78,7 +78,7 @@ def _mul_bits(A, B, upto: int, xor, and_, or_) -> list:
     acc: list = []
     for i in range(min(len(B), upto + 1)):
         row = [None] * i + [and_(A[j], B[i]) for j in range(min(len(A), upto + 1 - i))]
-        acc = _add_bits(acc, row, upto, xor, and_, or_) if acc else row
+        acc = add_bits(acc, row, upto, xor, and_, or_) if acc else row
     return acc + [None] * (upto + 1 - len(acc))
 
 # %% ../../nbs/08e_iwls_structure.ipynb #03aa76b0
@@ -93,7 +93,7 @@ def find_arithmetic(train: PLA, *, max_mul_k: int = 64) -> dict | None:
             ia, ib = operand_columns(n, layout, lsb)
             A, B = [X[:, i] for i in ia], [X[:, i] for i in ib]
             k = len(ia)
-            for op, f, top in (("add", _add_bits, k), ("mul", _mul_bits, 2 * k - 1)):
+            for op, f, top in (("add", add_bits, k), ("mul", _mul_bits, 2 * k - 1)):
                 if op == "mul" and k > max_mul_k:
                     continue
                 bits = f(A, B, top, *np_gates)
@@ -109,7 +109,7 @@ def arithmetic_aig(n: int, t: dict) -> AIG:
     "The circuit of a template found by find_arithmetic."
     g = AIG(n)
     ia, ib = operand_columns(n, t["layout"], t["lsb_first"])
-    f = _add_bits if t["op"] == "add" else _mul_bits
+    f = add_bits if t["op"] == "add" else _mul_bits
     bits = f([g.input(int(i)) for i in ia], [g.input(int(i)) for i in ib], t["bit"], g.XOR, g.AND, g.OR)
     out = bits[t["bit"]]
     g.outputs = [(0 if out is None else out) ^ int(t["inverted"])]
