@@ -586,3 +586,16 @@ def test_cli_run_small(tmp_path):
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["environment"]["chapter"] == "colormap" and len(rec["reproduction"]) == 8  # no ablation at cpu-toy
     assert (tmp_path / "cache" / "model.pt").exists() and list((tmp_path / "cache").glob("corpus-*.npz"))
+
+
+def test_read_back_correlation_is_zero_for_a_flat_read_and_sign_free():
+    from scipy.stats import spearmanr
+
+    z = np.random.default_rng(0).random(1024)
+    flat = np.full(1024, 96 / 255)
+    assert flat.std() > 0  # float noise: a test on std > 0 would call this informative (and get NaN)
+    assert chapter.abs_rho(flat, z) == 0.0
+    r = z + 0.1 * np.random.default_rng(1).random(1024)
+    assert chapter.abs_rho(r, z) == pytest.approx(spearmanr(r, z).statistic)
+    assert chapter.abs_rho(r, z) > 0.9
+    assert chapter.abs_rho(1 - r, z) == pytest.approx(chapter.abs_rho(r, z))  # a map read backwards

@@ -18,8 +18,8 @@ from ..core import (BaseConfig, Chapter, Result, claim, paired_claim, pick_devic
 
 # %% auto #0
 __all__ = ['PRESETS', 'ABLATIONS', 'GENERALISES', 'NET', 'PIPE', 'INPUT', 'CHAPTER', 'Config', 'build_corpora', 'train_models',
-           'evaluate', 'value_recovery', 'summary', 'values_table', 'fit_classifier', 'make_claims', 'metrics_of',
-           'run_seed', 'experiment', 'strip_figure']
+           'evaluate', 'abs_rho', 'value_recovery', 'summary', 'values_table', 'fit_classifier', 'make_claims',
+           'metrics_of', 'run_seed', 'experiment', 'strip_figure']
 
 # %% ../../nbs/04_colormap.ipynb #de358584
 @dataclass(kw_only=True)
@@ -163,10 +163,17 @@ def evaluate(cfg: Config, data: dict, models: dict, classifier: KindClassifier) 
     return out
 
 
-def value_recovery(test: Corpus, preds: dict, n: int, seed: int) -> dict:
-    "Spearman ρ and RMSE of data read back through each method's colormap from a heatmap in the true colormap."
+def abs_rho(r: np.ndarray, z: np.ndarray) -> float:
+    "|Spearman ρ| of read-back values r against the data z (a colormap read backwards gives ρ = −1); 0 if r is flat."
     from scipy.stats import spearmanr
 
+    if np.ptp(r) <= 1e-9:  # one colour: no information (np.std of a constant array can be 1e-16, not 0)
+        return 0.0
+    return abs(float(spearmanr(r, z).statistic))
+
+
+def value_recovery(test: Corpus, preds: dict, n: int, seed: int) -> dict:
+    "Spearman ρ and RMSE of data read back through each method's colormap from a heatmap in the true colormap."
     rng = np.random.default_rng([seed, 7])
     out = {m: {"spearman": [], "rmse": [], "rmse_order_free": []} for m in ["true colormap", *preds]}
     for i in range(min(n, len(test))):
@@ -178,8 +185,7 @@ def value_recovery(test: Corpus, preds: dict, n: int, seed: int) -> dict:
                 r = recover_values(image, lut, max_distance=np.inf).ravel()
             except ValueError:  # a colourless image: nothing to read
                 r = np.full(z.size, 0.5)
-            rho = spearmanr(r, z.ravel()).statistic if r.std() > 0 else 0.0  # one colour: no information
-            v["spearman"].append(abs(float(rho)))  # |ρ|: a colormap read backwards gives ρ = −1
+            v["spearman"].append(abs_rho(r, z.ravel()))
             e, e_flip = (float(np.sqrt(np.mean((w - z.ravel()) ** 2))) for w in (r, 1 - r))
             v["rmse"].append(e)
             v["rmse_order_free"].append(min(e, e_flip))

@@ -8,16 +8,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core import BaseConfig, Chapter, Result, claim, progress
-from .data import DataConfig, corpus_tokens
+from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
+from .data import DataConfig
 from .distributed import CkptConfig
 from .model import SIZES, ModelConfig, PanguAlpha, count_on_meta, num_params
 from .parallel import ParallelPlan
 from .train import TrainConfig, perplexity, train_lm
+from .tasks import mcnemar, summarise
 
 # %% auto #0
-__all__ = ['TABLE1', 'TABLE6', 'PRESETS', 'CHAPTER', 'table1_rows', 'packing_gap', 'scaling_study', 'fewshot_study',
-           'make_claims', 'experiment', 'StudyConfig', 'FewShotConfig', 'Config']
+__all__ = ['TABLE1', 'TABLE6', 'TASKS', 'PRESETS', 'CHAPTER', 'table1_rows', 'packing_gap', 'scaling_study', 'build_data',
+           'evaluate_seed', 'make_claims', 'run_seed', 'experiment', 'StudyConfig', 'FewShotConfig', 'Config']
 
 # %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319
 TABLE1 = {"2.6B": 2.6e9, "13B": 13.1e9, "200B": 207.0e9}  # Table 1, "#Parameters"
@@ -65,23 +66,89 @@ def scaling_study(study: StudyConfig, train: TrainConfig, *, base: ModelConfig, 
     return out
 
 # %% ../../nbs/01_pangu_alpha.ipynb #cd1e986d
-def fewshot_study(fs: FewShotConfig, model, tok, *, seed: int = 0, max_len: int) -> dict[int, float]:
-    "K-shot accuracy (K in fs.shots) on held-out reviews, perplexity-based (§5.3.2)."
-    from paperbook.pangu.data import reviews
-    from paperbook.pangu.fewshot import few_shot_accuracy
+def build_data(cfg: Config, seed: int) -> dict:
+    "Tokenizer, training rows (mix / clean only / raw), validation rows, held-out documents and review sets."
+    from paperbook.pangu.data import (Doc, clean_corpus, load_corpus, near_duplicate_index, pack, reviews,
+                                      split_by_document)
+    from paperbook.pangu.tokenizer import Tokenizer
 
-    data = reviews()
-    random.Random(seed).shuffle(data)
-    pairs = [(d.text[: fs.chars], d.label) for d in data]
+    d, fs = cfg.data, cfg.fewshot
+    raw = load_corpus()
+    random.Random(seed).shuffle(raw)
+    raw_train, raw_valid = split_by_document(raw[: d.raw_docs] if d.raw_docs else raw, d.valid_fraction, seed)
+    kw = dict(min_chars=d.min_chars, min_chinese_ratio=d.min_chinese_ratio, sensitive_words=d.sensitive_words,
+              max_sensitive=d.max_sensitive, dedup_threshold=d.dedup_threshold)
+    valid, _ = clean_corpus(raw_valid, **kw)
+    train, report = clean_corpus(raw_train, **kw)
+    held = [x.text for x in valid]
+    is_held = near_duplicate_index(held, threshold=d.dedup_threshold)
+    train, raw_train = ([x for x in docs if not is_held(x.text)] for docs in (train, raw_train))
+    train = train[: d.max_docs] if d.max_docs else train
+    revs = reviews()
+    random.Random(seed + 1).shuffle(revs)
     half = fs.reviews // 2
-    test = [p for p in pairs if p[1] == "pos"][:half] + [p for p in pairs if p[1] == "neg"][:half]
-    pool = [p for p in pairs if p not in test][:2000]
-    return {k: few_shot_accuracy(model, tok, test, pool, k, seed=seed, max_len=max_len)
-            for k in progress(fs.shots, desc="K")}
+    test = [r for r in revs if r.label == "pos"][:half] + [r for r in revs if r.label == "neg"][:half]
+    chosen = set(map(id, test))
+    is_near = near_duplicate_index([r.text for r in test], threshold=d.dedup_threshold)
+    budget = d.review_share / (1 - d.review_share) * sum(len(x.text) for x in train)
+    pool, mix_reviews, dups, chars = [], [], 0, 0
+    for r in revs:  # the examples' pool, then the public-datasets source (labels removed) up to its Table 4 weight
+        if chars >= budget:
+            break
+        if id(r) in chosen:
+            continue
+        if is_near(r.text):  # a near copy of a test review
+            dups += 1
+        elif len(pool) < 2000:
+            pool.append(r)
+        else:
+            mix_reviews.append(Doc(r.text, "reviews"))
+            chars += len(r.text)
+    mixed = train + mix_reviews
+    random.Random(seed + 2).shuffle(mixed)
+    tok = Tokenizer.train([x.text for x in mixed], vocab_size=cfg.model.vocab_size, seed=seed)
+    rows = lambda docs: pack([tok.encode(x.text) for x in docs], cfg.model.seq_len, tok.eod_id)
+    news_chars = sum(len(x.text) for x in train)
+    return {"tok": tok, "mix": rows(mixed), "clean": rows(train), "raw": rows(raw_train), "valid": rows(valid),
+            "news": [x.text for x in valid if x.source == "peoples-daily"],
+            "test": [(r.text[: fs.chars], r.label) for r in test],
+            "pool": [(r.text[: fs.chars], r.label) for r in pool],
+            "review_share": chars / (chars + news_chars), "test_near_duplicates_removed": dups,
+            "mix_reviews": [x.text for x in mix_reviews], "valid_texts": held,
+            "cleaning": report, "docs": {"raw train": len(raw_train), "clean train": len(train),
+                                         "reviews in the mix": len(mix_reviews), "valid": len(valid)}}
+
+# %% ../../nbs/01_pangu_alpha.ipynb #e901bbb5
+def evaluate_seed(cfg: Config, data: dict, study: list[dict], controls: dict, seed: int) -> dict:
+    "Every number the claims of one seed need."
+    from paperbook.pangu.tasks import next_sentence_items, next_sentence_predictions, sentiment_predictions, summarise
+
+    tok, fs, max_len = data["tok"], cfg.fewshot, cfg.model.seq_len
+    items = next_sentence_items(data["news"], fs.next_items, seed)
+    answers = [it["answer"] for it in items]
+    ns = [summarise(next_sentence_predictions(s["model"], tok, items, max_len), answers, positive=0) for s in study]
+    largest = study[-1]["model"]
+    senti = {}
+    for k in progress(fs.shots, desc="K"):
+        senti[k] = sentiment_predictions(largest, tok, data["test"], data["pool"], k=k, max_len=max_len, seed=seed)
+    kmax = max(fs.shots)
+    shuffled = sentiment_predictions(largest, tok, data["test"], data["pool"], k=kmax, max_len=max_len, seed=seed,
+                                     shuffle_labels=True) if kmax > 0 else None
+    out = {"seed": seed, "valid_ppl": [s["valid_ppl"] for s in study], "params": [s["params"] for s in study],
+           "next_sentence": ns, "next_items": items[:3], "sentiment": senti, "shuffled": shuffled,
+           "review_share": data["review_share"], "docs": data["docs"]}
+    if controls:
+        out["no_reviews"] = sentiment_predictions(controls["clean"]["model"], tok, data["test"], data["pool"], k=0,
+                                                  max_len=max_len, seed=seed)
+        out["clean_ppl"], out["raw_ppl"] = controls["clean"]["valid_ppl"], controls["raw"]["valid_ppl"]
+    return out
 
 # %% ../../nbs/01_pangu_alpha.ipynb #1d1f4bea
-def make_claims(rows: list[dict], study: list[dict], fewshot: dict, cfg: Config) -> list[dict]:
-    "Reproduction rows: Table 1 counts, perplexity against size, few-shot accuracy (one seed: cfg.seed)."
+TASKS = "zero/few-shot by perplexity (§5.3.2; Tables 9-10: CHID, CMRC2017, PD&CFT rise with size)"
+
+
+def make_claims(rows: list[dict], runs: list[dict], cfg: Config) -> list[dict]:
+    "Reproduction rows: Table 1 counts (a property of the architecture), then the studies over the seeds."
     by = {r["model"].split()[-1]: r for r in rows}
     one = lambda v: {cfg.seed: v}
     within = lambda d: abs(d) < 0.01
@@ -96,55 +163,123 @@ def make_claims(rows: list[dict], study: list[dict], fewshot: dict, cfg: Config)
                           f"{r['ours_untied'] / 1e9:.3f}B untied ({100 * r['rel_diff_untied']:+.1f}%)",
                      note="the published architecture with a tied output layer is 2.3% below; an untied "
                           "output layer is within 1%"))
-    ppl = [s["valid_ppl"] for s in study]
+    per = lambda f: {run["seed"]: f(run) for run in runs}
+    pct = lambda v: f"{100 * v:.1f}%"
     out.append(claim("validation perplexity falls strictly with model size (same data and tokens)",
                      paper=" / ".join(f"{v:g}" for v in TABLE6.values()) + " for 2.6B/13B/200B (Table 6)",
-                     values=one(ppl), rule=lambda p: all(a > b for a, b in zip(p, p[1:])),
-                     ours=" / ".join(f"{v:.1f}" for v in ppl) + " for "
-                          + "/".join(f"{s['params'] / 1e6:.2f}M" for s in study)))
-    n = cfg.fewshot.reviews
-    se = 0.5 / max(1, n) ** 0.5  # standard error of accuracy at chance
-    ks = sorted(fewshot)
-    out.append(claim("perplexity-based K-shot classification beats chance (50%)",
-                     paper="zero/one/few-shot on CLUE tasks (§5.3.2, Tables 9-10)",
-                     values=one(max(fewshot.values())), rule=lambda a: a > 0.5 + 2 * se,
-                     threshold="above 50% by 2 standard errors",
-                     ours=", ".join(f"K={k}: {100 * fewshot[k]:.1f}%" for k in ks) + f" (n={n})",
-                     note="toy model, one minute of training on news and poems"))
-    out.append(claim("more in-context examples help", paper="few-shot ≥ zero-shot on most tasks (Table 9)",
-                     values=one((fewshot[ks[0]], fewshot[ks[-1]])), rule=lambda v: v[1] > v[0],
-                     ours=f"K={ks[0]}: {100 * fewshot[ks[0]]:.1f}% -> K={ks[-1]}: {100 * fewshot[ks[-1]]:.1f}%"))
+                     values=per(lambda r: r["valid_ppl"]), rule=lambda p: all(a > b for a, b in zip(p, p[1:])),
+                     ours="; ".join(" / ".join(f"{v:.1f}" for v in r["valid_ppl"]) for r in runs) + " for "
+                          + "/".join(f"{p / 1e6:.2f}M" for p in runs[0]["params"])))
+    top = lambda r: r["next_sentence"][-1]
+    out.append(claim("zero-shot next-sentence choice (4-way) beats chance (25%)", paper=TASKS,
+                     values=per(lambda r: top(r)["ci"][0]), rule=lambda lo: lo > 0.25,
+                     threshold="95% interval above 25%",
+                     ours="; ".join(f"{pct(top(r)['accuracy'])} [{pct(top(r)['ci'][0])}, {pct(top(r)['ci'][1])}]"
+                                    for r in runs) + f" (n={top(runs[0])['n']}, largest model)"))
+    out.append(claim("next-sentence accuracy rises with model size", paper=TASKS,
+                     values=per(lambda r: [x["accuracy"] for x in r["next_sentence"]]),
+                     rule=lambda a: a[-1] > a[0] and all(x <= y + 0.01 for x, y in zip(a, a[1:])),
+                     threshold="largest > smallest, no drop over 1 point",
+                     ours="; ".join(" / ".join(pct(x["accuracy"]) for x in r["next_sentence"]) for r in runs)))
+    k0, kmax = min(cfg.fewshot.shots), max(cfg.fewshot.shots)
+    sent = {r["seed"]: {k: {how: summarise(v[how], v["truth"]) for how in ("raw", "calibrated")}
+                        for k, v in r["sentiment"].items()} for r in runs}
+    cal = lambda r, k: sent[r["seed"]][k]["calibrated"]
+    raw0 = lambda r: sent[r["seed"]][k0]["raw"]
+    out.append(claim(f"calibrated {k0}-shot sentiment beats chance (50%)", paper=TASKS,
+                     values=per(lambda r: cal(r, k0)["ci"][0]), rule=lambda lo: lo > 0.5,
+                     threshold="95% interval above 50%",
+                     ours="; ".join(f"{pct(cal(r, k0)['accuracy'])} (raw {pct(raw0(r)['accuracy'])}, raw positive "
+                                    f"share {pct(raw0(r)['positive_share'])})" for r in runs)
+                          + f" (n={cal(runs[0], k0)['n']})"))
+    if kmax > k0:
+        gain = lambda r: cal(r, kmax)["accuracy"] - cal(r, k0)["accuracy"]
+        cut = lambda r: sum(r["sentiment"][kmax]["truncated"]) / len(r["sentiment"][kmax]["truncated"])
+        out.append(claim(f"{kmax} examples help: calibrated {kmax}-shot beats {k0}-shot on the same items",
+                         paper="few-shot ≥ zero-shot on most tasks (Tables 9-10)",
+                         values=per(lambda r: (gain(r), mcnemar(cal(r, kmax)["correct"], cal(r, k0)["correct"]))),
+                         rule=lambda v: v[0] > 0 and v[1] < 0.05, threshold="higher, McNemar p < 0.05",
+                         ours="; ".join(f"{100 * gain(r):+.1f} points (examples cut in {pct(cut(r))} of the "
+                                        "items)" for r in runs)))
+        shuf = lambda r: cal(r, kmax)["accuracy"] - summarise(r["shuffled"]["calibrated"],
+                                                              r["shuffled"]["truth"])["accuracy"]
+        out.append(claim(f"the examples' labels matter: true labels beat shuffled ones ({kmax}-shot, calibrated)",
+                         paper="in-context learning reads the examples (control)", values=per(shuf),
+                         rule=lambda d: d > 0, threshold="higher",
+                         ours="; ".join(f"{100 * shuf(r):+.1f} points" for r in runs)))
+    if "no_reviews" in runs[0]:
+        no_rev = lambda r: summarise(r["no_reviews"]["calibrated"], r["no_reviews"]["truth"])["accuracy"]
+        out.append(paired_claim("reviews in the training mix help calibrated zero-shot sentiment",
+                                paper="Table 4: public datasets weighted in the mix (our control)",
+                                a=per(lambda r: cal(r, k0)["accuracy"]), b=per(no_rev),
+                                better="higher", names=("with reviews", "without"), digits=3))
+        out.append(paired_claim("§3.1.3: a model trained on the cleaned corpus has lower validation perplexity "
+                                "than one trained on the raw corpus (same tokens)",
+                                paper="cleaning judged by the perplexity of a model trained on it (§3.1.3)",
+                                a=per(lambda r: r["clean_ppl"]), b=per(lambda r: r["raw_ppl"]), better="lower",
+                                names=("cleaned", "raw"), digits=1))
     return out
 
 # %% ../../nbs/01_pangu_alpha.ipynb #875ec14c
+def run_seed(cfg: Config, seed: int) -> tuple[dict, list[dict], dict]:
+    "One seed: data, the sizes on the mix, the controls (clean only, raw; largest size) and the evaluation."
+    from dataclasses import replace
+
+    data = build_data(cfg, seed)
+    kw = dict(base=cfg.model, tok=data["tok"], valid_rows=data["valid"], seed=seed)
+    study = scaling_study(cfg.study, cfg.train, train_rows=data["mix"], **kw)
+    controls = {}
+    if cfg.study.controls:
+        largest = replace(cfg.study, sizes=cfg.study.sizes[-1:])
+        controls = {name: scaling_study(largest, cfg.train, train_rows=data[name], **kw)[0]
+                    for name in ("clean", "raw")}
+    return data, study, evaluate_seed(cfg, data, study, controls, seed) | {"losses": [s["losses"] for s in study]}
+
+
 def experiment(cfg: Config, info) -> Result:
-    "The chapter's experiment (`paperbook run pangu-alpha`): Table 1, packing, perplexity vs size, few-shot."
+    "The chapter's experiment (`paperbook run pangu-alpha`): Table 1, packing, and the studies over the seeds."
     rows = table1_rows()
     gap = packing_gap(cfg.model, cfg.seed) if num_params(cfg.model) < 5e8 else float("nan")
-    tok, train_rows, valid_rows = corpus_tokens(cfg.data, seq_len=cfg.model.seq_len,
-                                                vocab_size=cfg.model.vocab_size, seed=cfg.seed)
-    study = scaling_study(cfg.study, cfg.train, base=cfg.model, tok=tok, train_rows=train_rows,
-                          valid_rows=valid_rows, seed=cfg.seed)
-    fewshot = fewshot_study(cfg.fewshot, study[-1]["model"], tok, seed=cfg.seed, max_len=cfg.model.seq_len)
+    runs, first = [], None
+    for k in range(cfg.seeds):
+        data, study, run = run_seed(cfg, cfg.seed + k)
+        runs.append(run)
+        first = first or (data, study)
+    keep = lambda r: {k: v for k, v in r.items() if k not in ("sentiment", "shuffled", "no_reviews", "losses")}
     metrics = {"table1": rows, "packing_max_abs_diff": gap, "model_params": num_params(cfg.model),
-               "scaling": [{k: v for k, v in s.items() if k not in ("losses", "model")} for s in study],
-               "fewshot_accuracy": fewshot}
-    return Result(metrics=metrics, claims=make_claims(rows, study, fewshot, cfg),
-                  extras={"study": study, "tok": tok})
+               "scaling": [{k: v for k, v in s.items() if k not in ("losses", "model")} for s in first[1]],
+               "runs": [keep(r) | {"next_sentence": [{k: v for k, v in x.items() if k != "correct"}
+                                                     for x in r["next_sentence"]]} for r in runs],
+               "fewshot_accuracy": {r["seed"]: {k: {how: summarise(v[how], v["truth"])["accuracy"]
+                                                     for how in ("raw", "calibrated")}
+                                                 for k, v in r["sentiment"].items()} for r in runs}}
+    return Result(metrics=metrics, claims=make_claims(rows, runs, cfg),
+                  extras={"study": first[1], "tok": first[0]["tok"], "data": first[0], "runs": runs})
 
 # %% ../../nbs/01_pangu_alpha.ipynb #d23a6d95
 @dataclass(kw_only=True)
 class StudyConfig:
     "The `study` section: model sizes trained on the same data and token budget (perplexity vs size)."
     sizes: tuple[tuple[int, int, int], ...] = ((2, 48, 4), (3, 96, 4), (4, 160, 4))  # (layers, d, heads)
+    controls: bool = False  # also train the largest size on the clean-only and on the raw corpus
+
+    def __post_init__(self):
+        if not self.sizes:
+            raise ValueError("study.sizes is empty; give (layers, d, heads) triples, e.g. ((2, 48, 4),)")
 
 # %% ../../nbs/01_pangu_alpha.ipynb #dfa5939c
 @dataclass(kw_only=True)
 class FewShotConfig:
-    "The `fewshot` section: K-shot sentiment on held-out product reviews, by the largest model."
-    reviews: int = 200  # balanced positive/negative test reviews (never in the training corpus)
+    "The `fewshot` section: the sentiment task (largest model) and the next-sentence task (every size)."
+    reviews: int = 200  # balanced positive/negative test reviews (they and their near-duplicates never trained on)
     shots: tuple[int, ...] = (0, 1, 2)  # K
-    chars: int = 20  # reviews cut to this many characters, so K examples fit the context
+    chars: int = 16  # reviews cut to this many characters, so K examples fit the context
+    next_items: int = 200  # 4-way next-sentence items from held-out news
+
+    def __post_init__(self):
+        if self.reviews < 2 or self.next_items < 1 or not self.shots or min(self.shots) < 0:
+            raise ValueError(f"fewshot needs reviews >= 2, next_items >= 1 and shots >= 0, got reviews="
+                             f"{self.reviews}, next_items={self.next_items}, shots={self.shots}")
 
 # %% ../../nbs/01_pangu_alpha.ipynb #ed4e5a0e
 @dataclass(kw_only=True)
@@ -158,13 +293,19 @@ class Config(BaseConfig):
     parallel: ParallelPlan = field(default_factory=ParallelPlan)  # chapter 1b: `python -m paperbook.pangu`
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     dist_timeout: float = 300.0  # seconds before a stuck collective fails instead of hanging
+    seeds: int = 1  # independent runs of the studies (data split, tokenizer, models), seeds seed, seed + 1, ...
 
     def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         self.parallel.check(self.model, batch_size=self.train.batch_size, world_size=self.world_size)
 
 # %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319b
 PRESETS = {
     "cpu-toy": Config(),
+    # three seeds, 5 × the training, the controls (clean only, raw), 1,000 sentiment items (~40 min, 2 cores)
+    "cpu-study": Config(seeds=3, train=TrainConfig(steps=600, warmup=60), study=StudyConfig(controls=True),
+                        fewshot=FewShotConfig(reviews=1000, next_items=500)),
     "gpu-1": Config(model=ModelConfig(num_layers=24, d=1024, num_heads=16),  # ~350M
                     data=DataConfig(raw_docs=0, max_docs=0),
                     train=TrainConfig(steps=5000, batch_size=32, lr=3e-4, warmup=200),

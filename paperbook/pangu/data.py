@@ -14,7 +14,8 @@ import torch
 # %% auto #0
 __all__ = ['FORTUNES', 'Doc', 'peoples_daily', 'reviews', 'fortunes', 'load_corpus', 'to_simplified',
            'remove_repeated_paragraphs', 'shorten_symbol_runs', 'chinese_ratio', 'sensitive_count', 'near_duplicates',
-           'clean_corpus', 'DataConfig', 'split_by_document', 'pack', 'corpus_tokens']
+           'near_duplicate_index', 'near_duplicates_of', 'clean_corpus', 'DataConfig', 'split_by_document', 'pack',
+           'corpus_tokens']
 
 # %% ../../nbs/01b_pangu_data.ipynb #1d4d7b0c
 @dataclass(frozen=True)
@@ -135,6 +136,22 @@ def near_duplicates(texts: list[str], *, threshold: float = 0.7, shingle: int = 
             lsh.insert(str(i), m)
     return dups
 
+
+def near_duplicate_index(reference: list[str], *, threshold: float = 0.7, shingle: int = 5, num_perm: int = 128):
+    "A test `is_near(text)`: is the text a near-duplicate (MinHash LSH) of some reference text?"
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    for j, t in enumerate(reference):
+        lsh.insert(str(j), _minhash(t, shingle, num_perm))
+    return lambda text: bool(lsh.query(_minhash(text, shingle, num_perm)))
+
+
+def near_duplicates_of(texts: list[str], reference: list[str], **kw) -> set[int]:
+    "Indices of texts that are near-duplicates of some reference text (a held-out set kept out of training)."
+    is_near = near_duplicate_index(reference, **kw)
+    return {i for i, t in enumerate(texts) if is_near(t)}
+
 # %% ../../nbs/01b_pangu_data.ipynb #315bdec3
 def clean_corpus(docs: list[Doc], *, min_chars: int = 150, min_chinese_ratio: float = 0.6, max_symbol_run: int = 3,
                  sensitive_words: tuple[str, ...] = (), max_sensitive: int = 0, dedup_threshold: float = 0.7):
@@ -176,6 +193,7 @@ class DataConfig:
     max_sensitive: int = 3  # §3.1.1: documents with more than three of the 724 words are removed
     dedup_threshold: float = 0.7  # MinHash LSH Jaccard threshold
     valid_fraction: float = 0.1  # documents held out for validation perplexity
+    review_share: float = 0.2799  # the reviews' share of the training text: "public datasets", Table 4 (2.6B & 13B)
     synthetic_rows: int = 512  # rows of the synthetic source
 
     def __post_init__(self):
@@ -183,6 +201,8 @@ class DataConfig:
             raise ValueError(f"data.source {self.source!r} is not one of corpus, synthetic")
         if not 0 < self.valid_fraction < 1:
             raise ValueError(f"data.valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        if not 0 <= self.review_share < 1:
+            raise ValueError(f"data.review_share must be in [0, 1), got {self.review_share}")
 
 # %% ../../nbs/01b_pangu_data.ipynb #bd926069
 def split_by_document(docs: list, valid_fraction: float, seed: int = 0) -> tuple[list, list]:
