@@ -118,7 +118,7 @@ def build_data(cfg: Config, seed: int) -> dict:
             "cleaning": report, "docs": {"raw train": len(raw_train), "clean train": len(train),
                                          "reviews in the mix": len(mix_reviews), "valid": len(valid)}}
 
-# %% ../../nbs/01_pangu_alpha.ipynb #e901bbb5
+# %% ../../nbs/01_pangu_alpha.ipynb #89c74732
 def evaluate_seed(cfg: Config, data: dict, study: list[dict], controls: dict, seed: int) -> dict:
     "Every number the claims of one seed need."
     from paperbook.pangu.tasks import next_sentence_items, next_sentence_predictions, sentiment_predictions, summarise
@@ -201,11 +201,12 @@ def make_claims(rows: list[dict], runs: list[dict], cfg: Config) -> list[dict]:
                          rule=lambda v: v[0] > 0 and v[1] < 0.05, threshold="higher, McNemar p < 0.05",
                          ours="; ".join(f"{100 * gain(r):+.1f} points (examples cut in {pct(cut(r))} of the "
                                         "items)" for r in runs)))
-        shuf = lambda r: cal(r, kmax)["accuracy"] - summarise(r["shuffled"]["calibrated"],
-                                                              r["shuffled"]["truth"])["accuracy"]
+        shuffled = lambda r: summarise(r["shuffled"]["calibrated"], r["shuffled"]["truth"])
+        shuf = lambda r: cal(r, kmax)["accuracy"] - shuffled(r)["accuracy"]
         out.append(claim(f"the examples' labels matter: true labels beat shuffled ones ({kmax}-shot, calibrated)",
-                         paper="in-context learning reads the examples (control)", values=per(shuf),
-                         rule=lambda d: d > 0, threshold="higher",
+                         paper="in-context learning reads the examples (control)",
+                         values=per(lambda r: (shuf(r), mcnemar(cal(r, kmax)["correct"], shuffled(r)["correct"]))),
+                         rule=lambda v: v[0] > 0 and v[1] < 0.05, threshold="higher, McNemar p < 0.05",
                          ours="; ".join(f"{100 * shuf(r):+.1f} points" for r in runs)))
     if "no_reviews" in runs[0]:
         no_rev = lambda r: summarise(r["no_reviews"]["calibrated"], r["no_reviews"]["truth"])["accuracy"]
