@@ -69,6 +69,8 @@ def cmd_run(args) -> int:
     run.finish(result, out=args.out)
     if int(os.environ.get("RANK", "0")) == 0:
         print(text_table(result.claims))
+        if ch.report is not None:
+            print(ch.report(result))
         print(run.stamp().replace("`", ""))
         if args.out is not None:
             print(f"wrote {Path(args.out) / 'metrics.json'}")

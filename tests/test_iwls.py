@@ -474,3 +474,16 @@ def test_claims_hold_at_cpu_toy():
     failed = [r for r in result.claims if not r["holds"] and "ABC not installed" not in str(r["ours"])]
     assert not failed, failed
     assert result.metrics["functions"] >= 8
+
+
+def test_paperbook_run_prints_the_per_family_table(tmp_path):
+    from helpers import cli
+
+    r = cli("run", "iwls2020", "--set", "functions=comparator-12,adder-8-8", "--set", "source=generated",
+            "--set", "jobs=1", "--set", "abc_check=false", "--set", "espresso_timeout_s=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = r.stdout.split("mean accuracy (%) and ANDs per family and learner:")[1]
+    lines = {line.split()[0]: line.split() for line in table.strip().splitlines()[1:] if line.strip()}
+    assert {"adder", "comparator", "mean"} <= set(lines)
+    header = table.strip().splitlines()[0].split()
+    assert "portfolio" in header and "fringe" in header and "boost" in header

@@ -38,6 +38,7 @@ class Chapter:
     plan: Callable[[Any], dict] | None = None  # extra lines for `paperbook plan`
     torchrun_module: str = "paperbook.cli run {name}"  # what torchrun starts for multi-process presets
     smoke: Mapping[str, Any] = field(default_factory=dict)  # overrides that cut any preset to a few steps
+    report: Callable[[Result], str] | None = None  # text `paperbook run` prints after the claims (e.g. a table)
 
     def __post_init__(self):
         if "cpu-toy" not in self.presets:
