@@ -118,7 +118,7 @@ def build_data(cfg: Config, seed: int) -> dict:
             "cleaning": report, "docs": {"raw train": len(raw_train), "clean train": len(train),
                                          "reviews in the mix": len(mix_reviews), "valid": len(valid)}}
 
-# %% ../../nbs/01_pangu_alpha.ipynb #89c74732
+# %% ../../nbs/01_pangu_alpha.ipynb #3d2b7cd7
 def evaluate_seed(cfg: Config, data: dict, study: list[dict], controls: dict, seed: int) -> dict:
     "Every number the claims of one seed need."
     from paperbook.pangu.tasks import next_sentence_items, next_sentence_predictions, sentiment_predictions, summarise
@@ -304,7 +304,7 @@ class Config(BaseConfig):
 # %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319b
 PRESETS = {
     "cpu-toy": Config(),
-    # three seeds, 5 × the training, the controls (clean only, raw), 1,000 sentiment items (~40 min, 2 cores)
+    # three seeds, 5 × the training, the controls (clean only, raw), 1,000 sentiment items (~20 min, 2 cores)
     "cpu-study": Config(seeds=3, train=TrainConfig(steps=600, warmup=60), study=StudyConfig(controls=True),
                         fewshot=FewShotConfig(reviews=1000, next_items=500)),
     "gpu-1": Config(model=ModelConfig(num_layers=24, d=1024, num_heads=16),  # ~350M
