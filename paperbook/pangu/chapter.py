@@ -79,7 +79,7 @@ def build_data(cfg: Config, seed: int) -> dict:
     kw = dict(min_chars=d.min_chars, min_chinese_ratio=d.min_chinese_ratio, sensitive_words=d.sensitive_words,
               max_sensitive=d.max_sensitive, dedup_threshold=d.dedup_threshold)
     valid, _ = clean_corpus(raw_valid, **kw)
-    train, report = clean_corpus(raw_train, **kw)
+    train, _ = clean_corpus(raw_train, **kw)
     held = [x.text for x in valid]
     is_held = near_duplicate_index(held, threshold=d.dedup_threshold)
     train, raw_train = ([x for x in docs if not is_held(x.text)] for docs in (train, raw_train))
@@ -114,11 +114,10 @@ def build_data(cfg: Config, seed: int) -> dict:
             "test": [(r.text[: fs.chars], r.label) for r in test],
             "pool": [(r.text[: fs.chars], r.label) for r in pool],
             "review_share": chars / (chars + news_chars), "test_near_duplicates_removed": dups,
-            "mix_reviews": [x.text for x in mix_reviews], "valid_texts": held,
-            "cleaning": report, "docs": {"raw train": len(raw_train), "clean train": len(train),
+            "mix_reviews": [x.text for x in mix_reviews], "docs": {"raw train": len(raw_train), "clean train": len(train),
                                          "reviews in the mix": len(mix_reviews), "valid": len(valid)}}
 
-# %% ../../nbs/01_pangu_alpha.ipynb #3d2b7cd7
+# %% ../../nbs/01_pangu_alpha.ipynb #1fa0541a
 def evaluate_seed(cfg: Config, data: dict, study: list[dict], controls: dict, seed: int) -> dict:
     "Every number the claims of one seed need."
     from paperbook.pangu.tasks import next_sentence_items, next_sentence_predictions, sentiment_predictions, summarise
