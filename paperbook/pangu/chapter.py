@@ -114,10 +114,11 @@ def build_data(cfg: Config, seed: int) -> dict:
             "test": [(r.text[: fs.chars], r.label) for r in test],
             "pool": [(r.text[: fs.chars], r.label) for r in pool],
             "review_share": chars / (chars + news_chars), "test_near_duplicates_removed": dups,
-            "mix_reviews": [x.text for x in mix_reviews], "docs": {"raw train": len(raw_train), "clean train": len(train),
-                                         "reviews in the mix": len(mix_reviews), "valid": len(valid)}}
+            "mix_reviews": [x.text for x in mix_reviews],
+            "docs": {"raw train": len(raw_train), "clean train": len(train), "reviews in the mix": len(mix_reviews),
+                     "valid": len(valid)}}
 
-# %% ../../nbs/01_pangu_alpha.ipynb #1fa0541a
+# %% ../../nbs/01_pangu_alpha.ipynb #c01b1e12
 def evaluate_seed(cfg: Config, data: dict, study: list[dict], controls: dict, seed: int) -> dict:
     "Every number the claims of one seed need."
     from paperbook.pangu.tasks import next_sentence_items, next_sentence_predictions, sentiment_predictions, summarise
