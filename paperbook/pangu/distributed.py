@@ -21,6 +21,7 @@ from .data import corpus_tokens
 from .model import ModelConfig, PanguAlpha, num_params
 from .parallel import ParallelPlan, Parallelized, build_mesh, clip_grads, parallelize
 from .parallel import sync_tied_grads
+from .schedule import recording_schedule
 from .train import TrainConfig, lr_at, make_optimizer, next_token_targets, optimizer_spec
 from .train import param_groups
 
@@ -255,7 +256,7 @@ def latest_checkpoint(ckpt_dir) -> Path | None:
     return max(done, key=lambda p: int(p.name[5:]), default=None)
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #14d266d4
-def run(cfg) -> Result:
+def run(cfg, trace_schedule: bool = False) -> Result:
     "Train `cfg` under the current process group (or alone): the losses, throughput and plan as a Result."
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tr = cfg.train
@@ -267,8 +268,18 @@ def run(cfg) -> Result:
         par = build_parallel(mc, plan, device=info.device, eod_id=eod_id, seed=cfg.seed,
                              meta_init=num_params(mc) > 1e9)  # 1B+: allocate only local shards
         amp = torch.bfloat16 if tr.bf16 and info.device.type == "cuda" else None
-        res = train_parallel(par, rows, eod_id=eod_id, train=tr, seed=cfg.seed, device=info.device,
-                             autocast_dtype=amp, ckpt=cfg.ckpt)
+        events = []
+        with recording_schedule(events) if trace_schedule else nullcontext():  # part 7b
+            res = train_parallel(par, rows, eod_id=eod_id, train=tr, seed=cfg.seed, device=info.device,
+                                 autocast_dtype=amp, ckpt=cfg.ckpt)
+        if trace_schedule:  # the last step's actions of every rank
+            mine = {"rank": info.rank, "pp_rank": par.pp_rank,
+                    "events": events[len(events) - 2 * plan.microbatches * plan.stages_per_rank:]}
+            ranks = [mine]
+            if info.world_size > 1:
+                ranks = [None] * info.world_size
+                dist.all_gather_object(ranks, mine)
+            res["schedule_trace"] = ranks
         print0(f"world {info.world_size} plan {vars(plan)}: steps {res['start']}.."
                f"{res['start'] + len(res['losses'])}, final loss {res['losses'][-1]:.4f}, "
                f"{res['tokens'] / res['seconds']:.0f} tokens/s")
@@ -282,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu-toy")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--out", help="folder for metrics.json (rank 0 writes it)")
+    p.add_argument("--trace-schedule", action="store_true",
+                   help="record the pipeline stages' forwards and backwards of the last step in metrics.json")
     args = p.parse_args(argv)
     try:  # a bad preset, override or plan for this world size stops here, before anything is built
         cfg = resolve("pangu-alpha", args.preset, parse_sets(args.set))
@@ -291,5 +304,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m paperbook.pangu: error: {e}", file=sys.stderr)
         return 2
     record = start_run("pangu-alpha", args.preset, cfg)
-    record.finish(run(cfg), out=args.out)
+    record.finish(run(cfg, trace_schedule=args.trace_schedule), out=args.out)
     return 0
