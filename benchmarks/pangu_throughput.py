@@ -5,6 +5,9 @@ parameters; attention's own FLOPs are not counted, as in the usual 6N estimate).
 
     python benchmarks/pangu_throughput.py                      # single process, the trainer at ~14M parameters
     python benchmarks/pangu_throughput.py --profile            # ... and where the time goes (torch.profiler)
+    python benchmarks/pangu_throughput.py --set train.compile=true            # the forward and loss compiled
+    python benchmarks/pangu_throughput.py --compare --json nbs/records/pangu-alpha/throughput.json
+                                          # eager and compiled, alternately, with profiles (the chapter shows it)
     python benchmarks/pangu_throughput.py --nproc 2 --set parallel.dp_shard=2   # distributed, through torchrun
     python benchmarks/pangu_throughput.py --preset gpu-1 --steps 50           # on a GPU (bf16 autocast)
 """
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -46,6 +50,28 @@ def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10) -> float:
     return best
 
 
+GROUPS = {  # profiler op names -> where the time goes
+    "matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkl", "onednn"),
+    "attention (SDPA)": ("scaled_dot_product", "flash_attention"),
+    "softmax + cross-entropy": ("log_softmax", "nll_loss", "cross_entropy"),
+    "layer norm": ("layer_norm",),
+    "GeLU": ("gelu",),
+    "optimizer": ("adam", "_foreach_", "optimizer", "clip_grad", "norm"),
+    "compiled kernels (inductor)": ("compiledfunction", "cpp_fused", "graph_", "torch-compiled", "inductor"),
+}
+
+
+def time_by_group(averages) -> dict:
+    "Share of the self CPU time of each group of ops (the rest: element-wise, copies, the Python loop)."
+    out = dict.fromkeys([*GROUPS, "other"], 0.0)
+    for ev in averages:
+        name = ev.key.lower()
+        group = next((g for g, keys in GROUPS.items() if any(k in name for k in keys)), "other")
+        out[group] += ev.self_cpu_time_total
+    total = sum(out.values()) or 1.0
+    return {g: v / total for g, v in out.items()}
+
+
 def single(cfg, steps: int, profile: bool) -> dict:
     device = pick_device(cfg.device)
     rows = synthetic_rows(cfg.data.synthetic_rows, cfg.model.seq_len, cfg.model.vocab_size, seed=cfg.seed)
@@ -56,6 +82,7 @@ def single(cfg, steps: int, profile: bool) -> dict:
     train_parallel(par, rows, train=short, **kw)  # warm-up (allocator, kernels)
     runs = sorted((train_parallel(par, rows, train=timed, **kw) for _ in range(3)), key=lambda r: r["seconds"])
     res = runs[1]  # the median of three repeats
+    groups = None
     if profile:
         from torch.profiler import ProfilerActivity, profile as prof
 
@@ -64,8 +91,10 @@ def single(cfg, steps: int, profile: bool) -> dict:
             train_parallel(par, rows, train=short, **kw)
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(p.key_averages().table(sort_by=key, row_limit=12))
+        groups = time_by_group(p.key_averages())
+        print("  ".join(f"{g} {100 * v:.0f}%" for g, v in groups.items()))
     return {"tokens_per_s": res["tokens"] / res["seconds"], "device": device,
-            "dtype": amp or torch.float32}
+            "dtype": amp or torch.float32, "profile": groups}
 
 
 def distributed(args, sets) -> dict:
@@ -88,29 +117,57 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--compare", action="store_true", help="eager and train.compile=true, alternately, twice each")
+    p.add_argument("--json", help="write the figures (and profiles) to this file")
     args = p.parse_args()
     sets = parse_sets(args.set)
     if args.preset == "cpu-toy":
         sets = {**BENCH, **sets}
     cfg = resolve("pangu-alpha", args.preset, {**sets, "nproc_per_node": args.nproc})
     n = num_params(cfg.model)
+    if args.compare:
+        if args.nproc != 1:
+            p.error("--compare runs one process")
+        variants = {"eager": cfg, "compiled": dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                                                 compile=True))}
+        rounds = [{name: single(c, args.steps, profile=True) for name, c in variants.items()} for _ in range(2)]
+        best = {name: max((r[name] for r in rounds), key=lambda x: x["tokens_per_s"]) for name in variants}
+        report(cfg, n, best, args)
+        return
     if args.nproc == 1:
         r = single(cfg, args.steps, args.profile)
     else:
         r = distributed(args, sets)
+    report(cfg, n, {"compiled" if cfg.train.compile else "eager": r}, args)
+
+
+def report(cfg, n: int, results: dict, args) -> None:
+    "Print tokens/s and MFU of each variant against the matmul peak measured now; optionally write them as JSON."
+    r = next(iter(results.values()))
     if args.nproc > 1 and r["device"].type == "cpu":  # the processes share the machine: compare with all its cores
         torch.set_num_threads(os.cpu_count() or 1)
     threads = torch.get_num_threads()
     peak = max(matmul_peak(r["device"], r["dtype"]) for _ in range(3))  # the best this machine reaches now
     peak_note = f"{threads} threads" if r["device"].type == "cpu" else torch.cuda.get_device_name()
-    mfu = 6 * n * r["tokens_per_s"] / peak
     L, d, T = cfg.model.num_layers, cfg.model.d, cfg.model.seq_len
-    mfu_attn = (6 * n + 12 * L * d * T) * r["tokens_per_s"] / peak  # PaLM's count, attention scores included
     print(f"model {n / 1e6:.1f}M parameters, seq {cfg.model.seq_len}, batch {cfg.train.batch_size}, "
           f"processes {args.nproc}, plan {vars(cfg.parallel)}")
-    print(f"tokens/s {r['tokens_per_s']:,.0f}   model FLOP/s {6 * n * r['tokens_per_s'] / 1e9:,.1f} G   "
-          f"matmul peak {peak / 1e9:,.1f} G ({r['dtype']}, {peak_note})   MFU {100 * mfu:.0f}% "
-          f"({100 * mfu_attn:.0f}% counting attention's FLOPs)")
+    rows = {}
+    for name, r in results.items():
+        mfu = 6 * n * r["tokens_per_s"] / peak
+        mfu_attn = (6 * n + 12 * L * d * T) * r["tokens_per_s"] / peak  # PaLM's count, attention scores included
+        print(f"{name}: tokens/s {r['tokens_per_s']:,.0f}   model FLOP/s {6 * n * r['tokens_per_s'] / 1e9:,.1f} G   "
+              f"matmul peak {peak / 1e9:,.1f} G ({r['dtype']}, {peak_note})   MFU {100 * mfu:.0f}% "
+              f"({100 * mfu_attn:.0f}% counting attention's FLOPs)")
+        rows[name] = {"tokens_per_s": r["tokens_per_s"], "mfu": mfu, "mfu_with_attention": mfu_attn,
+                      "profile": r.get("profile")}
+    if args.json:
+        out = {"params": n, "seq_len": T, "batch_size": cfg.train.batch_size, "threads": threads,
+               "peak_flops": peak, "dtype": str(r["dtype"]), "device": str(r["device"]), "steps": args.steps,
+               "torch": torch.__version__, "cpus": os.cpu_count(), "variants": rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,18 @@ def test_one_process_trainer_is_the_chapters_train_lm(optimizer, lr):
     assert ref[-1] < ref[0]
 
 
+def test_compiled_forward_and_loss_train_like_eager_and_refuse_a_pipeline():
+    rows = synthetic_rows(64, 16, 96, mean_doc=6)
+    torch.manual_seed(0)
+    ref = train_lm(PanguAlpha(SMALL), rows, eod_id=0, train=TrainConfig(steps=4, batch_size=8, lr=3e-3, warmup=1))
+    kw = dict(eod_id=0, train=TrainConfig(steps=4, batch_size=8, lr=3e-3, warmup=1, compile=True))
+    ours = train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, **kw)["losses"]
+    assert len(ref) == len(ours) == 4
+    assert max(abs(a - b) for a, b in zip(ref, ours)) < 1e-5
+    with pytest.raises(ValueError, match="train.compile .* parallel.pp = 1"):
+        resolve("pangu-alpha", "cpu-dist", {"train.compile": True})
+
+
 @pytest.mark.parametrize("remat", ["full", "selective"])
 def test_rematerialisation_changes_no_number(remat):
     rows = synthetic_rows(64, 16, 96, mean_doc=6)

@@ -306,6 +306,9 @@ class Config(BaseConfig):
     def __post_init__(self):
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.train.compile and (self.parallel.pp > 1 or self.parallel.tp > 1):
+            raise ValueError("train.compile compiles one whole model: it needs parallel.pp = 1 and parallel.tp = 1, "
+                             f"got pp = {self.parallel.pp}, tp = {self.parallel.tp}")
         self.parallel.check(self.model, batch_size=self.train.batch_size, world_size=self.world_size)
 
 # %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319b

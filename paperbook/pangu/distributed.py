@@ -26,8 +26,9 @@ from .train import TrainConfig, lr_at, make_optimizer, next_token_targets, optim
 from .train import param_groups
 
 # %% auto #0
-__all__ = ['ScaledLoss', 'forward_backward', 'synthetic_rows', 'load_rows', 'build_parallel', 'share_tied_embedding',
-           'CkptConfig', 'train_parallel', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'run', 'main']
+__all__ = ['ScaledLoss', 'summed_loss', 'forward_backward', 'synthetic_rows', 'load_rows', 'build_parallel',
+           'share_tied_embedding', 'CkptConfig', 'train_parallel', 'save_checkpoint', 'load_checkpoint',
+           'latest_checkpoint', 'run', 'main']
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #ba877d83
 class ScaledLoss:
@@ -37,8 +38,16 @@ class ScaledLoss:
         self.scale = 1.0
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="sum")
-        return loss * self.scale
+        return self.summed(logits, target) * self.scale
+
+    @staticmethod
+    def summed(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="sum")
+
+
+def summed_loss(module: torch.nn.Module):
+    "(ids, target) -> the summed next-token loss of `module`: the piece `train.compile` hands to torch.compile."
+    return lambda ids, target: ScaledLoss.summed(module(ids, ids=ids), target)
 
 
 def _scalar(t) -> float:
@@ -47,7 +56,7 @@ def _scalar(t) -> float:
 
 
 def forward_backward(par: Parallelized, loss_fn: ScaledLoss, ids: torch.Tensor, eod_id: int, device,
-                     autocast_dtype: torch.dtype | None = None) -> float:
+                     autocast_dtype: torch.dtype | None = None, compiled=None) -> float:
     "Forward and backward of one global batch `ids` (B, T) on this rank's share; returns the global mean loss."
     plan = par.plan
     target = next_token_targets(ids, eod_id)
@@ -61,9 +70,8 @@ def forward_backward(par: Parallelized, loss_fn: ScaledLoss, ids: torch.Tensor, 
     with loss_parallel() if plan.tp > 1 else nullcontext():
         if par.schedule is None:
             (stage,) = par.modules
-            with amp:
-                logits = (par.ddp or stage)(ids, ids=ids)
-            loss = loss_fn(logits, target)
+            with amp:  # the scale stays outside the compiled piece (a new float each step would recompile it)
+                loss = (compiled or summed_loss(par.ddp or stage))(ids, target) * loss_fn.scale
             loss.backward()
             local = _scalar(loss)
         else:
@@ -194,6 +202,11 @@ def train_parallel(par: Parallelized, data: torch.Tensor, *, eod_id: int, train:
     loss_fn = loss_fn or getattr(par, "loss_fn", None) or ScaledLoss()
     ckpt = ckpt or CkptConfig()
     opt = _optimizer(par, train, bool(ckpt.dir))
+    compiled = None
+    if train.compile:
+        if par.schedule is not None or par.plan.tp > 1:
+            raise ValueError("train.compile compiles one whole model: it needs parallel.pp = 1 and parallel.tp = 1")
+        compiled = torch.compile(summed_loss(par.ddp or par.modules[0]))
     g = torch.Generator().manual_seed(seed)
     start = 0
     latest = latest_checkpoint(ckpt.dir) if ckpt.dir else None
@@ -210,7 +223,7 @@ def train_parallel(par: Parallelized, data: torch.Tensor, *, eod_id: int, train:
             group["lr"] = lr_at(step, lr=train.lr, warmup=train.warmup, total=train.steps)
         ids = data[torch.randint(len(data), (train.batch_size,), generator=g)]
         opt.zero_grad(set_to_none=True)
-        loss = forward_backward(par, loss_fn, ids, eod_id, device, autocast_dtype)
+        loss = forward_backward(par, loss_fn, ids, eod_id, device, autocast_dtype, compiled)
         sync_tied_grads(par)
         norms.append(clip_grads(par, train.clip))
         opt.step()

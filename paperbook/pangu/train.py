@@ -31,6 +31,7 @@ class TrainConfig:
     clip: float = 1.0  # gradient norm clipping
     optimizer: str = "adamw"  # or "sgd" (plain, to check gradient scales)
     bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
+    compile: bool = False  # parallel trainer: torch.compile the forward and the loss (not with pp or tp > 1)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
