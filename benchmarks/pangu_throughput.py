@@ -30,8 +30,8 @@ from paperbook.pangu.model import num_params
 from paperbook.pangu.parallel import ParallelPlan
 
 BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, "model.d": 384,
-         "model.num_heads": 6, "model.dropout": 0.0, "batch_size": 8, "data": "synthetic", "synthetic_rows": 256,
-         "warmup": 2}
+         "model.num_heads": 6, "model.dropout": 0.0, "train.batch_size": 8, "data.source": "synthetic",
+         "data.synthetic_rows": 256, "train.warmup": 2}
 
 
 def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10) -> float:
@@ -57,7 +57,7 @@ GROUPS = {  # profiler op names -> where the time goes
     "layer norm": ("layer_norm",),
     "GeLU": ("gelu",),
     "optimizer": ("adam", "_foreach_", "optimizer", "clip_grad", "norm"),
-    "compiled kernels (inductor)": ("compiledfunction", "cpp_fused", "graph_", "torch-compiled", "inductor"),
+    "compiled kernels (inductor)": ("compiledfxgraph", "cpp_fused", "torch-compiled", "inductor"),
 }
 
 

@@ -314,10 +314,10 @@ class Config(BaseConfig):
 # %% ../../nbs/01_pangu_alpha.ipynb #2dbe6319b
 PRESETS = {
     "cpu-toy": Config(),
-    # three seeds, 5 × the training in rows of 128 (two examples fit), the controls (no reviews; §3.1.3 clean vs
-    # raw, two initialisations each at the smallest size), 1,000 sentiment items (~20 min, 2 cores)
+    # three seeds, 10 × the tokens in rows of 128 (two examples fit), the controls (no reviews; §3.1.3 clean vs
+    # raw, two initialisations each at the smallest size), 1,000 sentiment items (~50 min, 2 cores)
     "cpu-study": Config(seeds=3, model=ModelConfig(vocab_size=4000, seq_len=128, num_layers=4, d=160, num_heads=4),
-                        train=TrainConfig(steps=600, warmup=60, batch_size=8), study=StudyConfig(controls=True),
+                        train=TrainConfig(steps=600, warmup=60), study=StudyConfig(controls=True),
                         fewshot=FewShotConfig(reviews=1000, next_items=500)),
     "gpu-1": Config(model=ModelConfig(num_layers=24, d=1024, num_heads=16),  # ~350M
                     data=DataConfig(raw_docs=0, max_docs=0),
