@@ -178,3 +178,18 @@ def test_perplexity_by_hand():
     rows = torch.tensor([[9, 10, 11, 0, 1, 2], [3, 4, 5, 6, 7, 8]])  # every scored target is the id + 1 (mod 12)
     assert perplexity(Uniform(12), rows, eod_id=0) == pytest.approx(12.0)
     assert perplexity(Sure(12), rows, eod_id=0) == pytest.approx(2.0)
+
+
+def test_the_cleaning_claim_averages_its_initialisations():
+    sets = {"data.raw_docs": 1500, "data.max_docs": 300, "train.steps": 3, "train.warmup": 1,
+            "study.sizes": "[[1, 16, 2], [1, 32, 2]]", "study.controls": True, "study.quality_inits": 2,
+            "fewshot.reviews": 10, "fewshot.next_items": 8, "fewshot.shots": "[0]"}
+    result = CHAPTER.run(resolve("pangu-alpha", overrides=sets))
+    (run,) = result.metrics["runs"]
+    q = run["quality_ppl"]
+    assert len(q["clean"]) == len(q["raw"]) == 2 and q["clean"][0] != q["clean"][1]  # two initialisations
+    assert run["clean_ppl"] == pytest.approx(sum(q["clean"]) / 2) and run["raw_ppl"] == pytest.approx(sum(q["raw"]) / 2)
+    row = next(r for r in result.claims if r["claim"].startswith("§3.1.3"))
+    assert row["holds"] == (run["clean_ppl"] < run["raw_ppl"])
+    with pytest.raises(ValueError, match="study.quality_inits must be >= 1, got 0"):
+        resolve("pangu-alpha", overrides={"study.quality_inits": 0})
