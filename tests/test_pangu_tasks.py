@@ -22,6 +22,7 @@ def test_batched_padded_scoring_equals_one_at_a_time():
     total = sequence_nll(model, seqs, starts, reduce="sum", batch=3)
     for s, st, t in zip(seqs, starts, total):
         assert t == pytest.approx(query_nll(model, s[:st], s[st:]), abs=1e-4)  # padding changes nothing
+    assert sequence_nll(model, seqs, starts, reduce="sum", batch=2) == pytest.approx(total, abs=1e-4)  # sorted, back
     mean = sequence_nll(model, seqs, starts)
     assert mean == pytest.approx(total / [len(s) - st for s, st in zip(seqs, starts)], abs=1e-5)
     with pytest.raises(ValueError, match="reduce must be 'mean' or 'sum'"):
@@ -134,7 +135,8 @@ def test_study_data_keeps_the_held_out_texts_out_of_training():
     from paperbook.pangu.chapter import build_data
     from paperbook.pangu.data import near_duplicates_of, reviews
 
-    cfg = resolve("pangu-alpha", overrides={"data.raw_docs": 800, "data.max_docs": 300, "fewshot.reviews": 60})
+    cfg = resolve("pangu-alpha", overrides={"data.raw_docs": 800, "data.max_docs": 300, "fewshot.reviews": 60,
+                                           "study.controls": True})
     data = build_data(cfg, seed=0)
     full = {r.text[: cfg.fewshot.chars]: r.text for r in reviews()}
     test_full = [full[t] for t, _ in data["test"]]

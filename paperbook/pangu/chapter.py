@@ -67,7 +67,7 @@ def scaling_study(study: StudyConfig, train: TrainConfig, *, base: ModelConfig, 
 
 # %% ../../nbs/01_pangu_alpha.ipynb #cd1e986d
 def build_data(cfg: Config, seed: int) -> dict:
-    "Tokenizer, training rows (mix / clean only / raw), validation rows, held-out documents and review sets."
+    "Tokenizer, training rows (mix; clean only and raw with `study.controls`), validation rows, held-out texts."
     from paperbook.pangu.data import (Doc, clean_corpus, load_corpus, near_duplicate_index, pack, reviews,
                                       split_by_document)
     from paperbook.pangu.tokenizer import Tokenizer
@@ -82,7 +82,8 @@ def build_data(cfg: Config, seed: int) -> dict:
     train, _ = clean_corpus(raw_train, **kw)
     held = [x.text for x in valid]
     is_held = near_duplicate_index(held, threshold=d.dedup_threshold)
-    train, raw_train = ([x for x in docs if not is_held(x.text)] for docs in (train, raw_train))
+    train = [x for x in train if not is_held(x.text)]
+    raw_train = [x for x in raw_train if not is_held(x.text)] if cfg.study.controls else []  # §3.1.3 control only
     train = train[: d.max_docs] if d.max_docs else train
     revs = reviews()
     random.Random(seed + 1).shuffle(revs)
@@ -109,14 +110,16 @@ def build_data(cfg: Config, seed: int) -> dict:
     tok = Tokenizer.train([x.text for x in mixed], vocab_size=cfg.model.vocab_size, seed=seed)
     rows = lambda docs: pack([tok.encode(x.text) for x in docs], cfg.model.seq_len, tok.eod_id)
     news_chars = sum(len(x.text) for x in train)
-    return {"tok": tok, "mix": rows(mixed), "clean": rows(train), "raw": rows(raw_train), "valid": rows(valid),
+    # the clean-only and raw corpora train only the controls (`study.controls`): encode them only then
+    controls = {"clean": rows(train), "raw": rows(raw_train)} if cfg.study.controls else {}
+    return {"tok": tok, "mix": rows(mixed), **controls, "valid": rows(valid),
             "news": [x.text for x in valid if x.source == "peoples-daily"],
             "test": [(r.text[: fs.chars], r.label) for r in test],
             "pool": [(r.text[: fs.chars], r.label) for r in pool],
             "review_share": chars / (chars + news_chars), "test_near_duplicates_removed": dups,
             "mix_reviews": [x.text for x in mix_reviews],
-            "docs": {"raw train": len(raw_train), "clean train": len(train), "reviews in the mix": len(mix_reviews),
-                     "valid": len(valid)}}
+            "docs": {"clean train": len(train), "reviews in the mix": len(mix_reviews), "valid": len(valid)}
+            | ({"raw train": len(raw_train)} if cfg.study.controls else {})}
 
 # %% ../../nbs/01_pangu_alpha.ipynb #c01b1e12
 def evaluate_seed(cfg: Config, data: dict, study: list[dict], controls: dict, seed: int) -> dict:

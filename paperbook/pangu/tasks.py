@@ -8,7 +8,6 @@ import random
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['LABEL_FIRST', 'REVIEW_WORDS', 'CONTENT_FREE', 'sequence_nll', 'wilson', 'mcnemar', 'sentences', 'next_sentence_items',
@@ -17,24 +16,28 @@ __all__ = ['LABEL_FIRST', 'REVIEW_WORDS', 'CONTENT_FREE', 'sequence_nll', 'wilso
 # %% ../../nbs/01j_pangu_tasks.ipynb #704c6e17
 @torch.no_grad()
 def sequence_nll(model, seqs: list[list[int]], starts: list[int], batch: int = 64, reduce: str = "mean") -> np.ndarray:
-    "Negative log-likelihood (mean per token, or 'sum') of seqs[i][starts[i]:] given what precedes it (start >= 1)."
+    """Negative log-likelihood (mean per token, or 'sum') of seqs[i][starts[i]:] given what precedes it (start >= 1).
+
+    Batches hold sequences of similar length (sorted), so little of a batch is padding; causal attention keeps
+    the padding after a sequence from changing its scores."""
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if len(seqs) != len(starts):
+        raise ValueError(f"seqs and starts must have equal lengths, got {len(seqs)} and {len(starts)}")
     out = np.zeros(len(seqs))
-    for lo in range(0, len(seqs), batch):
-        part = seqs[lo:lo + batch]
-        T = max(len(s) for s in part)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for lo in range(0, len(order), batch):
+        part = order[lo:lo + batch]
+        T = max(len(seqs[i]) for i in part)
         ids = torch.zeros(len(part), T, dtype=torch.long)
-        for i, s in enumerate(part):
-            ids[i, :len(s)] = torch.tensor(s)
-        logp = F.log_softmax(model(ids)[:, :-1].float(), -1)  # (B, T-1, V): position t predicts t + 1
-        tok = logp.gather(-1, ids[:, 1:, None])[..., 0]
-        for i, s in enumerate(part):
-            first = max(starts[lo + i], 1)
-            part_nll = -tok[i, first - 1:len(s) - 1]
-            out[lo + i] = float(part_nll.mean() if reduce == "mean" else part_nll.sum())
+        for row, i in enumerate(part):
+            ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
+        logits = model(ids)[:, :-1].float()  # (B, T-1, V): position t predicts t + 1
+        tok = logits.gather(-1, ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)  # log-softmax at the targets
+        for row, i in enumerate(part):
+            part_nll = -tok[row, max(starts[i], 1) - 1:len(seqs[i]) - 1]
+            out[i] = float(part_nll.mean() if reduce == "mean" else part_nll.sum())
     return out
-
 
 def wilson(k: int, n: int) -> tuple[float, float]:
     "The 95% Wilson interval of a proportion k/n."

@@ -3,6 +3,7 @@
 # %% ../../nbs/01c_pangu_tokenizer.ipynb #bdd97dac
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -12,8 +13,12 @@ SPACE, NEWLINE = "\u2582", "\u2583"
 __all__ = ['SPACE', 'NEWLINE', 'segment', 'Tokenizer']
 
 # %% ../../nbs/01c_pangu_tokenizer.ipynb #900ad8c3
+@functools.lru_cache(maxsize=1 << 15)
 def segment(text: str) -> str:
-    "jieba words joined by spaces, with the text's own spaces as ▂ and newlines as ▃."
+    """jieba words joined by spaces, with the text's own spaces as ▂ and newlines as ▃.
+
+    Memoised: a corpus is segmented once to train the tokenizer and again to encode it. (Call
+    `segment.cache_clear()` after changing jieba's dictionary.)"""
     import jieba
 
     jieba.setLogLevel(60)
