@@ -27,6 +27,8 @@ def test_batched_padded_scoring_equals_one_at_a_time():
     assert mean == pytest.approx(total / [len(s) - st for s, st in zip(seqs, starts)], abs=1e-5)
     with pytest.raises(ValueError, match="reduce must be 'mean' or 'sum'"):
         sequence_nll(model, seqs, starts, reduce="max")
+    with pytest.raises(ValueError, match="equal lengths, got 3 and 2"):
+        sequence_nll(model, seqs, starts[:2])
 
 
 def test_wilson_interval_by_hand():

@@ -39,6 +39,7 @@ def sequence_nll(model, seqs: list[list[int]], starts: list[int], batch: int = 6
             out[i] = float(part_nll.mean() if reduce == "mean" else part_nll.sum())
     return out
 
+
 def wilson(k: int, n: int) -> tuple[float, float]:
     "The 95% Wilson interval of a proportion k/n."
     from scipy.stats import binomtest
