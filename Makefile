@@ -36,6 +36,8 @@ $(VENV)/.stamp-setup: pyproject.toml Makefile | $(PY)
 	  else echo "note: install the Debian packages $(DEB_PACKAGES) for the chapters that use them"; fi; \
 	fi
 	$(BIN)/pip install --quiet "$(TORCH)"
+	@# both install a module `opencc`: drop the pure-Python one an older setup installed before OpenCC's own
+	$(BIN)/pip uninstall --quiet -y opencc-python-reimplemented 2>/dev/null || true
 	$(BIN)/pip install --quiet -e ".[all,dev,book]"
 	touch $@
 

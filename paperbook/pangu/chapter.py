@@ -295,8 +295,9 @@ class FewShotConfig:
 # %% ../../nbs/01_pangu_alpha.ipynb #ed4e5a0e
 @dataclass(kw_only=True)
 class Config(BaseConfig):
+    # cpu-toy: 120 steps are far from over-fitting, so no dropout (it would cost ~15% of each step)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=4000, seq_len=64, num_layers=4,
-                                                                   d=160, num_heads=4))
+                                                                   d=160, num_heads=4, dropout=0.0))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     study: StudyConfig = field(default_factory=StudyConfig)

@@ -23,7 +23,7 @@ class ModelConfig:
     num_layers: int = 32  # L, the query layer included
     d: int = 2560
     num_heads: int = 32
-    dropout: float = 0.1
+    dropout: float = 0.1  # ours: the report states no dropout rate
 
     def __post_init__(self):
         if self.num_layers < 1:
