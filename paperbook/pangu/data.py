@@ -119,14 +119,14 @@ def sensitive_count(text: str, words) -> int:
 # %% ../../nbs/01b_pangu_data.ipynb #ea1152b4
 @functools.lru_cache(maxsize=1 << 14)
 def _minhash(text: str, shingle: int, num_perm: int):
-    """MinHash of the text's character shingles; shingles hashed with CRC-32 (a 32-bit hash like datasketch's
-    SHA-1 default, twice as fast). Memoised: a training document is compared with itself and then with the
-    held-out set. Do not update the returned object."""
-    from datasketch import MinHash
+    """MinHash of the text's character shingles, hashed with CRC-32 (a 32-bit hash like datasketch's SHA-1
+    default, twice as fast). Memoised, as an immutable `LeanMinHash`: a training document is compared with the
+    other training documents and then with the held-out set."""
+    from datasketch import LeanMinHash, MinHash
 
     m = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32)
     m.update_batch([text[i:i + shingle].encode("utf-8") for i in range(max(1, len(text) - shingle + 1))])
-    return m
+    return LeanMinHash(m)
 
 
 def near_duplicates(texts: list[str], *, threshold: float = 0.7, shingle: int = 5, num_perm: int = 128) -> set[int]:
