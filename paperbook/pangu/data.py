@@ -192,7 +192,7 @@ def clean_corpus(docs: list[Doc], *, min_chars: int = 150, min_chinese_ratio: fl
 class DataConfig:
     "The `data` section of the chapter's config: the corpus, its cleaning and the validation split."
     source: str = "corpus"  # "corpus": the cleaned corpus; "synthetic": Zipf-token documents
-    raw_docs: int = 4000  # raw documents sampled before cleaning (0: all, 8,920; cleaning them all takes ~3 s)
+    raw_docs: int = 4000  # raw documents sampled before cleaning (0: all; cleaning them all takes ~3 s)
     max_docs: int = 1500  # cleaned documents used (0: all)
     min_chars: int = 150  # §3.1.1: drop documents shorter than this ...
     min_chinese_ratio: float = 0.6  # ... or with a smaller share of Chinese characters
