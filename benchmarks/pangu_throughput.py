@@ -6,8 +6,9 @@ parameters; attention's own FLOPs are not counted, as in the usual 6N estimate).
     python benchmarks/pangu_throughput.py                      # single process, the trainer at ~14M parameters
     python benchmarks/pangu_throughput.py --profile            # ... and where the time goes (torch.profiler)
     python benchmarks/pangu_throughput.py --set train.compile=true            # the forward and loss compiled
+    python benchmarks/pangu_throughput.py --set train.reuse_memory=false     # malloc maps fresh pages each step
     python benchmarks/pangu_throughput.py --compare --json nbs/records/pangu-alpha/throughput.json
-                                          # eager and compiled, alternately, with profiles (the chapter shows it)
+                    # fresh pages / eager / compiled, each round in a fresh process, alternately, with profiles
     python benchmarks/pangu_throughput.py --nproc 2 --set parallel.dp_shard=2   # distributed, through torchrun
     python benchmarks/pangu_throughput.py --preset gpu-1 --steps 50           # on a GPU (bf16 autocast)
 """
@@ -118,21 +119,26 @@ def main():
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--compare", action="store_true", help="eager and train.compile=true, alternately, twice each")
+    p.add_argument("--rounds", type=int, default=3, help="--compare: rounds of the variants")
     p.add_argument("--json", help="write the figures (and profiles) to this file")
+    p.add_argument("--child-json", help=argparse.SUPPRESS)
     args = p.parse_args()
     sets = parse_sets(args.set)
     if args.preset == "cpu-toy":
         sets = {**BENCH, **sets}
     cfg = resolve("pangu-alpha", args.preset, {**sets, "nproc_per_node": args.nproc})
     n = num_params(cfg.model)
+    if args.child_json:  # one variant of --compare, in a process of its own
+        r = single(cfg, args.steps, profile=True)
+        peak = max(matmul_peak(r["device"], r["dtype"]) for _ in range(3))
+        Path(args.child_json).write_text(json.dumps({"tokens_per_s": r["tokens_per_s"], "peak": peak,
+                                                     "profile": r["profile"], "device": str(r["device"]),
+                                                     "dtype": str(r["dtype"]).removeprefix("torch.")}))
+        return
     if args.compare:
         if args.nproc != 1:
             p.error("--compare runs one process")
-        variants = {"eager": cfg, "compiled": dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
-                                                                                                 compile=True))}
-        rounds = [{name: single(c, args.steps, profile=True) for name, c in variants.items()} for _ in range(2)]
-        best = {name: max((r[name] for r in rounds), key=lambda x: x["tokens_per_s"]) for name in variants}
-        report(cfg, n, best, args)
+        compare(args, sets, n, cfg)
         return
     if args.nproc == 1:
         r = single(cfg, args.steps, args.profile)
@@ -141,13 +147,41 @@ def main():
     report(cfg, n, {"compiled" if cfg.train.compile else "eager": r}, args)
 
 
-def report(cfg, n: int, results: dict, args) -> None:
-    "Print tokens/s and MFU of each variant against the matmul peak measured now; optionally write them as JSON."
+COMPARE = {"eager, fresh pages": {"train.reuse_memory": False}, "eager": {}, "compiled": {"train.compile": True}}
+
+
+def compare(args, sets: dict, n: int, cfg) -> None:
+    "Each variant of COMPARE in a fresh process (malloc's setting is process-wide), alternately, `args.rounds` times."
+    rounds = {name: [] for name in COMPARE}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            for name, extra in COMPARE.items():
+                out = Path(tmp) / "child.json"
+                cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps),
+                       "--child-json", str(out)]
+                for k, v in {**sets, **extra}.items():
+                    cmd += ["--set", f"{k}={v}"]
+                subprocess.run(cmd, check=True, env={**os.environ, "PAPERBOOK_PROGRESS": "0"})
+                rounds[name].append(json.loads(out.read_text()))
+                print(f"round {i + 1} {name}: tokens/s {rounds[name][-1]['tokens_per_s']:,.0f}, matmul peak "
+                      f"{rounds[name][-1]['peak'] / 1e9:,.1f} G", flush=True)
+    peak = max(r["peak"] for rs in rounds.values() for r in rs)  # the best this machine reached in the whole run
+    best = {}
+    for name, rs in rounds.items():
+        r = max(rs, key=lambda r: r["tokens_per_s"])
+        best[name] = {**r, "rounds": [x["tokens_per_s"] for x in rs], "device": torch.device(r["device"]),
+                      "dtype": getattr(torch, r["dtype"])}
+    report(cfg, n, best, args, peak=peak)
+
+
+def report(cfg, n: int, results: dict, args, peak: float | None = None) -> None:
+    "Print tokens/s and MFU of each variant against the matmul peak (measured now if not given); optionally as JSON."
     r = next(iter(results.values()))
     if args.nproc > 1 and r["device"].type == "cpu":  # the processes share the machine: compare with all its cores
         torch.set_num_threads(os.cpu_count() or 1)
     threads = torch.get_num_threads()
-    peak = max(matmul_peak(r["device"], r["dtype"]) for _ in range(3))  # the best this machine reaches now
+    if peak is None:
+        peak = max(matmul_peak(r["device"], r["dtype"]) for _ in range(3))  # the best this machine reaches now
     peak_note = f"{threads} threads" if r["device"].type == "cpu" else torch.cuda.get_device_name()
     L, d, T = cfg.model.num_layers, cfg.model.d, cfg.model.seq_len
     print(f"model {n / 1e6:.1f}M parameters, seq {cfg.model.seq_len}, batch {cfg.train.batch_size}, "
@@ -160,7 +194,7 @@ def report(cfg, n: int, results: dict, args) -> None:
               f"matmul peak {peak / 1e9:,.1f} G ({r['dtype']}, {peak_note})   MFU {100 * mfu:.0f}% "
               f"({100 * mfu_attn:.0f}% counting attention's FLOPs)")
         rows[name] = {"tokens_per_s": r["tokens_per_s"], "mfu": mfu, "mfu_with_attention": mfu_attn,
-                      "profile": r.get("profile")}
+                      "profile": r.get("profile"), "rounds": r.get("rounds")}
     if args.json:
         out = {"params": n, "seq_len": T, "batch_size": cfg.train.batch_size, "threads": threads,
                "peak_flops": peak, "dtype": str(r["dtype"]), "device": str(r["device"]), "steps": args.steps,

@@ -16,7 +16,7 @@ from .core.records import pick_device
 
 # %% auto #0
 __all__ = ['DistInfo', 'init_distributed', 'shutdown', 'distributed', 'print0', 'all_reduce_sum', 'all_reduce_mean', 'wrap_ddp',
-           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean', 'threads']
+           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean', 'threads', 'reuse_freed_memory']
 
 # %% ../nbs/00a_dist.ipynb #c137c48c
 @dataclass(frozen=True)
@@ -150,3 +150,20 @@ def threads(n: int, device: torch.device | str = "cpu"):
         yield
     finally:
         torch.set_num_threads(before)
+
+# %% ../nbs/00a_dist.ipynb #5c1e0a72
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
+
+
+def reuse_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc's malloc serve requests up to `mmap_threshold` bytes from memory this process keeps (keeping up
+    to `trim_threshold` bytes freed) instead of mapping fresh pages each time; False, changing nothing, where the
+    C library is not glibc. Process-wide and permanent."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                      trim_threshold))

@@ -124,6 +124,21 @@ def test_one_process_trainer_is_the_chapters_train_lm(optimizer, lr):
     assert ref[-1] < ref[0]
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_trainers_keep_freed_memory_on_the_cpu_unless_told_not_to(monkeypatch, reuse):
+    import paperbook.pangu.distributed as pd
+    import paperbook.pangu.train as pt
+
+    calls = []  # the setting is process-wide: record the calls instead of changing this process
+    monkeypatch.setattr(pt, "reuse_freed_memory", lambda: calls.append("train_lm"))
+    monkeypatch.setattr(pd, "reuse_freed_memory", lambda: calls.append("train_parallel"))
+    rows = synthetic_rows(16, 16, 96)
+    kw = dict(eod_id=0, train=TrainConfig(steps=1, batch_size=2, warmup=0, reuse_memory=reuse))
+    train_lm(PanguAlpha(SMALL), rows, **kw)
+    train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, **kw)
+    assert calls == (["train_lm", "train_parallel"] if reuse else [])
+
+
 def test_compiled_forward_and_loss_train_like_eager_and_refuse_a_pipeline():
     rows = synthetic_rows(64, 16, 96, mean_doc=6)
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..core import Result, parse_sets, progress, resolve, start_run
-from ..dist import all_reduce_sum, distributed, print0
+from ..dist import all_reduce_sum, distributed, print0, reuse_freed_memory
 from .data import corpus_tokens
 from .model import ModelConfig, PanguAlpha, num_params
 from .parallel import ParallelPlan, Parallelized, build_mesh, clip_grads, parallelize
@@ -202,6 +202,8 @@ def train_parallel(par: Parallelized, data: torch.Tensor, *, eod_id: int, train:
     loss_fn = loss_fn or getattr(par, "loss_fn", None) or ScaledLoss()
     ckpt = ckpt or CkptConfig()
     opt = _optimizer(par, train, bool(ckpt.dir))
+    if train.reuse_memory and torch.device(device).type == "cpu":
+        reuse_freed_memory()  # the step's large tensors reuse memory instead of page-faulting fresh pages
     compiled = None
     if train.compile:
         if par.schedule is not None or par.plan.tp > 1:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import progress
+from ..dist import reuse_freed_memory
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'TrainConfig', 'param_groups', 'optimizer_spec', 'make_optimizer', 'lr_at', 'next_token_targets',
@@ -32,6 +33,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # or "sgd" (plain, to check gradient scales)
     bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
     compile: bool = False  # parallel trainer: torch.compile the forward and the loss (not with pp or tp > 1)
+    reuse_memory: bool = True  # on the CPU: malloc keeps freed memory for the next step (dist.reuse_freed_memory)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -114,6 +116,8 @@ def train_lm(model, data: torch.Tensor, *, eod_id: int, train: TrainConfig, seed
              desc: str = "train") -> list[float]:
     "Train `model` on rows of `data` with the `train` settings (AdamW, warm-up + cosine, clipping); the losses."
     opt = make_optimizer(param_groups(model, train.weight_decay), train.optimizer, train.lr, train.beta2)
+    if train.reuse_memory and next(model.parameters()).device.type == "cpu":
+        reuse_freed_memory()  # the step's large tensors reuse memory instead of page-faulting fresh pages
     g = torch.Generator().manual_seed(seed)
     model.train()
     losses = []
