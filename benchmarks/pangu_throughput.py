@@ -169,7 +169,8 @@ def compare(args, sets: dict, n: int, cfg) -> None:
     best = {}
     for name, rs in rounds.items():
         r = max(rs, key=lambda r: r["tokens_per_s"])
-        best[name] = {**r, "rounds": [x["tokens_per_s"] for x in rs], "device": torch.device(r["device"]),
+        best[name] = {**r, "rounds": [x["tokens_per_s"] for x in rs], "peak_rounds": [x["peak"] for x in rs],
+                      "device": torch.device(r["device"]),
                       "dtype": getattr(torch, r["dtype"])}
     report(cfg, n, best, args, peak=peak)
 
@@ -194,7 +195,7 @@ def report(cfg, n: int, results: dict, args, peak: float | None = None) -> None:
               f"matmul peak {peak / 1e9:,.1f} G ({r['dtype']}, {peak_note})   MFU {100 * mfu:.0f}% "
               f"({100 * mfu_attn:.0f}% counting attention's FLOPs)")
         rows[name] = {"tokens_per_s": r["tokens_per_s"], "mfu": mfu, "mfu_with_attention": mfu_attn,
-                      "profile": r.get("profile"), "rounds": r.get("rounds")}
+                      "profile": r.get("profile"), "rounds": r.get("rounds"), "peak_rounds": r.get("peak_rounds")}
     if args.json:
         out = {"params": n, "seq_len": T, "batch_size": cfg.train.batch_size, "threads": threads,
                "peak_flops": peak, "dtype": str(r["dtype"]), "device": str(r["device"]), "steps": args.steps,

@@ -1,0 +1,109 @@
+"""What keeping freed memory (`paperbook.dist.reuse_freed_memory`, `train.reuse_memory`) does to the PanGu-α trainer.
+
+glibc's malloc hands large tensors fresh pages from the kernel and returns them on free, so every training step
+page-faults its activations and gradients in again. This runs the trainer of `pangu_throughput.py` (14M
+parameters, fp32) with and without `train.reuse_memory`, as a pair at the same time: two one-thread processes
+pinned to two cores, then the cores swapped, so that a machine whose speed drifts slows both alike. Per variant it
+prints page faults and kernel (system) CPU seconds per step, read from getrusage, and tokens/s; and the paired
+ratio of tokens/s, block by block. Linux with two or more cores. Prints, does not assert.
+
+    python benchmarks/pangu_allocator.py
+    python benchmarks/pangu_allocator.py --json nbs/records/pangu-alpha/allocator.json
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+VARIANTS = {"fresh pages": False, "freed memory kept": True}  # name -> train.reuse_memory
+
+
+def child(reuse: bool, cpu: int, blocks: int, steps: int, out: str) -> None:
+    "Train on core `cpu` with one thread; per block of `steps` steps: tokens/s, page faults and kernel s per step."
+    os.sched_setaffinity(0, {cpu})
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pangu_throughput import BENCH
+
+    from paperbook.core import resolve
+    from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
+    from paperbook.pangu.parallel import ParallelPlan
+
+    cfg = resolve("pangu-alpha", "cpu-toy", {**BENCH, "train.reuse_memory": reuse})
+    rows = synthetic_rows(256, cfg.model.seq_len, cfg.model.vocab_size, seed=0)
+    par = build_parallel(cfg.model, ParallelPlan(), device=torch.device("cpu"), eod_id=0)
+    kw = dict(eod_id=0, device=torch.device("cpu"), autocast_dtype=None)
+    train_parallel(par, rows, train=dataclasses.replace(cfg.train, steps=3), **kw)  # warm-up: the heap settles
+    res = []
+    for _ in range(blocks):
+        u0 = resource.getrusage(resource.RUSAGE_SELF)
+        r = train_parallel(par, rows, train=dataclasses.replace(cfg.train, steps=steps), **kw)
+        u1 = resource.getrusage(resource.RUSAGE_SELF)
+        res.append({"tokens_per_s": r["tokens"] / r["seconds"],
+                    "faults_per_step": (u1.ru_minflt - u0.ru_minflt) / steps,
+                    "kernel_s_per_step": (u1.ru_stime - u0.ru_stime) / steps})
+    Path(out).write_text(json.dumps(res))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5, help="steps per block")
+    p.add_argument("--json", help="write the figures to this file")
+    p.add_argument("--child", nargs=3, metavar=("REUSE", "CPU", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        reuse, cpu, out = args.child
+        child(reuse == "1", int(cpu), args.blocks, args.steps, out)
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if not sys.platform.startswith("linux") or len(cpus) < 2:
+        p.error("needs Linux and two cores (the variants run side by side)")
+    runs = {name: [] for name in VARIANTS}
+    env = {**os.environ, "PAPERBOOK_PROGRESS": "0"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for swap in (False, True):
+            procs = {}
+            for i, (name, reuse) in enumerate(VARIANTS.items()):
+                cpu = cpus[(i + swap) % 2]
+                out = Path(tmp) / f"{i}-{int(swap)}.json"
+                cmd = [sys.executable, __file__, "--blocks", str(args.blocks), "--steps", str(args.steps),
+                       "--child", str(int(reuse)), str(cpu), str(out)]
+                procs[name] = (subprocess.Popen(cmd, env=env), out, cpu)
+            for name, (proc, out, cpu) in procs.items():
+                if proc.wait() != 0:
+                    raise SystemExit(f"the {name!r} process failed (exit {proc.returncode})")
+                runs[name].append({"cpu": cpu, "blocks": json.loads(out.read_text())})
+    summary = {}
+    for name, rs in runs.items():
+        blocks = [b for r in rs for b in r["blocks"]]
+        summary[name] = {k: sum(b[k] for b in blocks) / len(blocks)
+                         for k in ("tokens_per_s", "faults_per_step", "kernel_s_per_step")}
+        m = summary[name]
+        print(f"{name:18s} tokens/s {m['tokens_per_s']:7,.0f}   page faults per step {m['faults_per_step']:9,.0f}   "
+              f"kernel CPU s per step {m['kernel_s_per_step']:.3f}")
+    a, b = (runs[name] for name in VARIANTS)  # blocks of the same index ran at about the same time
+    ratios = [y["tokens_per_s"] / x["tokens_per_s"] for ra, rb in zip(a, b, strict=True)
+              for x, y in zip(ra["blocks"], rb["blocks"], strict=True)]
+    print(f"tokens/s kept / fresh, paired block by block: mean {sum(ratios) / len(ratios):.3f} "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f}, {sum(r > 1 for r in ratios)}/{len(ratios)} above 1)")
+    if args.json:
+        import torch
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"threads_per_process": 1, "steps_per_block": args.steps,
+                                               "torch": torch.__version__, "summary": summary, "ratios": ratios,
+                                               "runs": runs}, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
