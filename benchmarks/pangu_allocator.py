@@ -4,8 +4,8 @@ glibc's malloc hands large tensors fresh pages from the kernel and returns them 
 page-faults its activations and gradients in again. This runs the trainer of `pangu_throughput.py` (14M
 parameters, fp32) with and without `train.reuse_memory`, as a pair at the same time: two one-thread processes
 pinned to two cores, then the cores swapped, so that a machine whose speed drifts slows both alike. Per variant it
-prints page faults and kernel (system) CPU seconds per step, read from getrusage, and tokens/s; and the paired
-ratio of tokens/s, block by block. Linux with two or more cores. Prints, does not assert.
+prints page faults and kernel (system) CPU seconds per step, read from getrusage, tokens/s and the process's peak
+memory; and the paired ratio of tokens/s, block by block. Linux with two or more cores. Prints, does not assert.
 
     python benchmarks/pangu_allocator.py
     python benchmarks/pangu_allocator.py --json nbs/records/pangu-alpha/allocator.json
@@ -50,7 +50,8 @@ def child(reuse: bool, cpu: int, blocks: int, steps: int, out: str) -> None:
         res.append({"tokens_per_s": r["tokens"] / r["seconds"],
                     "faults_per_step": (u1.ru_minflt - u0.ru_minflt) / steps,
                     "kernel_s_per_step": (u1.ru_stime - u0.ru_stime) / steps})
-    Path(out).write_text(json.dumps(res))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    Path(out).write_text(json.dumps({"blocks": res, "peak_rss_mib": peak_mib}))
 
 
 def main():
@@ -81,15 +82,16 @@ def main():
             for name, (proc, out, cpu) in procs.items():
                 if proc.wait() != 0:
                     raise SystemExit(f"the {name!r} process failed (exit {proc.returncode})")
-                runs[name].append({"cpu": cpu, "blocks": json.loads(out.read_text())})
+                runs[name].append({"cpu": cpu, **json.loads(out.read_text())})
     summary = {}
     for name, rs in runs.items():
         blocks = [b for r in rs for b in r["blocks"]]
         summary[name] = {k: sum(b[k] for b in blocks) / len(blocks)
                          for k in ("tokens_per_s", "faults_per_step", "kernel_s_per_step")}
+        summary[name]["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rs)
         m = summary[name]
         print(f"{name:18s} tokens/s {m['tokens_per_s']:7,.0f}   page faults per step {m['faults_per_step']:9,.0f}   "
-              f"kernel CPU s per step {m['kernel_s_per_step']:.3f}")
+              f"kernel CPU s per step {m['kernel_s_per_step']:.3f}   peak memory {m['peak_rss_mib']:,.0f} MiB")
     a, b = (runs[name] for name in VARIANTS)  # blocks of the same index ran at about the same time
     ratios = [y["tokens_per_s"] / x["tokens_per_s"] for ra, rb in zip(a, b, strict=True)
               for x, y in zip(ra["blocks"], rb["blocks"], strict=True)]
