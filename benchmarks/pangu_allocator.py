@@ -31,17 +31,13 @@ def child(reuse: bool, cpu: int, blocks: int, steps: int, out: str) -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
-    from pangu_throughput import BENCH
+    from pangu_throughput import BENCH, warmed_up
 
     from paperbook.core import resolve
-    from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
-    from paperbook.pangu.parallel import ParallelPlan
+    from paperbook.pangu.distributed import train_parallel
 
-    cfg = resolve("pangu-alpha", "cpu-toy", {**BENCH, "train.reuse_memory": reuse})
-    rows = synthetic_rows(256, cfg.model.seq_len, cfg.model.vocab_size, seed=0)
-    par = build_parallel(cfg.model, ParallelPlan(), device=torch.device("cpu"), eod_id=0)
-    kw = dict(eod_id=0, device=torch.device("cpu"), autocast_dtype=None)
-    train_parallel(par, rows, train=dataclasses.replace(cfg.train, steps=3), **kw)  # warm-up: the heap settles
+    cfg = resolve("pangu-alpha", "cpu-toy", {**BENCH, "device": "cpu", "train.reuse_memory": reuse})
+    par, rows, kw = warmed_up(cfg)  # three steps first: the heap settles
     res = []
     for _ in range(blocks):
         u0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -73,14 +73,21 @@ def time_by_group(averages) -> dict:
     return {g: v / total for g, v in out.items()}
 
 
-def single(cfg, steps: int, profile: bool) -> dict:
+def warmed_up(cfg):
+    "The one-process trainer of `cfg` on synthetic rows, after three steps (allocator, kernels): (par, rows, kw)."
     device = pick_device(cfg.device)
     rows = synthetic_rows(cfg.data.synthetic_rows, cfg.model.seq_len, cfg.model.vocab_size, seed=cfg.seed)
     par = build_parallel(cfg.model, ParallelPlan(remat=cfg.parallel.remat), device=device, eod_id=0)
     amp = torch.bfloat16 if cfg.train.bf16 and device.type == "cuda" else None
     kw = dict(eod_id=0, device=device, autocast_dtype=amp)
+    train_parallel(par, rows, train=dataclasses.replace(cfg.train, steps=3), **kw)
+    return par, rows, kw
+
+
+def single(cfg, steps: int, profile: bool) -> dict:
+    par, rows, kw = warmed_up(cfg)
+    device = kw["device"]
     short, timed = (dataclasses.replace(cfg.train, steps=n) for n in (3, steps))
-    train_parallel(par, rows, train=short, **kw)  # warm-up (allocator, kernels)
     runs = sorted((train_parallel(par, rows, train=timed, **kw) for _ in range(3)), key=lambda r: r["seconds"])
     res = runs[1]  # the median of three repeats
     groups = None
@@ -95,7 +102,7 @@ def single(cfg, steps: int, profile: bool) -> dict:
         groups = time_by_group(p.key_averages())
         print("  ".join(f"{g} {100 * v:.0f}%" for g, v in groups.items()))
     return {"tokens_per_s": res["tokens"] / res["seconds"], "device": device,
-            "dtype": amp or torch.float32, "profile": groups}
+            "dtype": kw["autocast_dtype"] or torch.float32, "profile": groups}
 
 
 def distributed(args, sets) -> dict:
@@ -118,7 +125,7 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--compare", action="store_true", help="eager and train.compile=true, alternately, twice each")
+    p.add_argument("--compare", action="store_true", help="the variants of COMPARE, each round in a fresh process")
     p.add_argument("--rounds", type=int, default=3, help="--compare: rounds of the variants")
     p.add_argument("--json", help="write the figures (and profiles) to this file")
     p.add_argument("--child-json", help=argparse.SUPPRESS)

@@ -45,8 +45,8 @@ import resource, torch
 from paperbook.dist import reuse_freed_memory
 
 def faults(n=8, numel=16 * 2**20):  # a 64 MiB tensor made and dropped n times, after n to settle
-    for _ in range(2 * n):
-        if _ == n:
+    for i in range(2 * n):
+        if i == n:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.empty(numel).fill_(1.0)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n
