@@ -16,7 +16,8 @@ from .core.records import pick_device
 
 # %% auto #0
 __all__ = ['DistInfo', 'init_distributed', 'shutdown', 'distributed', 'print0', 'all_reduce_sum', 'all_reduce_mean', 'wrap_ddp',
-           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean', 'threads', 'reuse_freed_memory']
+           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean', 'thread_ceiling', 'threads',
+           'reuse_freed_memory']
 
 # %% ../nbs/00a_dist.ipynb #c137c48c
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def init_distributed(device: str = "auto", *, timeout_s: float = 120.0) -> DistI
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
         if local_world > 1 and dev.type == "cpu":
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+            torch.set_num_threads(thread_ceiling((os.cpu_count() or 1) // local_world))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                     device=dev, backend=dist.get_backend())
@@ -140,12 +141,18 @@ def share_of_mean(loss_sum: torch.Tensor, count: int, info: DistInfo | None) -> 
     return loss_sum / count * (info.world_size if info is not None else 1)
 
 # %% ../nbs/00a_dist.ipynb #fa1c682e
+def thread_ceiling(n: int) -> int:
+    "`n` threads, but no more than `OMP_NUM_THREADS` when the environment sets it (a positive integer)."
+    ceiling = _env_int("OMP_NUM_THREADS", 0)
+    return max(1, min(n, ceiling) if ceiling > 0 else n)
+
+
 @contextmanager
 def threads(n: int, device: torch.device | str = "cpu"):
-    "Run the block with `n` intra-op threads when `device` is the CPU (restored afterwards)."
+    "Run the block with `n` intra-op threads (at most `OMP_NUM_THREADS`, when set) on the CPU; restored afterwards."
     before = torch.get_num_threads()
     if torch.device(device).type == "cpu":
-        torch.set_num_threads(n)
+        torch.set_num_threads(thread_ceiling(n))
     try:
         yield
     finally:

@@ -68,3 +68,27 @@ def test_reuse_freed_memory_stops_the_page_faults_of_a_repeated_large_tensor():
     if applied == "True":
         assert float(before) >= 16  # 64 MiB in pages of 4 KiB (16,384) or of 2 MiB (32) are faulted in each time
         assert float(after) * 10 <= float(before)
+
+
+def test_a_chapters_thread_count_never_exceeds_omp_num_threads(monkeypatch):
+    # `paperbook batch` and parallel test runners set OMP_NUM_THREADS to share the cores; a chapter that asks for
+    # two threads must then get one, or two processes × two threads oversubscribe a two-core machine.
+    import torch
+
+    from paperbook.dist import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with threads(2):
+        assert torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with threads(2):
+        assert torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with threads(2):
+        assert torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+        with threads(2):
+            pass
+    assert torch.get_num_threads() == before
