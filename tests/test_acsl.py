@@ -320,6 +320,20 @@ def test_per_image_budget_and_perfect_scores():
     assert r["mAP"] == 100 and r["APr"] == 100 and r["APf"] == 100 and np.isnan(r["APc"])
 
 
+def test_budget_keeps_each_images_top_scores_whatever_the_image_sizes_and_order():
+    # images of 1..9 proposals in shuffled order; the reference ranks each image's (box, category) scores
+    g = torch.Generator().manual_seed(0)
+    image = torch.repeat_interleave(torch.arange(6), torch.tensor([3, 1, 9, 2, 5, 4]))
+    image = image[torch.randperm(len(image), generator=g)]
+    scores = torch.rand(len(image), 3, generator=g)
+    for budget in (1, 4, 7, 30):
+        keep = keep_top(scores, image, budget)
+        for i in range(6):
+            mine = scores[image == i].flatten()
+            cutoff = sorted(mine.tolist(), reverse=True)[min(budget, len(mine)) - 1]
+            assert keep[image == i].flatten().tolist() == (mine >= cutoff).tolist()
+
+
 def test_budget_free_evaluation_and_background_share():
     # one image: an object of category 1 and two background proposals; category 2 scores high on background
     scores = torch.tensor([[0.6, 0.1], [0.2, 0.9], [0.1, 0.8]])

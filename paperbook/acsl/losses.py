@@ -80,11 +80,12 @@ def _code_background_weights(n_bg: int, groups, num_logits: int, generator) -> t
     if len(groups) != num_logits:
         raise ValueError(f"groups has {len(groups)} entries; the logits have {num_logits} columns")
     masks = group_masks(groups)
-    w = torch.zeros(n_bg, num_logits)
+    share = {"r": 0.01, "c": 0.1, "f": 1.0}  # of the background samples that suppress each group's columns
+    picked = torch.zeros(n_bg, 3)
+    for k, g in enumerate("rcf"):
+        picked[torch.randperm(n_bg, generator=generator)[: int(n_bg * share[g])], k] = 1.0
+    w = picked @ torch.stack([masks[g] for g in "rcf"]).float()  # the groups are disjoint: entries are 0 or 1
     w[:, 0] = 1.0
-    for g, frac in (("r", 0.01), ("c", 0.1), ("f", 1.0)):
-        rows = torch.randperm(n_bg, generator=generator)[: int(n_bg * frac)]
-        w[rows.unsqueeze(1), masks[g].nonzero().squeeze(1).unsqueeze(0)] = 1.0
     return w
 
 # %% ../../nbs/02a_acsl_losses.ipynb #de455be8
