@@ -234,6 +234,15 @@ def test_histogram_bins_by_hand():
     assert h[17, 26, 24] == 2 and h[10, 25, 2] == 1 and h[31, 16, 16] == 1
 
 
+def test_corpus_histograms_are_each_images_own_lab_histogram(tiny):
+    idx = [5, 0, 5, 59, 17]  # repeated and out of order
+    h = tiny.histograms(idx)
+    assert h.shape == (5, BINS, BINS, BINS)
+    for k, i in enumerate(idx):
+        assert np.array_equal(h[k], lab_histogram(tiny.images[i])), i
+    assert tiny.histograms([]).shape == (0, BINS, BINS, BINS)
+
+
 def test_network_input_zeroes_background_and_is_min_max_b_first():
     h = np.zeros((BINS,) * 3)
     h[0, 16, 16] = 1000  # black
@@ -275,6 +284,25 @@ def test_aspp_atrous_branches_act_as_1x1_on_a_2x2_map():
     assert torch.allclose(branch(x), centre, atol=1e-6)
     x4 = torch.randn(3, 8, 16, 16)  # on a larger map the other taps do take part
     assert not torch.allclose(branch(x4), torch.nn.functional.conv2d(x4, branch.weight[:, :, 1:2, 1:2]), atol=1e-3)
+
+
+def test_aspp_branch_computes_the_dilated_convolution_with_its_centre_taps_where_exact():
+    torch.manual_seed(0)
+    branch = model.ASPPBranch(8, 6)
+    full = lambda x: torch.nn.Sequential.forward(branch, x)  # the dilated 3×3 conv as nn.Conv2d runs it
+    for side in (2, 6, 7, 16):  # up to the dilation the centre tap alone; beyond it the whole kernel
+        x = torch.randn(3, 8, side, side)
+        grads = []
+        for f in (branch, full):
+            branch.zero_grad()
+            y = f(x)
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+            grads.append((y.detach(), branch[0].weight.grad.clone()))
+        (y1, g1), (y2, g2) = grads
+        assert torch.allclose(y1, y2, atol=1e-5) and torch.allclose(g1, g2, atol=1e-5), side
+        off_centre = g2.clone()
+        off_centre[:, :, 1, 1] = 0
+        assert (off_centre.abs().max() == 0) == (side <= 6), side  # the other taps learn only on larger maps
 
 
 def test_aspp_shapes_and_branches():

@@ -3,6 +3,7 @@
 # %% ../../nbs/04a_colormap_data.ipynb #7ad947a1
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -321,11 +322,14 @@ def lab_histogram(image, bins: int = BINS, *, min_chroma: float = 5.0) -> np.nda
     return np.bincount((L * bins + a) * bins + b, minlength=bins ** 3).reshape(bins, bins, bins)
 
 
+@functools.lru_cache(maxsize=4)
 def bin_centres(bins: int = BINS) -> np.ndarray:
-    "Lab centre of every bin, (bins³, 3), in the histogram's flat order."
+    "Lab centre of every bin, (bins³, 3), in the histogram's flat order (one read-only array per `bins`)."
     c = (np.arange(bins) + 0.5) * 256 / bins - 0.5  # centre on the 8-bit scale
     L, a, b = np.meshgrid(c / 2.55, c - 128, c - 128, indexing="ij")
-    return np.stack([L, a, b], -1).reshape(-1, 3)
+    out = np.stack([L, a, b], -1).reshape(-1, 3)
+    out.flags.writeable = False
+    return out
 
 
 def background_bins(bins: int = BINS) -> tuple[int, int]:
@@ -337,17 +341,17 @@ def network_input(counts, transform: str = "minmax"):
     "Histograms (n, bins, bins, bins) or (bins, bins, bins) → float32 tensor (n, b, L, a): bg zeroed, min-max."
     import torch
 
-    h = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
-    single = h.ndim == 3
-    h = h.reshape(1 if single else len(h), -1).clone()
+    if transform not in ("minmax", "log"):
+        raise ValueError(f"unknown transform {transform!r}; allowed: minmax, log")
+    a = np.asarray(counts)
+    single = a.ndim == 3
+    h = torch.from_numpy(a.reshape(1 if single else len(a), -1)).to(torch.float32, copy=True)  # one copy
     n = round(h.shape[1] ** (1 / 3))
     h[:, list(background_bins(n))] = 0
     if transform == "log":
-        h = torch.log1p(h)
-    elif transform != "minmax":
-        raise ValueError(f"unknown transform {transform!r}; allowed: minmax, log")
-    lo, hi = h.min(1, keepdim=True).values, h.max(1, keepdim=True).values
-    h = (h - lo) / (hi - lo).clamp_min(1e-12)
+        h.log1p_()
+    lo, hi = torch.aminmax(h, dim=1, keepdim=True)
+    h.sub_(lo).div_((hi - lo).clamp_min(1e-12))
     x = h.view(-1, n, n, n).permute(0, 3, 1, 2).contiguous()  # [L][a][b] -> [b][L][a]
     return x[0] if single else x
 
@@ -419,7 +423,12 @@ class Corpus:
 
     def histograms(self, idx) -> np.ndarray:
         "Dense histograms of the images `idx`, (len(idx), 32, 32, 32)."
-        return np.stack([self.histogram(int(i)) for i in idx])
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        start, n = self.offsets[idx], self.offsets[idx + 1] - self.offsets[idx]
+        at = np.arange(n.sum()) + np.repeat(start - np.cumsum(n) + n, n)  # the images' entries, in order
+        h = np.zeros((len(idx), BINS ** 3), dtype=np.int64)
+        h[np.repeat(np.arange(len(idx)), n), self.bins[at]] = self.counts[at]
+        return h.reshape(-1, BINS, BINS, BINS)
 
     def first(self, n: int) -> "Corpus":
         "The first n images."
