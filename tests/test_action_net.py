@@ -59,6 +59,15 @@ def test_generated_elements_are_adjacent_pairs_and_the_mean_hides_them():
     assert halves(0) == halves(1) == 16
 
 
+def test_random_crops_are_each_routines_own_window():
+    x = np.random.default_rng(1).random((7, 18, 5))
+    starts = np.random.default_rng(2).integers(0, 18 - 12 + 1, size=7)  # the draws crop makes with that rng
+    out = crop(x, 12, np.random.default_rng(2))
+    assert out.shape == (7, 12, 5)
+    for i, s in enumerate(starts):
+        assert np.array_equal(out[i], x[i, s:s + 12])
+
+
 def test_crop_and_temporal_graph_by_hand():
     x = np.arange(10).reshape(1, 10, 1).astype(float)
     assert crop(x, 4)[0, :, 0].tolist() == [3, 4, 5, 6]

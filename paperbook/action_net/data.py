@@ -131,8 +131,7 @@ def crop(x: np.ndarray, length: int, rng: np.random.Generator | None = None) -> 
     if length > T:
         raise ValueError(f"crop of {length} steps from sequences of {T}")
     start = rng.integers(0, T - length + 1, size=n) if rng is not None else np.full(n, (T - length) // 2)
-    idx = start[:, None] + np.arange(length)[None, :]
-    return np.take_along_axis(x, idx[..., None], axis=1)
+    return x[np.arange(n)[:, None], start[:, None] + np.arange(length)[None, :]]  # (n, length, ...)
 
 # %% ../../nbs/09a_action_net_data.ipynb #2fe16d21
 def load_features(r: Routines, folder, *, clips: int, frames: int) -> Features:
