@@ -327,11 +327,12 @@ def test_budget_keeps_each_images_top_scores_whatever_the_image_sizes_and_order(
     image = image[torch.randperm(len(image), generator=g)]
     scores = torch.rand(len(image), 3, generator=g)
     for budget in (1, 4, 7, 30):
-        keep = keep_top(scores, image, budget)
-        for i in range(6):
-            mine = scores[image == i].flatten()
-            cutoff = sorted(mine.tolist(), reverse=True)[min(budget, len(mine)) - 1]
-            assert keep[image == i].flatten().tolist() == (mine >= cutoff).tolist()
+        for block in (1, 60, 2 ** 24):  # one image per pass, a few, all at once
+            keep = keep_top(scores, image, budget, block=block)
+            for i in range(6):
+                mine = scores[image == i].flatten()
+                cutoff = sorted(mine.tolist(), reverse=True)[min(budget, len(mine)) - 1]
+                assert keep[image == i].flatten().tolist() == (mine >= cutoff).tolist(), (budget, block)
 
 
 def test_budget_free_evaluation_and_background_share():

@@ -141,10 +141,10 @@ def retrain_classifier(feats: torch.Tensor, labels: torch.Tensor, init: dict, lo
         rows = draw_rois(labels, image, rng, rois_per_image=rois_per_image, pos_fraction=pos_fraction) \
             if image is not None else torch.arange(len(labels))
         perm = rows[torch.randperm(len(rows), generator=g)]
-        X, Y = feats.index_select(0, perm), labels[perm]  # the epoch's rows gathered once; batches are views
         for i in range(0, len(perm), batch):
-            y_b = Y[i:i + batch]
-            z = lin(X[i:i + batch])
+            b = perm[i:i + batch]
+            y_b = labels[b]
+            z = lin(feats.index_select(0, b))  # index_select: a third of the time of feats[b]
             if grad_stats is not None:
                 z.retain_grad()
             value = class_loss(loss, z, y_b, generator=g, **loss_kw)
@@ -173,20 +173,27 @@ def average_precision(scores: np.ndarray, is_pos: np.ndarray, num_gt: int) -> fl
     return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
 
 
-def keep_top(scores: torch.Tensor, image: torch.Tensor, max_dets: int | None) -> torch.Tensor:
-    "Mask of the max_dets highest (box, category) scores of each image (None: keep all)."
+def keep_top(scores: torch.Tensor, image: torch.Tensor, max_dets: int | None, *, block: int = 2 ** 24) -> torch.Tensor:
+    "Mask of the max_dets highest (box, category) scores of each image (None: keep all); `block`: elements per pass."
     if max_dets is None:
         return torch.ones_like(scores, dtype=torch.bool)
     _, which, counts = image.unique(return_inverse=True, return_counts=True)
     slot = torch.empty_like(which)  # each row's place among its image's rows
     slot[torch.argsort(which, stable=True)] = torch.arange(len(which)) - torch.repeat_interleave(
         counts.cumsum(0) - counts, counts)
-    # one block per image, padded to the longest: a single topk over each block's (box, category) scores
-    block = scores.new_full((len(counts), int(counts.max()), scores.shape[1]), float("-inf"))
-    block[which, slot] = scores
-    flat = block.flatten(1)
-    top = flat.topk(min(max_dets, flat.shape[1]), dim=1).indices  # padding is ranked last and never read back
-    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True).view_as(block)[which, slot]
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    width = int(counts.max()) * scores.shape[1]
+    step = max(1, block // width)  # images per pass: a bounded padded copy even at LVIS scale
+    for lo in range(0, len(counts), step):
+        rows = ((which >= lo) & (which < lo + step)).nonzero().squeeze(1)
+        # one block per image, padded to the longest: a single topk over each block's (box, category) scores
+        block = scores.new_full((min(step, len(counts) - lo), int(counts.max()), scores.shape[1]), float("-inf"))
+        block[which[rows] - lo, slot[rows]] = scores[rows]
+        flat = block.flatten(1)
+        top = flat.topk(min(max_dets, width), dim=1).indices  # padding is ranked last and never read back
+        keep[rows] = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True).view_as(block)[
+            which[rows] - lo, slot[rows]]
+    return keep
 
 
 def evaluate(scores: torch.Tensor, labels: torch.Tensor, image: torch.Tensor, groups: Sequence[str], *,
