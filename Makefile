@@ -19,6 +19,8 @@ export PAPERBOOK_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 NBS     := $(wildcard nbs/*.ipynb)
 BOOK_SRC := _config.yml _toc.yml $(wildcard book/*.md book/*.bib book/_ext/*.py) $(NBS)
 RUNS    := $(CURDIR)/_build/runs
+# threads per worker when $(1) workers share the machine's cores (at least 1)
+threads = $$(( $$(nproc) / $(1) > 0 ? $$(nproc) / $(1) : 1 ))
 
 .PHONY: setup book test test-unit test-dist test-nbs sync export clean lint lab
 
@@ -44,8 +46,14 @@ $(VENV)/.stamp-setup: pyproject.toml Makefile | $(PY)
 # ---- the book ---------------------------------------------------------------------------------
 book: _build/html/index.html
 
-_build/html/index.html: $(VENV)/.stamp-setup $(BOOK_SRC) $(wildcard paperbook/*.py)
-	rm -rf $(RUNS)
+# Jupyter Book executes one notebook at a time; book/execute.py first executes them BOOK_JOBS at a time
+# (OMP_NUM_THREADS = cores / jobs each) into the jupyter-cache the build then reads (execute_notebooks: cache).
+# The cache is removed first, so every page comes from this run.
+BOOK_JOBS ?= 2
+NB_CACHE := _build/.jupyter_cache
+_build/html/index.html: $(VENV)/.stamp-setup $(BOOK_SRC) book/execute.py $(wildcard paperbook/*.py)
+	rm -rf $(RUNS) $(NB_CACHE)
+	PAPERBOOK_RUNS=$(RUNS) OMP_NUM_THREADS=$(call threads,$(BOOK_JOBS)) $(PY) book/execute.py --jobs $(BOOK_JOBS) --cache $(NB_CACHE) $(NBS)
 	PAPERBOOK_RUNS=$(RUNS) $(BIN)/jupyter-book build . --all --path-output . --warningiserror --keep-going
 	$(PY) tests/check_offline_html.py _build/html
 	@echo "book: file://$(CURDIR)/_build/html/index.html"
@@ -61,7 +69,7 @@ lab: setup
 # On the 2-core machine: 1,435 passed in 1,230 s with two workers against 1,900-2,165 s in one process.
 # TEST_JOBS=1 runs everything in one process.
 TEST_JOBS ?= 2
-TEST_THREADS = $$(( $$(nproc) / $(TEST_JOBS) > 0 ? $$(nproc) / $(TEST_JOBS) : 1 ))
+TEST_THREADS = $(call threads,$(TEST_JOBS))
 PYTEST_PAR = $(if $(filter 1,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 test: setup sync lint
 	PAPERBOOK_PROGRESS=0 OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/pytest $(PYTEST_PAR) tests/ --nbval-lax nbs/ -p no:cacheprovider
@@ -91,7 +99,7 @@ test-nbs: setup
 	PAPERBOOK_PROGRESS=0 OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/pytest $(PYTEST_PAR) --nbval-lax nbs/ -q -p no:cacheprovider
 
 lint: setup
-	$(BIN)/ruff check paperbook tests benchmarks
+	$(BIN)/ruff check paperbook tests benchmarks book
 
 clean:
 	rm -rf _build runs .pytest_cache

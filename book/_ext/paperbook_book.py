@@ -12,10 +12,10 @@ import json
 LAST = ("book/dashboard",)
 
 
-def _strip_directives(app, docname, source):
-    if not app.env.doc2path(docname).endswith(".ipynb"):
-        return
-    nb = json.loads(source[0])
+def strip_directives(text: str) -> str:
+    """A notebook's JSON text without nbdev's `#|` lines (and the blank lines they leave at a cell's top).
+    book/execute.py executes the notebooks as this makes them, so that the build finds them in its cache."""
+    nb = json.loads(text)
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "code":
             continue
@@ -24,7 +24,12 @@ def _strip_directives(app, docname, source):
         while kept and not kept[0].strip():
             kept.pop(0)
         cell["source"] = kept
-    source[0] = json.dumps(nb)
+    return json.dumps(nb)
+
+
+def _strip_directives(app, docname, source):
+    if app.env.doc2path(docname).endswith(".ipynb"):
+        source[0] = strip_directives(source[0])
 
 
 def _read_last(app, env, docnames):
