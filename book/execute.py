@@ -4,10 +4,9 @@ Jupyter Book 1.x executes a book's notebooks one after another. `make book` runs
 it executes every notebook it is given, `--jobs` at a time (chapter pages first, the longest),
 exactly as myst-nb's cache mode would (the book's source-read step that drops nbdev's `#|` lines,
 jupyter-cache's `single_nb_execution`, the timeout and allow_errors of `_config.yml`, each notebook
-in its own folder), and stores the executed
-notebooks in the jupyter-cache. The build that follows (`execute_notebooks: cache`) finds every
-notebook there and only renders. A notebook that fails prints its traceback and the script exits 1
-before the build starts.
+in its own folder), and stores the executed notebooks in the jupyter-cache. The build that follows
+(`execute_notebooks: cache`) finds every notebook there and only renders. A notebook that fails
+prints its error and the script exits 1 before the build starts.
 
     python book/execute.py --jobs 2 --cache _build/.jupyter_cache nbs/*.ipynb
 
@@ -60,12 +59,12 @@ def run_one(job: tuple[str, int, bool], attempts: int = 3):
     """Execute one notebook in its folder; returns (path, executed notebook, seconds, traceback or None)."""
     path, timeout, allow_errors = job
     for attempt in range(1, attempts + 1):
-        # as the build reads it: without nbdev's `#|` lines (else its cache lookup would miss)
-        nb = nbformat.reads(strip_directives(Path(path).read_text()), as_version=4)
         try:
+            # as the build reads it: without nbdev's `#|` lines (else its cache lookup would miss)
+            nb = nbformat.reads(strip_directives(Path(path).read_text()), as_version=4)
             res = single_nb_execution(nb, cwd=str(Path(path).resolve().parent), timeout=timeout,
                                       allow_errors=allow_errors, meta_override=True)
-        except RuntimeError as e:
+        except Exception as e:  # a cell's error comes back in res.exc_string; this is the kernel or the file
             if attempt == attempts or START_RACE not in str(e):
                 return path, None, 0.0, f"{type(e).__name__}: {e}"
             time.sleep(attempt)

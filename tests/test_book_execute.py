@@ -68,6 +68,11 @@ def test_refuses_missing_notebooks_and_bad_jobs_before_running(tmp_path, capsys)
     with pytest.raises(SystemExit):
         bx.main(["--jobs", "0", "--config", str(_config(tmp_path)), str(nb)])
     assert "--jobs must be at least 1" in capsys.readouterr().err
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{not json")
+    assert bx.main(["--config", str(_config(tmp_path)), "--cache", str(tmp_path / "c"), str(broken)]) == 1
+    out = capsys.readouterr()
+    assert "JSONDecodeError" in out.err and "broken.ipynb: FAILED" in out.out
 
 
 def test_jobs_run_notebooks_at_the_same_time(tmp_path):
@@ -82,3 +87,30 @@ def test_jobs_run_notebooks_at_the_same_time(tmp_path):
     assert bx.main(["--jobs", "2", "--config", str(_config(tmp_path)), "--cache", cache_dir, *map(str, nbs)]) == 0
     for nb in nbs:
         get_cache(cache_dir).match_cache_notebook(nbformat.reads(bx.strip_directives(nb.read_text()), 4))
+
+
+def test_a_kernel_that_dies_at_start_is_started_again_and_other_errors_are_not(tmp_path, monkeypatch):
+    nb = _notebook(tmp_path / "x.ipynb", "1")
+    real, calls = bx.single_nb_execution, []
+
+    def dies(times, message):
+        def run(*args, **kwargs):
+            calls.append(message)
+            if len(calls) <= times:
+                raise RuntimeError(message)
+            return real(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(bx.time, "sleep", lambda s: None)
+    monkeypatch.setattr(bx, "single_nb_execution", dies(2, "Kernel died before replying to kernel_info"))
+    path, executed, _, err = bx.run_one((str(nb), 60, False))
+    assert err is None and len(calls) == 3 and executed.cells[0].outputs[0]["data"]["text/plain"] == "1"
+
+    calls.clear()
+    monkeypatch.setattr(bx, "single_nb_execution", dies(3, "Kernel died before replying to kernel_info"))
+    assert "kernel_info" in bx.run_one((str(nb), 60, False))[3] and len(calls) == 3  # three starts, then fail
+
+    calls.clear()
+    monkeypatch.setattr(bx, "single_nb_execution", dies(1, "Kernel died"))  # died while running: not retried
+    _, executed, _, err = bx.run_one((str(nb), 60, False))
+    assert executed is None and err == "RuntimeError: Kernel died" and len(calls) == 1
