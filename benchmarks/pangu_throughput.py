@@ -1,14 +1,17 @@
 """Throughput of the PanGu-α parallel trainer: tokens/s and model-FLOPs utilisation (MFU).
 
-MFU = 6 · N · tokens/s over the matmul peak measured on this machine with the same threads and dtype (N: all
-parameters; attention's own FLOPs are not counted, as in the usual 6N estimate). Prints, does not assert.
+MFU = 6 · N · tokens/s over the matmul peak measured on this machine with the same threads and dtype: on the CPU the
+better of PyTorch's two fp32 matmul libraries, its BLAS (MKL) and oneDNN (N: all parameters; attention's own FLOPs
+are not counted, as in the usual 6N estimate). Prints, does not assert.
 
     python benchmarks/pangu_throughput.py                      # single process, the trainer at ~14M parameters
     python benchmarks/pangu_throughput.py --profile            # ... and where the time goes (torch.profiler)
     python benchmarks/pangu_throughput.py --set train.compile=true            # the forward and loss compiled
     python benchmarks/pangu_throughput.py --set train.reuse_memory=false     # malloc maps fresh pages each step
+    python benchmarks/pangu_throughput.py --set train.cpu_linear=aten         # nn.Linear by MKL, not oneDNN
     python benchmarks/pangu_throughput.py --compare --json nbs/records/pangu-alpha/throughput.json
-                    # fresh pages / eager / compiled, each round in a fresh process, alternately, with profiles
+                    # fresh pages / MKL linear / eager / compiled, each round in a fresh process, alternately,
+                    # with profiles
     python benchmarks/pangu_throughput.py --nproc 2 --set parallel.dp_shard=2   # distributed, through torchrun
     python benchmarks/pangu_throughput.py --preset gpu-1 --steps 50           # on a GPU (bf16 autocast)
 """
@@ -29,30 +32,39 @@ from paperbook.core import parse_sets, pick_device, resolve
 from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
 from paperbook.pangu.model import num_params
 from paperbook.pangu.parallel import ParallelPlan
+from paperbook.pangu.train import onednn_available, onednn_linear
 
 BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, "model.d": 384,
          "model.num_heads": 6, "model.dropout": 0.0, "train.batch_size": 8, "data.source": "synthetic",
          "data.synthetic_rows": 256, "train.warmup": 2}
 
 
-def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10) -> float:
-    "Best FLOP/s of an (n × k) @ (k × k) matmul, the shape of the model's FFN matmuls."
+def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10, kernel="aten") -> float:
+    "Best FLOP/s of an (n × k) @ (k × k) matmul, the shape of the model's FFN matmuls, by ATen or (CPU) oneDNN."
     a, b = torch.randn(n, k, device=device, dtype=dtype), torch.randn(k, k, device=device, dtype=dtype)
+    bt = b.t().contiguous()  # oneDNN's linear takes the weight as (out, in)
+    mul = (lambda: a @ b) if kernel == "aten" else (lambda: onednn_linear(a, bt, None))
     best = 0.0
     for _ in range(reps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(5):
-            a @ b
+            mul()
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = max(best, 5 * 2 * n * k * k / (time.perf_counter() - t))
     return best
 
 
+def peaks(device, dtype) -> dict:
+    "kernel -> the best of three matmul_peak measurements: ATen, and oneDNN for fp32 on an x86-64 CPU."
+    kernels = ["aten"] + (["onednn"] if device.type == "cpu" and dtype == torch.float32 and onednn_available() else [])
+    return {k: max(matmul_peak(device, dtype, kernel=k) for _ in range(3)) for k in kernels}
+
+
 GROUPS = {  # profiler op names -> where the time goes
-    "matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkl", "onednn"),
+    "matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkl", "onednn", "linear_pointwise"),
     "attention (SDPA)": ("scaled_dot_product", "flash_attention"),
     "softmax + cross-entropy": ("log_softmax", "nll_loss", "cross_entropy"),
     "layer norm": ("layer_norm",),
@@ -137,8 +149,9 @@ def main():
     n = num_params(cfg.model)
     if args.child_json:  # one variant of --compare, in a process of its own
         r = single(cfg, args.steps, profile=True)
-        peak = max(matmul_peak(r["device"], r["dtype"]) for _ in range(3))
-        Path(args.child_json).write_text(json.dumps({"tokens_per_s": r["tokens_per_s"], "peak": peak,
+        by_kernel = peaks(r["device"], r["dtype"])
+        Path(args.child_json).write_text(json.dumps({"tokens_per_s": r["tokens_per_s"],
+                                                     "peak": max(by_kernel.values()), "peak_by_kernel": by_kernel,
                                                      "profile": r["profile"], "device": str(r["device"]),
                                                      "dtype": str(r["dtype"]).removeprefix("torch.")}))
         return
@@ -154,7 +167,8 @@ def main():
     report(cfg, n, {"compiled" if cfg.train.compile else "eager": r}, args)
 
 
-COMPARE = {"eager, fresh pages": {"train.reuse_memory": False}, "eager": {}, "compiled": {"train.compile": True}}
+COMPARE = {"eager, fresh pages": {"train.reuse_memory": False}, "eager, MKL linear": {"train.cpu_linear": "aten"},
+           "eager": {}, "compiled": {"train.compile": True}}
 
 
 def compare(args, sets: dict, n: int, cfg) -> None:
@@ -173,24 +187,30 @@ def compare(args, sets: dict, n: int, cfg) -> None:
                 print(f"round {i + 1} {name}: tokens/s {rounds[name][-1]['tokens_per_s']:,.0f}, matmul peak "
                       f"{rounds[name][-1]['peak'] / 1e9:,.1f} G", flush=True)
     peak = max(r["peak"] for rs in rounds.values() for r in rs)  # the best this machine reached in the whole run
+    by_kernel = {k: max(r["peak_by_kernel"][k] for rs in rounds.values() for r in rs)
+                 for k in next(iter(rounds.values()))[0]["peak_by_kernel"]}
     best = {}
     for name, rs in rounds.items():
         r = max(rs, key=lambda r: r["tokens_per_s"])
         best[name] = {**r, "rounds": [x["tokens_per_s"] for x in rs], "peak_rounds": [x["peak"] for x in rs],
+                      "peak_by_kernel_rounds": [x.get("peak_by_kernel") for x in rs],
                       "device": torch.device(r["device"]),
                       "dtype": getattr(torch, r["dtype"])}
-    report(cfg, n, best, args, peak=peak)
+    report(cfg, n, best, args, peak=peak, by_kernel=by_kernel)
 
 
-def report(cfg, n: int, results: dict, args, peak: float | None = None) -> None:
+def report(cfg, n: int, results: dict, args, peak: float | None = None, by_kernel: dict | None = None) -> None:
     "Print tokens/s and MFU of each variant against the matmul peak (measured now if not given); optionally as JSON."
     r = next(iter(results.values()))
     if args.nproc > 1 and r["device"].type == "cpu":  # the processes share the machine: compare with all its cores
         torch.set_num_threads(os.cpu_count() or 1)
     threads = torch.get_num_threads()
     if peak is None:
-        peak = max(matmul_peak(r["device"], r["dtype"]) for _ in range(3))  # the best this machine reaches now
+        by_kernel = peaks(r["device"], r["dtype"])  # the best this machine reaches now, by library
+        peak = max(by_kernel.values())
     peak_note = f"{threads} threads" if r["device"].type == "cpu" else torch.cuda.get_device_name()
+    if by_kernel and len(by_kernel) > 1:
+        peak_note += ", the better of " + " and ".join(f"{k} {v / 1e9:,.0f} G" for k, v in by_kernel.items())
     L, d, T = cfg.model.num_layers, cfg.model.d, cfg.model.seq_len
     print(f"model {n / 1e6:.1f}M parameters, seq {cfg.model.seq_len}, batch {cfg.train.batch_size}, "
           f"processes {args.nproc}, plan {vars(cfg.parallel)}")
@@ -202,11 +222,12 @@ def report(cfg, n: int, results: dict, args, peak: float | None = None) -> None:
               f"matmul peak {peak / 1e9:,.1f} G ({r['dtype']}, {peak_note})   MFU {100 * mfu:.0f}% "
               f"({100 * mfu_attn:.0f}% counting attention's FLOPs)")
         rows[name] = {"tokens_per_s": r["tokens_per_s"], "mfu": mfu, "mfu_with_attention": mfu_attn,
-                      "profile": r.get("profile"), "rounds": r.get("rounds"), "peak_rounds": r.get("peak_rounds")}
+                      "profile": r.get("profile"), "rounds": r.get("rounds"), "peak_rounds": r.get("peak_rounds"),
+                      "peak_by_kernel_rounds": r.get("peak_by_kernel_rounds")}
     if args.json:
         out = {"params": n, "seq_len": T, "batch_size": cfg.train.batch_size, "threads": threads,
-               "peak_flops": peak, "dtype": str(r["dtype"]), "device": str(r["device"]), "steps": args.steps,
-               "torch": torch.__version__, "cpus": os.cpu_count(), "variants": rows}
+               "peak_flops": peak, "peak_by_kernel": by_kernel, "dtype": str(r["dtype"]), "device": str(r["device"]),
+               "steps": args.steps, "torch": torch.__version__, "cpus": os.cpu_count(), "variants": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")

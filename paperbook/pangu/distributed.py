@@ -22,7 +22,7 @@ from .model import ModelConfig, PanguAlpha, num_params
 from .parallel import ParallelPlan, Parallelized, build_mesh, clip_grads, parallelize
 from .parallel import sync_tied_grads
 from .schedule import recording_schedule
-from .train import TrainConfig, lr_at, make_optimizer, next_token_targets, optimizer_spec
+from .train import TrainConfig, cpu_linear, lr_at, make_optimizer, next_token_targets, optimizer_spec
 from .train import param_groups
 
 # %% auto #0
@@ -220,22 +220,23 @@ def train_parallel(par: Parallelized, data: torch.Tensor, *, eod_id: int, train:
     losses, norms, t0 = [], [], time.perf_counter()
     rank = dist.get_rank() if dist.is_initialized() else 0
     bar = progress(range(start, train.steps), desc=desc, leave=False, disable=rank != 0)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr=train.lr, warmup=train.warmup, total=train.steps)
-        ids = data[torch.randint(len(data), (train.batch_size,), generator=g)]
-        opt.zero_grad(set_to_none=True)
-        loss = forward_backward(par, loss_fn, ids, eod_id, device, autocast_dtype, compiled)
-        sync_tied_grads(par)
-        norms.append(clip_grads(par, train.clip))
-        opt.step()
-        losses.append(loss)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss:.3f}")
-        if ckpt.dir and ckpt.every and (step + 1) % ckpt.every == 0:
-            save_checkpoint(Path(ckpt.dir) / f"step-{step + 1}", par, opt, step + 1, g)
-        if ckpt.stop_at and step + 1 >= ckpt.stop_at:
-            break
+    with cpu_linear(par.modules, train.cpu_linear):
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, lr=train.lr, warmup=train.warmup, total=train.steps)
+            ids = data[torch.randint(len(data), (train.batch_size,), generator=g)]
+            opt.zero_grad(set_to_none=True)
+            loss = forward_backward(par, loss_fn, ids, eod_id, device, autocast_dtype, compiled)
+            sync_tied_grads(par)
+            norms.append(clip_grads(par, train.clip))
+            opt.step()
+            losses.append(loss)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if ckpt.dir and ckpt.every and (step + 1) % ckpt.every == 0:
+                save_checkpoint(Path(ckpt.dir) / f"step-{step + 1}", par, opt, step + 1, g)
+            if ckpt.stop_at and step + 1 >= ckpt.stop_at:
+                break
     return {"losses": losses, "grad_norms": norms, "start": start, "seconds": time.perf_counter() - t0,
             "tokens": len(losses) * train.batch_size * data.shape[1]}
 

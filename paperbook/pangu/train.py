@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import math
+import platform
+import types
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -13,11 +16,12 @@ from ..core import progress
 from ..dist import reuse_freed_memory
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'TrainConfig', 'param_groups', 'optimizer_spec', 'make_optimizer', 'lr_at', 'next_token_targets',
-           'lm_loss', 'perplexity', 'train_lm']
+__all__ = ['OPTIMIZERS', 'CPU_LINEARS', 'onednn_linear', 'TrainConfig', 'param_groups', 'optimizer_spec', 'make_optimizer',
+           'lr_at', 'next_token_targets', 'lm_loss', 'perplexity', 'onednn_available', 'cpu_linear', 'train_lm']
 
 # %% ../../nbs/01d_pangu_train.ipynb #0be01ddc
 OPTIMIZERS = ("adamw", "sgd")
+CPU_LINEARS = ("onednn", "aten")  # who multiplies an fp32 nn.Linear on the CPU: oneDNN, or ATen's BLAS (MKL)
 
 
 @dataclass(kw_only=True)
@@ -34,10 +38,13 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
     compile: bool = False  # parallel trainer: torch.compile the forward and the loss (not with pp or tp > 1)
     reuse_memory: bool = True  # on the CPU: malloc keeps freed memory for the next step (dist.reuse_freed_memory)
+    cpu_linear: str = "onednn"  # on the CPU: the trainers' fp32 nn.Linear products by oneDNN or "aten" (cpu_linear)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.cpu_linear not in CPU_LINEARS:
+            raise ValueError(f"train.cpu_linear {self.cpu_linear!r} is not one of {', '.join(CPU_LINEARS)}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps}, "
                              f"{self.batch_size}, {self.lr}")
@@ -111,6 +118,82 @@ def perplexity(model, data: torch.Tensor, eod_id: int, batch_size: int = 32) -> 
     model.train(was)
     return math.exp(total / count)
 
+# %% ../../nbs/01d_pangu_train.ipynb #76d8a9ca
+def _linear_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    "x Wᵀ + b by oneDNN's fp32 matmul (PyTorch's `mkldnn::_linear_pointwise` without a fused activation)."
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _define_onednn_linear():
+    "The custom op `paperbook::onednn_linear` with its backward (defined once per process)."
+    @torch.library.custom_op("paperbook::onednn_linear", mutates_args=())
+    def op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return _linear_pointwise(x, weight, bias)
+
+    @op.register_fake
+    def _(x, weight, bias):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        dx = op(dy, weight.t(), None) if ctx.needs_input_grad[0] else None  # ∂L/∂X = ∂L/∂Y · W (oneDNN)
+        dw = dy2.t() @ x2 if ctx.needs_input_grad[1] else None  # ∂L/∂W = (∂L/∂Y)ᵀ X (ATen)
+        db = dy2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+if not hasattr(torch.ops.paperbook, "onednn_linear"):  # this notebook and the module it exports share a process
+    _define_onednn_linear()
+onednn_linear = torch.ops.paperbook.onednn_linear.default  # (x, weight, bias) -> x Wᵀ + b, differentiable
+
+
+def onednn_available() -> bool:
+    "oneDNN's fp32 linear kernel can serve `nn.Linear` here: an x86-64 build of PyTorch with oneDNN (mkldnn)."
+    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _plain_fp32_cpu(t: torch.Tensor | None) -> bool:
+    return t is None or (type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == torch.float32
+                         and t.device.type == "cpu")
+
+
+def _onednn_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    w, b = self.weight, self.bias
+    if all(map(_plain_fp32_cpu, (x, w, b))) and not torch.is_autocast_enabled("cpu"):
+        return onednn_linear(x, w, b)
+    return F.linear(x, w, b)
+
+
+@contextmanager
+def cpu_linear(modules, kernel: str = "onednn"):
+    """Inside the block the `nn.Linear` layers of `modules` (a module or a list of them) multiply fp32 CPU tensors
+    with `onednn_linear`, other tensors with `F.linear`; restored on leaving. Yields how many layers it changed
+    (0 with `kernel="aten"`, without oneDNN, or off x86-64)."""
+    if kernel not in CPU_LINEARS:
+        raise ValueError(f"cpu_linear: kernel {kernel!r} is not one of {', '.join(CPU_LINEARS)}")
+    modules = [modules] if isinstance(modules, torch.nn.Module) else list(modules)
+    layers = {}
+    if kernel == "onednn" and onednn_available():
+        layers = {id(m): m for mod in modules for m in mod.modules()
+                  if isinstance(m, torch.nn.Linear) and "forward" not in vars(m)}  # not one already rerouted
+    for m in layers.values():
+        m.forward = types.MethodType(_onednn_forward, m)
+    try:
+        yield len(layers)
+    finally:
+        for m in layers.values():
+            vars(m).pop("forward", None)
+
 # %% ../../nbs/01d_pangu_train.ipynb #313cb009
 def train_lm(model, data: torch.Tensor, *, eod_id: int, train: TrainConfig, seed: int = 0,
              desc: str = "train") -> list[float]:
@@ -122,16 +205,17 @@ def train_lm(model, data: torch.Tensor, *, eod_id: int, train: TrainConfig, seed
     model.train()
     losses = []
     bar = progress(range(train.steps), desc=desc, leave=False)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr=train.lr, warmup=train.warmup, total=train.steps)
-        ids = data[torch.randint(len(data), (train.batch_size,), generator=g)]
-        loss = lm_loss(model, ids, eod_id)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    with cpu_linear(model, train.cpu_linear):
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, lr=train.lr, warmup=train.warmup, total=train.steps)
+            ids = data[torch.randint(len(data), (train.batch_size,), generator=g)]
+            loss = lm_loss(model, ids, eod_id)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
+            opt.step()
+            losses.append(loss.item())
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     return losses
