@@ -21,10 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-VARIANTS = {"fresh pages": False, "freed memory kept": True}  # name -> train.reuse_memory
+VARIANTS = {"fresh pages": {"train.reuse_memory": False}, "freed memory kept": {"train.reuse_memory": True}}
 
 
-def child(reuse: bool, cpu: int, blocks: int, steps: int, out: str) -> None:
+def child(sets: dict, cpu: int, blocks: int, steps: int, out: str) -> None:
     "Train on core `cpu` with one thread; per block of `steps` steps: tokens/s, page faults and kernel s per step."
     os.sched_setaffinity(0, {cpu})
     import torch
@@ -36,7 +36,7 @@ def child(reuse: bool, cpu: int, blocks: int, steps: int, out: str) -> None:
     from paperbook.core import resolve
     from paperbook.pangu.distributed import train_parallel
 
-    cfg = resolve("pangu-alpha", "cpu-toy", {**BENCH, "device": "cpu", "train.reuse_memory": reuse})
+    cfg = resolve("pangu-alpha", "cpu-toy", {**BENCH, "device": "cpu", **sets})
     par, rows, kw = warmed_up(cfg)  # three steps first: the heap settles
     res = []
     for _ in range(blocks):
@@ -50,35 +50,49 @@ def child(reuse: bool, cpu: int, blocks: int, steps: int, out: str) -> None:
     Path(out).write_text(json.dumps({"blocks": res, "peak_rss_mib": peak_mib}))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--blocks", type=int, default=4)
-    p.add_argument("--steps", type=int, default=5, help="steps per block")
-    p.add_argument("--json", help="write the figures to this file")
-    p.add_argument("--child", nargs=3, metavar=("REUSE", "CPU", "OUT"), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        reuse, cpu, out = args.child
-        child(reuse == "1", int(cpu), args.blocks, args.steps, out)
-        return
+def side_by_side(variants: dict, blocks: int, steps: int) -> dict:
+    """Two variants (name -> config overrides) of the trainer as two one-thread processes pinned to two cores, then
+    the cores swapped: name -> one result per placement (its core, its blocks, its peak memory)."""
     cpus = sorted(os.sched_getaffinity(0))
-    if not sys.platform.startswith("linux") or len(cpus) < 2:
-        p.error("needs Linux and two cores (the variants run side by side)")
-    runs = {name: [] for name in VARIANTS}
+    if not sys.platform.startswith("linux") or len(cpus) < 2 or len(variants) != 2:
+        raise SystemExit("needs Linux, two cores and two variants (the variants run side by side)")
+    runs = {name: [] for name in variants}
     env = {**os.environ, "PAPERBOOK_PROGRESS": "0"}
     with tempfile.TemporaryDirectory() as tmp:
         for swap in (False, True):
             procs = {}
-            for i, (name, reuse) in enumerate(VARIANTS.items()):
+            for i, (name, sets) in enumerate(variants.items()):
                 cpu = cpus[(i + swap) % 2]
                 out = Path(tmp) / f"{i}-{int(swap)}.json"
-                cmd = [sys.executable, __file__, "--blocks", str(args.blocks), "--steps", str(args.steps),
-                       "--child", str(int(reuse)), str(cpu), str(out)]
+                cmd = [sys.executable, __file__, "--blocks", str(blocks), "--steps", str(steps),
+                       "--child", json.dumps(sets), str(cpu), str(out)]
                 procs[name] = (subprocess.Popen(cmd, env=env), out, cpu)
             for name, (proc, out, cpu) in procs.items():
                 if proc.wait() != 0:
                     raise SystemExit(f"the {name!r} process failed (exit {proc.returncode})")
                 runs[name].append({"cpu": cpu, **json.loads(out.read_text())})
+    return runs
+
+
+def paired_ratios(runs: dict) -> list[float]:
+    "tokens/s of the second variant over the first, block by block (blocks of the same index ran at the same time)."
+    a, b = runs.values()
+    return [y["tokens_per_s"] / x["tokens_per_s"] for ra, rb in zip(a, b, strict=True)
+            for x, y in zip(ra["blocks"], rb["blocks"], strict=True)]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5, help="steps per block")
+    p.add_argument("--json", help="write the figures to this file")
+    p.add_argument("--child", nargs=3, metavar=("SETS", "CPU", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        sets, cpu, out = args.child
+        child(json.loads(sets), int(cpu), args.blocks, args.steps, out)
+        return
+    runs = side_by_side(VARIANTS, args.blocks, args.steps)
     summary = {}
     for name, rs in runs.items():
         blocks = [b for r in rs for b in r["blocks"]]
@@ -88,9 +102,7 @@ def main():
         m = summary[name]
         print(f"{name:18s} tokens/s {m['tokens_per_s']:7,.0f}   page faults per step {m['faults_per_step']:9,.0f}   "
               f"kernel CPU s per step {m['kernel_s_per_step']:.3f}   peak memory {m['peak_rss_mib']:,.0f} MiB")
-    a, b = (runs[name] for name in VARIANTS)  # blocks of the same index ran at about the same time
-    ratios = [y["tokens_per_s"] / x["tokens_per_s"] for ra, rb in zip(a, b, strict=True)
-              for x, y in zip(ra["blocks"], rb["blocks"], strict=True)]
+    ratios = paired_ratios(runs)
     print(f"tokens/s kept / fresh, paired block by block: mean {sum(ratios) / len(ratios):.3f} "
           f"(range {min(ratios):.3f}-{max(ratios):.3f}, {sum(r > 1 for r in ratios)}/{len(ratios)} above 1)")
     if args.json:

@@ -4,9 +4,11 @@ PyTorch multiplies an fp32 `F.linear` on the CPU with its BLAS (MKL); `paperbook
 the forward product and the input gradient to oneDNN instead. This measures, in one process with the machine's
 threads, (1) each product of the trainer's layers (M = batch × sequence rows) by both libraries, in alternating
 blocks so that a machine whose speed drifts slows both alike: the median GFLOP/s; and (2) the trainer of
-`pangu_throughput.py` (14M parameters, seq 256, batch 8) with `train.cpu_linear` = "aten" and "onednn" in
-alternating blocks of steps (the order swapped every block): tokens/s and the paired ratio, block by block. It also
-records which code path MKL reports for this CPU (MKL_VERBOSE). Prints, does not assert.
+`pangu_throughput.py` (14M parameters, seq 256, batch 8) with `train.cpu_linear` = "aten" and "onednn": in one
+process in alternating blocks of steps (the order swapped every block), and as two one-thread processes side by side
+on two cores, then swapped (`pangu_allocator.py`'s design: no state shared between the variants): tokens/s and the
+paired ratio, block by block. It also records which code path MKL reports for this CPU (MKL_VERBOSE). Prints, does
+not assert.
 
     python benchmarks/pangu_cpu_linear.py
     python benchmarks/pangu_cpu_linear.py --json nbs/records/pangu-alpha/cpu_linear.json
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from pangu_allocator import paired_ratios, side_by_side  # noqa: E402
 from pangu_throughput import BENCH, warmed_up  # noqa: E402
 
 from paperbook.core import resolve  # noqa: E402
@@ -80,11 +83,24 @@ def trainer(blocks: int, steps: int) -> dict:
             r = train_parallel(par, rows, train=dataclasses.replace(cfg.train, steps=steps, cpu_linear=kernel), **kw)
             runs[kernel].append(r["tokens"] / r["seconds"])
     ratios = [d / a for a, d in zip(runs["aten"], runs["onednn"], strict=True)]
-    print(f"trainer tokens/s, median: ATen {statistics.median(runs['aten']):,.0f}, oneDNN "
-          f"{statistics.median(runs['onednn']):,.0f}; oneDNN / ATen block by block: median "
-          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
-          f"{sum(r > 1 for r in ratios)}/{len(ratios)} above 1)")
+    summarise(f"trainer in one process, {torch.get_num_threads()} threads", runs, ratios)
     return {"tokens_per_s": runs, "ratios": ratios}
+
+
+def trainer_side_by_side(blocks: int, steps: int) -> dict:
+    "The same two, each in a one-thread process of its own, side by side, then on swapped cores."
+    runs = side_by_side({k: {"train.cpu_linear": k} for k in ("aten", "onednn")}, max(1, blocks // 4), steps)
+    ratios = paired_ratios(runs)
+    tokens = {k: [b["tokens_per_s"] for r in rs for b in r["blocks"]] for k, rs in runs.items()}
+    summarise("trainer side by side, one thread each", tokens, ratios)
+    return {"tokens_per_s": tokens, "ratios": ratios}
+
+
+def summarise(what: str, tokens: dict, ratios: list) -> None:
+    print(f"{what}: median tokens/s ATen {statistics.median(tokens['aten']):,.0f}, oneDNN "
+          f"{statistics.median(tokens['onednn']):,.0f}; oneDNN / ATen block by block: median "
+          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
+          f"{sum(r > 1 for r in ratios)}/{len(ratios)} above 1)", flush=True)
 
 
 def mkl_path() -> str:
@@ -109,7 +125,8 @@ def main():
     out = {"threads": torch.get_num_threads(), "rows": M, "torch": torch.__version__, "mkl": mkl,
            "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                         if ln.startswith("model name")), "") if Path("/proc/cpuinfo").is_file() else "",
-           "kernels": kernels(args.blocks), "trainer": trainer(args.blocks, args.steps), "steps_per_block": args.steps}
+           "kernels": kernels(args.blocks), "trainer": trainer(args.blocks, args.steps),
+           "trainer_side_by_side": trainer_side_by_side(args.blocks, args.steps), "steps_per_block": args.steps}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
