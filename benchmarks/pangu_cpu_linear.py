@@ -34,10 +34,11 @@ from paperbook.core import resolve  # noqa: E402
 from paperbook.pangu.distributed import train_parallel  # noqa: E402
 from paperbook.pangu.train import onednn_available, onednn_linear  # noqa: E402
 
-M = 8 * 256  # rows of a batch: 8 sequences of 256 tokens
-LAYERS = {"q, k, v, attention output (384 → 384)": (384, 384), "FFN in (384 → 1536)": (384, 1536),
-          "FFN out (1536 → 384)": (1536, 384), "output layer (384 → 8192)": (384, 8192),
-          "the throughput benchmark's peak shape (1536 → 1536)": (1536, 1536)}
+M = BENCH["train.batch_size"] * BENCH["model.seq_len"]  # rows of a batch
+_D, _V = BENCH["model.d"], BENCH["model.vocab_size"]  # the trainer's width (d_ff = 4d) and vocabulary
+LAYERS = {f"q, k, v, attention output ({_D} → {_D})": (_D, _D), f"FFN in ({_D} → {4 * _D})": (_D, 4 * _D),
+          f"FFN out ({4 * _D} → {_D})": (4 * _D, _D), f"output layer ({_D} → {_V})": (_D, _V),
+          f"the throughput benchmark's peak shape ({4 * _D} → {4 * _D})": (4 * _D, 4 * _D)}
 
 
 def products(k: int, n: int) -> dict:
