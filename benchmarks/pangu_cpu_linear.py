@@ -11,7 +11,7 @@ paired ratio, block by block. It also records which code path MKL reports for th
 not assert.
 
     python benchmarks/pangu_cpu_linear.py
-    python benchmarks/pangu_cpu_linear.py --json nbs/records/pangu-alpha/cpu_linear.json
+    python benchmarks/pangu_cpu_linear.py --json nbs/records/pangu-alpha/cpu_linear_xeon.json  # named after the CPU
 """
 
 import argparse
@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pangu_allocator import paired_ratios, side_by_side  # noqa: E402
-from pangu_throughput import BENCH, warmed_up  # noqa: E402
+from pangu_throughput import BENCH, cpu_model, warmed_up  # noqa: E402
 
 from paperbook.core import resolve  # noqa: E402
 from paperbook.pangu.distributed import train_parallel  # noqa: E402
-from paperbook.pangu.train import onednn_available, onednn_linear  # noqa: E402
+from paperbook.pangu.train import onednn_available, onednn_linear, pick_cpu_linear  # noqa: E402
 
 M = BENCH["train.batch_size"] * BENCH["model.seq_len"]  # rows of a batch
 _D, _V = BENCH["model.d"], BENCH["model.vocab_size"]  # the trainer's width (d_ff = 4d) and vocabulary
@@ -124,8 +124,7 @@ def main():
     mkl = mkl_path()
     print(mkl or "MKL_VERBOSE printed nothing (PyTorch without MKL?)")
     out = {"threads": torch.get_num_threads(), "rows": M, "torch": torch.__version__, "mkl": mkl,
-           "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                        if ln.startswith("model name")), "") if Path("/proc/cpuinfo").is_file() else "",
+           "cpu": cpu_model(), "cpu_linear_auto": pick_cpu_linear("auto"),
            "kernels": kernels(args.blocks), "trainer": trainer(args.blocks, args.steps),
            "trainer_side_by_side": trainer_side_by_side(args.blocks, args.steps), "steps_per_block": args.steps}
     if args.json:

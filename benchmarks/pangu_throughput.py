@@ -8,10 +8,10 @@ are not counted, as in the usual 6N estimate). Prints, does not assert.
     python benchmarks/pangu_throughput.py --profile            # ... and where the time goes (torch.profiler)
     python benchmarks/pangu_throughput.py --set train.compile=true            # the forward and loss compiled
     python benchmarks/pangu_throughput.py --set train.reuse_memory=false     # malloc maps fresh pages each step
-    python benchmarks/pangu_throughput.py --set train.cpu_linear=aten         # nn.Linear by MKL, not oneDNN
-    python benchmarks/pangu_throughput.py --compare --json nbs/records/pangu-alpha/throughput.json
-                    # fresh pages / MKL linear / eager / compiled, each round in a fresh process, alternately,
-                    # with profiles
+    python benchmarks/pangu_throughput.py --set train.cpu_linear=aten         # nn.Linear by MKL (default: auto)
+    python benchmarks/pangu_throughput.py --compare --json nbs/records/pangu-alpha/throughput_xeon.json
+                    # fresh pages / MKL linear / oneDNN linear / compiled, each round in a fresh process,
+                    # alternately, with profiles (name the record after the machine)
     python benchmarks/pangu_throughput.py --nproc 2 --set parallel.dp_shard=2   # distributed, through torchrun
     python benchmarks/pangu_throughput.py --preset gpu-1 --steps 50           # on a GPU (bf16 autocast)
 """
@@ -32,11 +32,18 @@ from paperbook.core import parse_sets, pick_device, resolve
 from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
 from paperbook.pangu.model import num_params
 from paperbook.pangu.parallel import ParallelPlan
-from paperbook.pangu.train import onednn_available, onednn_linear
+from paperbook.pangu.train import onednn_available, onednn_linear, pick_cpu_linear
 
 BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, "model.d": 384,
          "model.num_heads": 6, "model.dropout": 0.0, "train.batch_size": 8, "data.source": "synthetic",
          "data.synthetic_rows": 256, "train.warmup": 2}
+
+
+def cpu_model() -> str:
+    "The CPU's model name from /proc/cpuinfo ('' where there is none)."
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text(errors="replace").splitlines() if info.is_file() else []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
 
 
 def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10, kernel="aten") -> float:
@@ -168,7 +175,8 @@ def main():
 
 
 COMPARE = {"eager, fresh pages": {"train.reuse_memory": False}, "eager, MKL linear": {"train.cpu_linear": "aten"},
-           "eager": {}, "compiled": {"train.compile": True}}
+           "eager, oneDNN linear": {"train.cpu_linear": "onednn"}, "compiled": {"train.compile": True}}
+# the default eager trainer is one of the two linear variants: the one train.cpu_linear="auto" picks (in the record)
 
 
 def compare(args, sets: dict, n: int, cfg) -> None:
@@ -225,7 +233,8 @@ def report(cfg, n: int, results: dict, args, peak: float | None = None, by_kerne
                       "profile": r.get("profile"), "rounds": r.get("rounds"), "peak_rounds": r.get("peak_rounds"),
                       "peak_by_kernel_rounds": r.get("peak_by_kernel_rounds")}
     if args.json:
-        out = {"params": n, "seq_len": T, "batch_size": cfg.train.batch_size, "threads": threads,
+        out = {"cpu": cpu_model(), "cpu_linear_auto": pick_cpu_linear("auto"), "params": n, "seq_len": T,
+               "batch_size": cfg.train.batch_size, "threads": threads,
                "peak_flops": peak, "peak_by_kernel": by_kernel, "dtype": str(r["dtype"]), "device": str(r["device"]),
                "steps": args.steps, "torch": torch.__version__, "cpus": os.cpu_count(), "variants": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from paperbook.core import resolve
 from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
 from paperbook.pangu.model import ModelConfig, PanguAlpha
 from paperbook.pangu.parallel import ParallelPlan
-from paperbook.pangu.train import TrainConfig, cpu_linear, onednn_available, onednn_linear, train_lm
+from paperbook.pangu.train import (TrainConfig, cpu_linear, cpu_vendor, onednn_available, onednn_linear,
+                                   pick_cpu_linear, train_lm)
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="no oneDNN fp32 linear kernel here")
 SMALL = ModelConfig(vocab_size=96, seq_len=16, num_layers=2, d=32, num_heads=4, dropout=0.0)
@@ -75,7 +76,7 @@ def test_cpu_linear_reroutes_plain_fp32_cpu_layers_only_and_restores_them(monkey
     fp32, bf16, own = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3).to(torch.bfloat16), torch.nn.Linear(4, 3)
     own.forward = lambda x: x  # a layer whose forward was replaced already is left alone
     x = torch.randn(2, 4)
-    with cpu_linear([fp32, bf16, own, fp32]) as n:  # fp32 listed twice: changed once
+    with cpu_linear([fp32, bf16, own, fp32], "onednn") as n:  # fp32 listed twice: changed once
         assert n == 2 and "forward" in vars(fp32) and "forward" in vars(bf16)
         torch.testing.assert_close(fp32(x), F.linear(x, fp32.weight, fp32.bias))
         assert counting.calls == 1
@@ -84,7 +85,7 @@ def test_cpu_linear_reroutes_plain_fp32_cpu_layers_only_and_restores_them(monkey
         with torch.autocast("cpu", dtype=torch.bfloat16):  # under CPU autocast F.linear keeps autocast's choice
             assert fp32(x).dtype == torch.bfloat16 and counting.calls == 1
     assert "forward" not in vars(fp32) and "forward" not in vars(bf16) and "forward" in vars(own)
-    with pytest.raises(RuntimeError, match="inside"), cpu_linear(fp32):
+    with pytest.raises(RuntimeError, match="inside"), cpu_linear(fp32, "onednn"):
         raise RuntimeError("inside")
     assert "forward" not in vars(fp32)  # restored after an error too
     with cpu_linear(fp32, "aten") as n:
@@ -92,11 +93,45 @@ def test_cpu_linear_reroutes_plain_fp32_cpu_layers_only_and_restores_them(monkey
     assert n == 0 and counting.calls == 1
 
 
+@pytest.mark.parametrize("vendor, available, picked", [
+    ("AuthenticAMD", True, "onednn"), ("HygonGenuine", True, "onednn"),  # MKL's generic path: oneDNN
+    ("GenuineIntel", True, "aten"), ("", True, "aten"),  # MKL's own path, or a CPU we cannot name: MKL
+    ("AuthenticAMD", False, "aten")])  # no oneDNN kernel (not x86-64, or a build without mkldnn)
+def test_auto_picks_onednn_on_x86_cpus_that_are_not_intels(monkeypatch, vendor, available, picked):
+    monkeypatch.setattr(pt, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(pt, "onednn_available", lambda: available)
+    assert pick_cpu_linear("auto") == pick_cpu_linear() == picked
+    assert pick_cpu_linear("aten") == "aten" and pick_cpu_linear("onednn") == "onednn"  # explicit choices stand
+    assert TrainConfig().cpu_linear == "auto"  # the default
+
+
+@needs_onednn
+@pytest.mark.parametrize("vendor, rerouted", [("AuthenticAMD", 1), ("GenuineIntel", 0)])
+def test_cpu_linear_auto_reroutes_by_vendor(monkeypatch, vendor, rerouted):
+    monkeypatch.setattr(pt, "cpu_vendor", lambda: vendor)
+    layer = torch.nn.Linear(4, 3)
+    with cpu_linear(layer) as n:
+        assert n == rerouted and ("forward" in vars(layer)) == bool(rerouted)
+
+
+def test_cpu_vendor_reads_cpuinfo(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nprocessor\t: 1\n"
+                    "vendor_id\t: AuthenticAMD\n")
+    assert cpu_vendor(str(info)) == "AuthenticAMD"
+    bare = tmp_path / "bare"
+    bare.write_text("processor\t: 0\nmodel name\t: some ARM core\n")  # no vendor_id: the platform's string
+    monkeypatch.setattr(pt.platform, "processor", lambda: "Intel64 Family 6 Model 143 Stepping 8, GenuineIntel")
+    assert cpu_vendor(str(bare)) == "GenuineIntel"
+    monkeypatch.setattr(pt.platform, "processor", lambda: "arm")
+    assert cpu_vendor(str(tmp_path / "missing")) == ""
+
+
 def test_unknown_kernels_are_refused_naming_the_choices():
     layer = torch.nn.Linear(2, 2)
-    with pytest.raises(ValueError, match="'blas' is not one of onednn, aten"), cpu_linear(layer, "blas"):
+    with pytest.raises(ValueError, match="'blas' is not one of auto, onednn, aten"), cpu_linear(layer, "blas"):
         pass
-    with pytest.raises(ValueError, match="train.cpu_linear 'mkl' is not one of onednn, aten"):
+    with pytest.raises(ValueError, match="train.cpu_linear 'mkl' is not one of auto, onednn, aten"):
         resolve("pangu-alpha", "cpu-toy", {"train.cpu_linear": "mkl"})
 
 

@@ -3,11 +3,13 @@
 # %% ../../nbs/01d_pangu_train.ipynb #59db0260
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +19,12 @@ from ..dist import reuse_freed_memory
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'CPU_LINEARS', 'onednn_linear', 'TrainConfig', 'param_groups', 'optimizer_spec', 'make_optimizer',
-           'lr_at', 'next_token_targets', 'lm_loss', 'perplexity', 'onednn_available', 'cpu_linear', 'train_lm']
+           'lr_at', 'next_token_targets', 'lm_loss', 'perplexity', 'onednn_available', 'cpu_vendor', 'pick_cpu_linear',
+           'cpu_linear', 'train_lm']
 
 # %% ../../nbs/01d_pangu_train.ipynb #0be01ddc
 OPTIMIZERS = ("adamw", "sgd")
-CPU_LINEARS = ("onednn", "aten")  # who multiplies an fp32 nn.Linear on the CPU: oneDNN, or ATen's BLAS (MKL)
+CPU_LINEARS = ("auto", "onednn", "aten")  # who multiplies an fp32 nn.Linear on the CPU (pick_cpu_linear)
 
 
 @dataclass(kw_only=True)
@@ -38,7 +41,7 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
     compile: bool = False  # parallel trainer: torch.compile the forward and the loss (not with pp or tp > 1)
     reuse_memory: bool = True  # on the CPU: malloc keeps freed memory for the next step (dist.reuse_freed_memory)
-    cpu_linear: str = "onednn"  # on the CPU: the trainers' fp32 nn.Linear products by oneDNN or "aten" (cpu_linear)
+    cpu_linear: str = "auto"  # on the CPU: the trainers' fp32 nn.Linear products by "onednn", "aten" or "auto"
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -162,6 +165,27 @@ def onednn_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+@functools.cache
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    "The CPU's vendor as CPUID names it (GenuineIntel, AuthenticAMD, ...), from `cpuinfo` or the platform; or ''."
+    info = Path(cpuinfo)
+    if info.is_file():
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in platform.processor()), "")
+
+
+def pick_cpu_linear(kernel: str = "auto") -> str:
+    """`kernel` ("onednn", "aten" or "auto") with "auto" decided for this machine: "onednn" on an x86-64 CPU that is
+    not Intel's, where MKL takes its generic code path, else "aten" (measured: chapter 1, `pangu_cpu_linear.py`)."""
+    if kernel not in CPU_LINEARS:
+        raise ValueError(f"cpu_linear: kernel {kernel!r} is not one of {', '.join(CPU_LINEARS)}")
+    if kernel != "auto":
+        return kernel
+    return "onednn" if onednn_available() and cpu_vendor() not in ("GenuineIntel", "") else "aten"
+
+
 def _plain_fp32_cpu(t: torch.Tensor | None) -> bool:
     return t is None or (type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == torch.float32
                          and t.device.type == "cpu")
@@ -175,12 +199,11 @@ def _onednn_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def cpu_linear(modules, kernel: str = "onednn"):
+def cpu_linear(modules, kernel: str = "auto"):
     """Inside the block the `nn.Linear` layers of `modules` (a module or a list of them) multiply fp32 CPU tensors
     with `onednn_linear`, other tensors with `F.linear`; restored on leaving. Yields how many layers it changed
-    (0 with `kernel="aten"`, without oneDNN, or off x86-64)."""
-    if kernel not in CPU_LINEARS:
-        raise ValueError(f"cpu_linear: kernel {kernel!r} is not one of {', '.join(CPU_LINEARS)}")
+    (0 with `kernel="aten"`, with "auto" where `pick_cpu_linear` picks ATen, without oneDNN, or off x86-64)."""
+    kernel = pick_cpu_linear(kernel)
     modules = [modules] if isinstance(modules, torch.nn.Module) else list(modules)
     layers = {}
     if kernel == "onednn" and onednn_available():
