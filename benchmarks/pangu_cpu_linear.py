@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pangu_allocator import paired_ratios, side_by_side  # noqa: E402
-from pangu_throughput import BENCH, cpu_model, warmed_up  # noqa: E402
+from pangu_throughput import BENCH, warmed_up  # noqa: E402
 
 from paperbook.core import resolve  # noqa: E402
 from paperbook.pangu.distributed import train_parallel  # noqa: E402
-from paperbook.pangu.train import onednn_available, onednn_linear, pick_cpu_linear  # noqa: E402
+from paperbook.pangu.train import cpuinfo_field, onednn_available, onednn_linear, pick_cpu_linear  # noqa: E402
 
 M = BENCH["train.batch_size"] * BENCH["model.seq_len"]  # rows of a batch
 _D, _V = BENCH["model.d"], BENCH["model.vocab_size"]  # the trainer's width (d_ff = 4d) and vocabulary
@@ -124,7 +124,7 @@ def main():
     mkl = mkl_path()
     print(mkl or "MKL_VERBOSE printed nothing (PyTorch without MKL?)")
     out = {"threads": torch.get_num_threads(), "rows": M, "torch": torch.__version__, "mkl": mkl,
-           "cpu": cpu_model(), "cpu_linear_auto": pick_cpu_linear("auto"),
+           "cpu": cpuinfo_field("model name"), "cpu_linear_auto": pick_cpu_linear("auto"),
            "kernels": kernels(args.blocks), "trainer": trainer(args.blocks, args.steps),
            "trainer_side_by_side": trainer_side_by_side(args.blocks, args.steps), "steps_per_block": args.steps}
     if args.json:

@@ -32,18 +32,11 @@ from paperbook.core import parse_sets, pick_device, resolve
 from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
 from paperbook.pangu.model import num_params
 from paperbook.pangu.parallel import ParallelPlan
-from paperbook.pangu.train import onednn_available, onednn_linear, pick_cpu_linear
+from paperbook.pangu.train import cpuinfo_field, onednn_available, onednn_linear, pick_cpu_linear
 
 BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, "model.d": 384,
          "model.num_heads": 6, "model.dropout": 0.0, "train.batch_size": 8, "data.source": "synthetic",
          "data.synthetic_rows": 256, "train.warmup": 2}
-
-
-def cpu_model() -> str:
-    "The CPU's model name from /proc/cpuinfo ('' where there is none)."
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text(errors="replace").splitlines() if info.is_file() else []
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
 
 
 def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10, kernel="aten") -> float:
@@ -233,8 +226,8 @@ def report(cfg, n: int, results: dict, args, peak: float | None = None, by_kerne
                       "profile": r.get("profile"), "rounds": r.get("rounds"), "peak_rounds": r.get("peak_rounds"),
                       "peak_by_kernel_rounds": r.get("peak_by_kernel_rounds")}
     if args.json:
-        out = {"cpu": cpu_model(), "cpu_linear_auto": pick_cpu_linear("auto"), "params": n, "seq_len": T,
-               "batch_size": cfg.train.batch_size, "threads": threads,
+        out = {"cpu": cpuinfo_field("model name"), "cpu_linear_auto": pick_cpu_linear("auto"), "params": n,
+               "seq_len": T, "batch_size": cfg.train.batch_size, "threads": threads,
                "peak_flops": peak, "peak_by_kernel": by_kernel, "dtype": str(r["dtype"]), "device": str(r["device"]),
                "steps": args.steps, "torch": torch.__version__, "cpus": os.cpu_count(), "variants": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from paperbook.core import resolve
 from paperbook.pangu.distributed import build_parallel, synthetic_rows, train_parallel
 from paperbook.pangu.model import ModelConfig, PanguAlpha
 from paperbook.pangu.parallel import ParallelPlan
-from paperbook.pangu.train import (TrainConfig, cpu_linear, cpu_vendor, onednn_available, onednn_linear,
-                                   pick_cpu_linear, train_lm)
+from paperbook.pangu.train import (TrainConfig, cpu_linear, cpu_vendor, cpuinfo_field, onednn_available,
+                                   onednn_linear, pick_cpu_linear, train_lm)
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="no oneDNN fp32 linear kernel here")
 SMALL = ModelConfig(vocab_size=96, seq_len=16, num_layers=2, d=32, num_heads=4, dropout=0.0)
@@ -119,6 +119,7 @@ def test_cpu_vendor_reads_cpuinfo(tmp_path, monkeypatch):
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nprocessor\t: 1\n"
                     "vendor_id\t: AuthenticAMD\n")
     assert cpu_vendor(str(info)) == "AuthenticAMD"
+    assert cpuinfo_field("cpu family", str(info)) == "25" and cpuinfo_field("model name", str(info)) == ""
     bare = tmp_path / "bare"
     bare.write_text("processor\t: 0\nmodel name\t: some ARM core\n")  # no vendor_id: the platform's string
     monkeypatch.setattr(pt.platform, "processor", lambda: "Intel64 Family 6 Model 143 Stepping 8, GenuineIntel")

@@ -19,8 +19,8 @@ from ..dist import reuse_freed_memory
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'CPU_LINEARS', 'onednn_linear', 'TrainConfig', 'param_groups', 'optimizer_spec', 'make_optimizer',
-           'lr_at', 'next_token_targets', 'lm_loss', 'perplexity', 'onednn_available', 'cpu_vendor', 'pick_cpu_linear',
-           'cpu_linear', 'train_lm']
+           'lr_at', 'next_token_targets', 'lm_loss', 'perplexity', 'onednn_available', 'cpuinfo_field', 'cpu_vendor',
+           'pick_cpu_linear', 'cpu_linear', 'train_lm']
 
 # %% ../../nbs/01d_pangu_train.ipynb #0be01ddc
 OPTIMIZERS = ("adamw", "sgd")
@@ -165,15 +165,18 @@ def onednn_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def cpuinfo_field(field: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    "The first CPU's `field` in Linux's `cpuinfo` (\"vendor_id\", \"model name\", ...); '' where there is none."
+    info = Path(cpuinfo)
+    lines = info.read_text(errors="replace").splitlines() if info.is_file() else []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":", 1)[0].strip() == field), "")
+
+
 @functools.cache
 def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     "The CPU's vendor as CPUID names it (GenuineIntel, AuthenticAMD, ...), from `cpuinfo` or the platform; or ''."
-    info = Path(cpuinfo)
-    if info.is_file():
-        for line in info.read_text(errors="replace").splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in platform.processor()), "")
+    return cpuinfo_field("vendor_id", cpuinfo) or next(
+        (v for v in ("GenuineIntel", "AuthenticAMD") if v in platform.processor()), "")
 
 
 def pick_cpu_linear(kernel: str = "auto") -> str:
