@@ -10,8 +10,9 @@ import torch
 from scipy.stats import kendalltau
 
 from paperbook.core import resolve
+import paperbook.ctnas.model as ctnas_model
 from paperbook.ctnas.model import (NAC, Controller, GraphEncoder, batch_graphs, kendall_from_verdicts, nac_matrix,
-                                   regularized_evolution, search, train_nac)
+                                   pseudo_labelled_pairs, regularized_evolution, search, train_nac)
 from paperbook.ctnas.spaces import (Space, _AllowListUnpickler, chain_graph, check_nb101, load_nasbench101_json,
                                     load_nasbench_macro, nb201_graph)
 
@@ -101,11 +102,60 @@ def test_search_finds_a_good_architecture_of_a_toy_space():
     nac = NAC(space.n_ops + 2, width=64, layers=4)
     A, t = batch_graphs(space, space.archs)
     train_nac(nac, A, t, space.acc, epochs=400, seed=0)
-    res = search(space, nac, steps=80, batch=8, update_every=10, lr=2e-2, seed=0)
+    res = search(space, nac, labelled=(A, t, space.acc), steps=80, batch=8, update_every=10, lr=2e-2, seed=0)
     assert space.rank_percentile(res["best"]) <= 10.0
     assert len(res["history"]) == 8 and res["explored"] > 0
     with pytest.raises(ValueError, match="update, fixed or random"):
-        search(space, nac, steps=1, baseline="best")
+        search(space, nac, labelled=(A, t, space.acc), steps=1, baseline="best")
+
+
+class ByTypeSum(torch.nn.Module):
+    "A stand-in comparator: P(first better) = sigmoid(sum of node types of the first - of the second)."
+
+    def forward(self, A1, t1, A2, t2):
+        return torch.sigmoid((t1.sum(1) - t2.sum(1)).float())
+
+
+def test_pseudo_labelled_pairs_keep_the_surest_pairs_of_two_architectures():
+    space, _ = toy_space()
+    archs = [(0, 0, 0, 0), (2, 2, 2, 2), (1, 0, 0, 0), (0, 0, 0, 0), (2, 1, 0, 0), (0, 0, 0, 1)]
+    perm = torch.randperm(len(archs), generator=torch.Generator().manual_seed(5)).tolist()
+    # by hand: the pairs (archs[i], archs[perm[i]]) of two different architectures, surest first
+    pairs = [(archs[i], archs[j]) for i, j in enumerate(perm) if archs[i] != archs[j]]
+    gap = lambda a, b: sum(a) - sum(b)  # chain graphs: the type sums differ by the option sums
+    pairs.sort(key=lambda ab: -abs(1 / (1 + np.exp(-gap(*ab))) - 0.5))
+    A1, t1, A2, t2, y = pseudo_labelled_pairs(space, ByTypeSum(), archs, 3, torch.Generator().manual_seed(5))
+    decode = lambda t: [tuple(int(x) - 2 for x in row[1:-1]) for row in t]
+    got = list(zip(decode(t1), decode(t2)))
+    assert len(got) == 3 and [abs(gap(*ab)) for ab in got] == [abs(gap(*ab)) for ab in pairs[:3]]
+    assert all(a != b for a, b in got) and set(got) <= set(pairs)
+    assert y.tolist() == [float(gap(a, b) > 0) for a, b in got]  # the stand-in's own verdict
+    assert A1.shape == (3, 6, 6) and torch.equal(A1[0], torch.as_tensor(space.graph(got[0][0])[0]))
+    _, _, _, _, y_all = pseudo_labelled_pairs(space, ByTypeSum(), archs, 99, torch.Generator().manual_seed(5))
+    assert len(y_all) == len(pairs)  # never a pair of one architecture twice
+
+
+@pytest.mark.parametrize("explore", [True, False])
+def test_the_search_trains_the_comparator_on_the_labelled_pairs_and_the_growing_pool(monkeypatch, explore):
+    space, _ = toy_space()
+    lab = np.arange(0, len(space), 3)
+    A, t = batch_graphs(space, [space.archs[i] for i in lab])
+    calls, real = [], ctnas_model.train_nac
+
+    def spy(nac, A_, t_, acc, *, epochs, extra_pairs=None, **kw):
+        calls.append((A_ is A, epochs, None if extra_pairs is None else len(extra_pairs[-1])))
+        return real(nac, A_, t_, acc, epochs=epochs, extra_pairs=extra_pairs, **kw)
+
+    monkeypatch.setattr(ctnas_model, "train_nac", spy)
+    torch.manual_seed(0)
+    nac = NAC(space.n_ops + 2, width=16, layers=2)
+    before = [p.detach().clone() for p in nac.parameters()]
+    res = search(space, nac, labelled=(A, t, space.acc[lab]), steps=40, update_every=10, explore=explore,
+                 explore_top=5, seed=0)
+    # one epoch on the labelled pairs at each of the 4 updates; with exploration, 5 more pool pairs each time
+    assert calls == [(True, 1, 5 * (u + 1) if explore else None) for u in range(4)]
+    assert res["explored"] == (20 if explore else 0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, nac.parameters()))
 
 
 def test_regularized_evolution_spends_its_budget_and_climbs():

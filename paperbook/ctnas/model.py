@@ -10,7 +10,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['GraphEncoder', 'NAC', 'Predictor', 'batch_graphs', 'train_nac', 'train_predictor', 'kendall_from_verdicts',
-           'nac_matrix', 'Controller', 'search', 'predictor_pick', 'regularized_evolution']
+           'nac_matrix', 'Controller', 'pseudo_labelled_pairs', 'search', 'predictor_pick', 'regularized_evolution']
 
 # %% ../../nbs/03b_ctnas_model.ipynb #49bf0577
 class GraphEncoder(nn.Module):
@@ -162,13 +162,33 @@ class Controller(nn.Module):
         return torch.stack(picks, 1), logp, ent
 
 # %% ../../nbs/03b_ctnas_model.ipynb #9badccbb
-def search(space, nac: NAC, *, steps: int, batch: int = 8, update_every: int = 20, k: int = 10,
+def pseudo_labelled_pairs(space, nac: NAC, archs, top: int, generator: torch.Generator):
+    "Data exploration: `archs` paired with a permutation of themselves; the `top` pairs of two different architectures \
+the NAC is surest of, labelled by its verdict 1[NAC > 1/2]: (A1, t1, A2, t2, y)."
+    A, t = batch_graphs(space, archs)
+    perm = torch.randperm(len(archs), generator=generator)
+    differ = torch.tensor([archs[i] != archs[j] for i, j in enumerate(perm.tolist())])
+    with torch.no_grad():
+        nac.eval()
+        p = nac(A, t, A[perm], t[perm])
+        nac.train()
+    sure = torch.where(differ, (p - 0.5).abs(), -1.0)  # a pair of one architecture twice has no label
+    keep = torch.argsort(sure, descending=True, stable=True)[:min(top, int(differ.sum()))]
+    return A[keep], t[keep], A[perm[keep]], t[perm[keep]], (p[keep] > 0.5).float()
+
+
+def search(space, nac: NAC, *, labelled, steps: int, batch: int = 8, update_every: int = 20, k: int = 10,
            baseline: str = "update", explore: bool = True, explore_top: int = 20, entropy: float = 5e-4,
            lr: float = 3e-3, seed: int = 0) -> dict:
-    "CTNAS's search; {'best': architecture, 'history': [(step, β, its accuracy)], 'explored': pairs added}."
+    """CTNAS's search: {'best': the final β, 'history': [(step, β, its accuracy)], 'explored': pairs in the pool,
+    'controller': the trained controller}.
+
+    `labelled` = (A, t, acc) of the architectures whose accuracy is known: every `update_every` steps the NAC trains
+    one more epoch on their pairs, joined by the pseudo-labelled pairs gathered so far when `explore`."""
     if baseline not in ("update", "fixed", "random"):
         raise ValueError(f"baseline must be update, fixed or random; got {baseline!r}")
     g = torch.Generator().manual_seed(seed)
+    g_explore = torch.Generator().manual_seed(seed + 1)  # the controller's draws do not depend on `explore`
     torch.manual_seed(seed)
     ctl = Controller(space.choices)
     opt = torch.optim.Adam(ctl.parameters(), lr=lr)
@@ -176,7 +196,7 @@ def search(space, nac: NAC, *, steps: int, batch: int = 8, update_every: int = 2
     rng = np.random.default_rng(seed)
     beta = tuple(int(x) for x in ctl(1, g)[0][0])
     bA, bt = batch_graphs(space, [beta])
-    avg, history, explored = None, [], 0
+    avg, history, pool = None, [], None
     for step in range(1, steps + 1):
         archs, logp, ent = ctl(batch, g)
         A, t = batch_graphs(space, [tuple(a.tolist()) for a in archs])
@@ -190,6 +210,12 @@ def search(space, nac: NAC, *, steps: int, batch: int = 8, update_every: int = 2
         loss.backward()
         opt.step()
         if step % update_every == 0:
+            if explore:  # 2·top sampled architectures, the top pairs kept, added to the pool
+                with torch.no_grad():
+                    sampled = [tuple(a.tolist()) for a in ctl(2 * explore_top, g_explore)[0]]
+                new = pseudo_labelled_pairs(space, nac, sampled, explore_top, g_explore)
+                pool = new if pool is None else tuple(torch.cat(x) for x in zip(pool, new))
+            train_nac(nac, *labelled, epochs=1, seed=seed + step, extra_pairs=pool, opt=nac_opt)
             cand = [tuple(a.tolist()) for a in ctl(k, g)[0]]
             cA, ct = batch_graphs(space, cand)
             M = nac_matrix(nac, cA, ct)
@@ -198,20 +224,9 @@ def search(space, nac: NAC, *, steps: int, batch: int = 8, update_every: int = 2
             elif baseline == "random":
                 beta = cand[int(rng.integers(len(cand)))]
             bA, bt = batch_graphs(space, [beta])
-            if explore:
-                i, j = np.triu_indices(len(cand), k=1)
-                conf = np.abs(M[i, j] - 0.5)
-                top = np.argsort(-conf)[:explore_top]
-                pairs = (cA[i[top]], ct[i[top]], cA[j[top]], ct[j[top]],
-                         torch.as_tensor((M[i[top], j[top]] > 0.5).astype(np.float32)))
-                for _ in range(5):  # a few steps on the pseudo-labelled pairs
-                    nl = F.binary_cross_entropy(nac(*pairs[:4]), pairs[4])
-                    nac_opt.zero_grad()
-                    nl.backward()
-                    nac_opt.step()
-                explored += len(top)
             history.append((step, beta, space.accuracy(beta)))
-    return {"best": beta, "history": history, "explored": explored}
+    return {"best": beta, "history": history, "explored": 0 if pool is None else len(pool[-1]), "controller": ctl}
+
 
 # %% ../../nbs/03b_ctnas_model.ipynb #4c0e6775
 @torch.no_grad()
