@@ -163,6 +163,13 @@ def experiment(cfg: Config, info) -> Result:
                   extras={"rank": rank, "found": found, "spaces": spaces})
 
 # %% ../../nbs/03_ctnas.ipynb #deb542f4
+def _at_least(section: str, cfg, low: int, *names: str) -> None:
+    "Refuse integer fields of a config section below `low`, naming each."
+    bad = [f"{section}.{n} = {getattr(cfg, n)}" for n in names if getattr(cfg, n) < low]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be >= {low}")
+
+
 @dataclass(kw_only=True)
 class StudyConfig:
     "The `study` section: spaces, label budgets, held-out architectures."
@@ -177,6 +184,7 @@ class StudyConfig:
             raise ValueError(f"unknown space(s) {bad or '(none)'}; allowed: nas-bench-201, nas-bench-macro")
         if len(self.budgets) < 2 or not all(0 < b < 1 for b in self.budgets):
             raise ValueError(f"study.budgets must be at least two shares in (0, 1), got {self.budgets}")
+        _at_least("study", self, 2, "min_labels", "heldout")  # τ needs pairs
 
 # %% ../../nbs/03_ctnas.ipynb #ce0483e3
 @dataclass(kw_only=True)
@@ -186,6 +194,9 @@ class NACConfig:
     layers: int = 4
     steps_per_budget: int = 3000  # epochs = max(min_epochs, this // labelled architectures)
     min_epochs: int = 30
+
+    def __post_init__(self):
+        _at_least("nac", self, 1, "width", "layers", "steps_per_budget", "min_epochs")
 
 # %% ../../nbs/03_ctnas.ipynb #66e528f3
 @dataclass(kw_only=True)
@@ -201,6 +212,15 @@ class SearchConfig:
     entropy: float = 5e-4
     lr: float = 3e-3
     ablations: bool = True
+
+    def __post_init__(self):
+        _at_least("search", self, 1, "steps", "batch", "update_every", "explore_top")
+        _at_least("search", self, 2, "k")  # the new baseline is chosen by comparing candidates
+        if self.update_every > self.steps:
+            raise ValueError(f"search.update_every ({self.update_every}) must be <= search.steps ({self.steps}): "
+                             "otherwise the baseline never moves and the NAC never trains during the search")
+        if self.lr <= 0 or self.entropy < 0:
+            raise ValueError(f"search.lr must be > 0 and search.entropy >= 0, got {self.lr} and {self.entropy}")
 
 # %% ../../nbs/03_ctnas.ipynb #7a71606a
 @dataclass(kw_only=True)
