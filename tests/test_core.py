@@ -3,15 +3,15 @@
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pytest
 import torch
 
 from paperbook.core import (
-    BaseConfig, Chapter, Result, claim, config_keys, load_runs, pick_device, repro_table, resolve,
-    run_dir, seed_everything, start_run, summarize_runs, write_json,
+    BaseConfig, Bound, Chapter, Count, PositiveFloat, Result, Share, check_bounds, claim, config_keys, load_runs,
+    pick_device, repro_table, resolve, run_dir, seed_everything, start_run, summarize_runs, write_json,
 )
 
 
@@ -19,7 +19,7 @@ from paperbook.core import (
 class Model:
     d: int = 16
     heads: int = 2
-    dropout: float = 0.1
+    dropout: Share = 0.1
 
 
 @dataclass(kw_only=True)
@@ -32,6 +32,9 @@ class Cfg(BaseConfig):
     cap: int | None = None
     data: Path = Path("data")
     model: Model = field(default_factory=Model)
+    workers: Count = 2
+    k: Annotated[int, Bound(ge=2)] = 3
+    eps: PositiveFloat = 0.5
 
     def __post_init__(self):
         if self.model.d % self.model.heads:
@@ -76,6 +79,12 @@ def test_overrides_json_string_like_papermill():
     ("cpu-toy", {"sizes": "a,b"}, ["'sizes[0]'", "int"]),
     ("cpu-toy", {"model": 3}, ["'model'", "model.d"]),
     ("cpu-toy", {"model.d": 30, "model.heads": 4}, ["model.d (30)", "divisible"]),
+    ("cpu-toy", {"workers": 0}, ["override workers must be >= 1, got 0"]),
+    ("cpu-toy", {"k": "1"}, ["override k must be >= 2, got 1"]),
+    ("cpu-toy", {"eps": 0}, ["override eps must be > 0, got 0.0"]),
+    ("cpu-toy", {"model.dropout": 1.5}, ["override model.dropout must lie in [0, 1], got 1.5"]),
+    ("cpu-toy", {"seed": -1}, ["override seed must be >= 0, got -1"]),
+    ("cpu-toy", {"nproc_per_node": 0}, ["override nproc_per_node must be >= 1, got 0"]),
     ("cpu-toy", "[1, 2]", ["mapping"]),
     ("cpu-toy", "{bad json", ["JSON"]),
 ])
@@ -84,6 +93,18 @@ def test_bad_input_names_the_problem(preset, overrides, words):
         resolve(CH, preset, overrides)
     for w in words:
         assert w in str(e.value), (w, str(e.value))
+
+
+def test_bounds_admit_their_edges_and_check_presets():
+    cfg = resolve(CH, "cpu-toy", {"workers": 1, "k": 2, "eps": 1e-9, "model.dropout": 0, "seed": 0})
+    assert (cfg.workers, cfg.k, cfg.eps, cfg.model.dropout) == (1, 2, 1e-9, 0.0)
+    assert resolve(CH, "cpu-toy", {"model.dropout": 1}).model.dropout == 1.0
+    check_bounds(Cfg())
+    with pytest.raises(ValueError, match=r"setting model.dropout must lie in \[0, 1\], got -0.5"):
+        check_bounds(Cfg(model=Model(dropout=-0.5)))  # a preset's own values are checked too
+    with pytest.raises(ValueError, match="setting workers must be >= 1"):  # refused when the chapter is declared
+        Chapter(name="b", title="B", summary="s", paper="p", config=Cfg, notebook="b.ipynb",
+                presets={"cpu-toy": Cfg(workers=0)}, experiment=CH.experiment)
 
 
 def test_unknown_chapter_lists_allowed():

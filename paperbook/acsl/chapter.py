@@ -14,6 +14,7 @@ from .data import (groups_of, lvis_scenes, load_base_images, load_lvis, make_lon
 from .detector import Detector, evaluate, retrain_classifier, roi_features, train_representation
 from .losses import LOSSES, class_scores
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, pick_device, seed_everything
+from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat, Share
 
 # %% auto #0
 __all__ = ['PRESETS', 'GRADIENT_METHODS', 'README', 'ABSTRACT', 'SHARED', 'CHAPTER', 'Config', 'Task', 'build_task', 'methods',
@@ -23,38 +24,38 @@ __all__ = ['PRESETS', 'GRADIENT_METHODS', 'README', 'ABSTRACT', 'SHARED', 'CHAPT
 # %% ../../nbs/02_acsl.ipynb #dafbb8f6
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    seeds: int = 2  # tasks: data and stage 1 with seeds seed, seed + 1, ...
-    cls_seeds: int = 3  # stage-2 runs per task (fresh RoI draws and order); claims pair over seeds × cls_seeds
+    seeds: Count = 2  # tasks: data and stage 1 with seeds seed, seed + 1, ...
+    cls_seeds: Count = 3  # stage-2 runs per task (fresh RoI draws and order); claims pair over seeds × cls_seeds
     images: Literal["auto", "fashion-mnist", "digits"] = "auto"
     lvis_json: str = ""  # LVIS training annotations: use LVIS instead of the generated task
     lvis_val_json: str = ""  # LVIS validation annotations (test set)
     lvis_image_dir: str = ""  # folder holding the images of both
-    n_max: int = 400  # training instances of the most frequent category
-    n_min: int = 1  # ... of the rarest
-    per_image: int = 3  # objects per scene
-    canvas: int = 48  # scene size (pixels)
-    obj_size: int = 20  # object size at scale 1 (pixels)
-    test_per_class: int = 20  # test objects per category
-    test_background: int = 12  # background proposals per test image
-    rois_per_image: int = 16  # RoIs sampled per training image (official: 512)
-    pos_fraction: float = 0.25  # at most this share of them foreground (official: 0.25)
-    width: int = 32  # backbone channels
-    hidden: int = 256  # RoI head width
-    roi_out: int = 5  # RoI align output size
-    epochs: int = 10  # stage 1
-    batch_size: int = 32  # images per stage-1 step
-    lr: float = 2e-3  # stage 1 (Adam)
-    cls_epochs: int = 12  # stage 2 (official: 12 epochs)
-    cls_lr: float = 0.04  # stage 2, SGD (official: 0.02 with 8,192 RoIs per step, ~43k steps)
-    cls_batch: int = 1024  # RoIs per stage-2 step
+    n_max: Count = 400  # training instances of the most frequent category
+    n_min: Count = 1  # ... of the rarest
+    per_image: Count = 3  # objects per scene
+    canvas: Count = 48  # scene size (pixels)
+    obj_size: Count = 20  # object size at scale 1 (pixels)
+    test_per_class: Count = 20  # test objects per category
+    test_background: NonNegInt = 12  # background proposals per test image
+    rois_per_image: Count = 16  # RoIs sampled per training image (official: 512)
+    pos_fraction: Share = 0.25  # at most this share of them foreground (official: 0.25)
+    width: Count = 32  # backbone channels
+    hidden: Count = 256  # RoI head width
+    roi_out: Count = 5  # RoI align output size
+    epochs: Count = 10  # stage 1
+    batch_size: Count = 32  # images per stage-1 step
+    lr: PositiveFloat = 2e-3  # stage 1 (Adam)
+    cls_epochs: Count = 12  # stage 2 (official: 12 epochs)
+    cls_lr: PositiveFloat = 0.04  # stage 2, SGD (official: 0.02 with 8,192 RoIs per step, ~43k steps)
+    cls_batch: Count = 1024  # RoIs per stage-2 step
     losses: tuple[str, ...] = LOSSES
-    xi: float = 0.7  # ACSL's threshold (paper: 0.7)
+    xi: Share = 0.7  # ACSL's threshold (paper: 0.7)
     background: Literal["paper", "code"] = "code"
     xi_sweep: tuple[float, ...] = (0.0, 0.3, 0.5, 0.9)  # besides xi itself (0 is always run: the mechanism row)
-    eql_max_count: int = 100  # EQL's tail: categories with at most this many training instances
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
-    max_dets: int = 20  # detections kept per test image (the headline budget)
+    eql_max_count: NonNegInt = 100  # EQL's tail: categories with at most this many training instances
+    focal_gamma: NonNegFloat = 2.0
+    focal_alpha: Share = 0.25
+    max_dets: Count = 20  # detections kept per test image (the headline budget)
     budgets: tuple[int, ...] = (100, 0)  # further budgets evaluated; 0 = no budget
 
     def __post_init__(self):

@@ -10,7 +10,7 @@ import torch
 
 from .data import APPARATUS, Routines, generate_features, load_features, load_scores
 from .model import ActionNet, Ensemble, fisher_mean, predict, spearman, train_ensemble
-from ..core import BaseConfig, Chapter, Result, paired_claim, progress
+from ..core import BaseConfig, Chapter, Count, NonNegFloat, PositiveFloat, Result, paired_claim, progress
 
 # %% auto #0
 __all__ = ['VARIANTS', 'PAPER_RHO', 'PRESETS', 'CHAPTER', 'stand_in_scores', 'get_scores', 'features_for', 'all_features',
@@ -148,15 +148,15 @@ class FeatureConfig:
     "The `features` section: generated (default) or extracted from videos (folder)."
     source: str = "generated"  # or "folder": dynamic/<video>.npy and static/<video>.npy under `folder`
     folder: str = ""
-    clips: int = 18  # dynamic steps per routine (training crops take crop_clips of them)
-    frames: int = 36  # static steps per routine
-    d_dyn: int = 32  # generated widths (I3D: 1,024; ResNet-50: 2,048)
-    d_sta: int = 32
-    halves: int = 8  # element halves per routine (generator)
-    point: float = 1.2  # difficulty points per element
-    noise: float = 0.4  # per-step feature noise
-    offset: float = 0.2  # per-routine offset (athlete, camera)
-    strength: float = 6.0  # norm of an element's patterns
+    clips: Count = 18  # dynamic steps per routine (training crops take crop_clips of them)
+    frames: Count = 36  # static steps per routine
+    d_dyn: Count = 32  # generated widths (I3D: 1,024; ResNet-50: 2,048)
+    d_sta: Count = 32
+    halves: Count = 8  # element halves per routine (generator)
+    point: NonNegFloat = 1.2  # difficulty points per element
+    noise: NonNegFloat = 0.4  # per-step feature noise
+    offset: NonNegFloat = 0.2  # per-routine offset (athlete, camera)
+    strength: NonNegFloat = 6.0  # norm of an element's patterns
 
     def __post_init__(self):
         if self.source not in ("generated", "folder"):
@@ -170,16 +170,16 @@ class FeatureConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     "The `train` section: the official recipe at a width that fits the CPU budget."
-    seeds: int = 5
+    seeds: Count = 5
     apparatus: tuple[str, ...] = APPARATUS
     variants: tuple[str, ...] = tuple(VARIANTS)
-    crop_clips: int = 16  # T_d (the official model: 26)
-    crop_frames: int = 32  # T_s (80)
-    hidden: int = 32  # the paper's 256
-    epochs: int = 40
-    batch: int = 32
+    crop_clips: Count = 16  # T_d (the official model: 26)
+    crop_frames: Count = 32  # T_s (80)
+    hidden: Count = 32  # the paper's 256
+    epochs: Count = 40
+    batch: Count = 32
     optimizer: str = "adam"  # ours at toy scale; "sgd" is the paper's (gpu-1, node-8)
-    lr: float = 1e-3  # SGD: the paper's 0.01, the regressor's 5 × lr
+    lr: PositiveFloat = 1e-3  # SGD: the paper's 0.01, the regressor's 5 × lr
     milestones: tuple[float, ...] = (0.5, 0.75)  # learning rate × 0.1 at these fractions of the epochs
 
     def __post_init__(self):

@@ -14,6 +14,7 @@ from .measures import (box_fluctuations, count_fluctuations, energy_spectrum,
 from .models import (advect, poisson_particles, random_dots, random_velocity_field,
                                            vicsek)
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
+from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat
 
 # %% auto #0
 __all__ = ['PRESETS', 'CHAPTER', 'simulated_gnf', 'spectrum_check', 'piv_check', 'real_data', 'make_claims', 'experiment',
@@ -166,25 +167,25 @@ def experiment(cfg: Config, info) -> Result:
 @dataclass(kw_only=True)
 class SimConfig:
     "The `sim` section: simulations with known answers."
-    seeds: int = 5  # seeds seed, seed + 1, ...
-    particles: int = 8192  # Poisson and Vicsek particles
-    box: int = 64  # side of the periodic square (interaction radius 1)
-    snapshots: int = 100  # snapshots kept for the fluctuations
-    keep_every: int = 10  # steps between kept snapshots
-    vicsek_steps: int = 1500
-    v0: float = 0.5
-    eta_ordered: float = 0.25  # noise of the ordered phase (fraction of π)
-    eta_disordered: float = 0.9
+    seeds: Count = 5  # seeds seed, seed + 1, ...
+    particles: Count = 8192  # Poisson and Vicsek particles
+    box: Count = 64  # side of the periodic square (interaction radius 1)
+    snapshots: Count = 100  # snapshots kept for the fluctuations
+    keep_every: Count = 10  # steps between kept snapshots
+    vicsek_steps: Count = 1500
+    v0: PositiveFloat = 0.5
+    eta_ordered: NonNegFloat = 0.25  # noise of the ordered phase (fraction of π)
+    eta_disordered: NonNegFloat = 0.9
     count_sizes: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)  # box sides for the particle counts
     betas: tuple[float, ...] = (1.0, 5 / 3, 3.0)  # prescribed spectral exponents
-    field_n: int = 512  # grid of the random fields
+    field_n: Count = 512  # grid of the random fields
     field_fit: tuple[float, float] = (8.0, 100.0)  # fit range in units of the fundamental 2π/n
-    piv_n: int = 1024  # side of the random-dot images
-    piv_beta: float = 3.0
-    piv_rms: float = 3.0  # RMS displacement (pixels per frame)
-    piv_cut: float = 20.0  # wavelength (pixels) of the field's smooth cut-off
-    piv_window: int = 32
-    piv_overlap: int = 16
+    piv_n: Count = 1024  # side of the random-dot images
+    piv_beta: PositiveFloat = 3.0
+    piv_rms: PositiveFloat = 3.0  # RMS displacement (pixels per frame)
+    piv_cut: PositiveFloat = 20.0  # wavelength (pixels) of the field's smooth cut-off
+    piv_window: Count = 32
+    piv_overlap: NonNegInt = 16
     piv_fit_wavelengths: tuple[float, float] = (128.0, 512.0)  # pixels: well above the 32-px window
 
     def __post_init__(self):
@@ -201,13 +202,13 @@ class SimConfig:
 @dataclass(kw_only=True)
 class RealConfig:
     "The `real` section: the authors' frames and PIV field (data set `ecoli`)."
-    box_min: int = 4  # smallest box side (pixels; about a bacterium's length)
-    box_max: int = 540  # largest (half the frame's height)
-    box_sizes: int = 15  # log-spaced box sides
-    gnf_fit_lmax: int = 100  # fit the GNF exponent over boxes up to this side (pixels)
-    piv_window: int = 32
-    piv_overlap: int = 16
-    piv_pairs: int = 9  # consecutive frame pairs analysed with PIV (up to 9)
+    box_min: Count = 4  # smallest box side (pixels; about a bacterium's length)
+    box_max: Count = 540  # largest (half the frame's height)
+    box_sizes: Count = 15  # log-spaced box sides
+    gnf_fit_lmax: Count = 100  # fit the GNF exponent over boxes up to this side (pixels)
+    piv_window: Count = 32
+    piv_overlap: NonNegInt = 16
+    piv_pairs: Count = 9  # consecutive frame pairs analysed with PIV (up to 9)
     spectrum_fit_wavelengths: tuple[float, float] = (75.0, 200.0)  # pixels, for the PIV sample's β
     coupling_sizes: tuple[int, ...] = (32, 64, 128)  # box sides of the density-energy coupling
 

@@ -15,6 +15,7 @@ from .model import (ColormapNet, Extractor, KindClassifier, corpus_inputs, delta
                                       recover_values, refine, save_extractor, train_net)
 from ..core import (BaseConfig, Chapter, Result, claim, paired_claim, pick_device, progress,
                             seed_everything)
+from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat, Share
 
 # %% auto #0
 __all__ = ['PRESETS', 'ABLATIONS', 'GENERALISES', 'NET', 'PIPE', 'INPUT', 'CHAPTER', 'Config', 'build_corpora', 'train_models',
@@ -24,26 +25,26 @@ __all__ = ['PRESETS', 'ABLATIONS', 'GENERALISES', 'NET', 'PIPE', 'INPUT', 'CHAPT
 # %% ../../nbs/04_colormap.ipynb #de358584
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    seeds: int = 3  # independent runs (split, corpora, networks) with seeds seed, seed + 1, ...
-    n_train: int = 2400  # training images (rendered from the training colormaps)
-    n_test: int = 400  # images in each test set: unseen colormaps, seen colormaps
+    seeds: Count = 3  # independent runs (split, corpora, networks) with seeds seed, seed + 1, ...
+    n_train: Count = 2400  # training images (rendered from the training colormaps)
+    n_test: Count = 400  # images in each test set: unseen colormaps, seen colormaps
     px: int = 64  # image side (pixels)
-    test_fraction: float = 0.15  # share of the catalogue held out (never seen in training)
-    family_de: float = 5.0  # colormaps closer than this (order-free ΔE00) are one family, held out together
-    n_values: int = 100  # unseen images whose data are read back through each method's colormap
-    p_sub: float = 0.5  # training: chance of using a random sub-range of a continuous colormap
-    p_binned: float = 0.25  # chance of binning a continuous colormap (4-12 levels) into a discrete one
+    test_fraction: Share = 0.15  # share of the catalogue held out (never seen in training)
+    family_de: NonNegFloat = 5.0  # colormaps closer than this (order-free ΔE00) are one family, held out together
+    n_values: Count = 100  # unseen images whose data are read back through each method's colormap
+    p_sub: Share = 0.5  # training: chance of using a random sub-range of a continuous colormap
+    p_binned: Share = 0.25  # chance of binning a continuous colormap (4-12 levels) into a discrete one
     transform: Literal["minmax", "log"] = "minmax"  # histogram normalisation (official: minmax)
-    width: float = 0.25  # channel widths × (64, 128, 256, 512); official 1.0
-    knots: int = 16  # colormap knots emitted by the decoder (the official resize is 2)
-    steps: int = 600  # optimiser steps
-    batch_size: int = 32  # global batch (official 8)
-    lr: float = 1e-3  # Adam (official 1e-4)
+    width: PositiveFloat = 0.25  # channel widths × (64, 128, 256, 512); official 1.0
+    knots: Count = 16  # colormap knots emitted by the decoder (the official resize is 2)
+    steps: Count = 600  # optimiser steps
+    batch_size: Count = 32  # global batch (official 8)
+    lr: PositiveFloat = 1e-3  # Adam (official 1e-4)
     ablation: bool = True  # also train the ablation networks (ABLATIONS: no ASPP, matched control, K = 2, inputs)
-    eps: float = 9.0  # DBSCAN radius (Lab units) of the discrete refinement
-    refine_iters: int = 3  # principal-curve iterations of the continuous refinement
-    window: float = 8.0  # their kernel width (colormap entries)
-    workers: int = 0  # rendering processes (0: one per CPU core)
+    eps: PositiveFloat = 9.0  # DBSCAN radius (Lab units) of the discrete refinement
+    refine_iters: NonNegInt = 3  # principal-curve iterations of the continuous refinement
+    window: PositiveFloat = 8.0  # their kernel width (colormap entries)
+    workers: NonNegInt = 0  # rendering processes (0: one per CPU core)
     cache: str = "auto"  # corpus/model cache: "auto" ($PAPERBOOK_CACHE or ~/.cache/paperbook), "off", or a folder
     save_model: bool = True  # save the trained extractor where `extract()` finds it
     pairs_train: str = ""  # the paper's data set: a train list of chart<TAB>legend paths (replaces the generator)

@@ -9,19 +9,47 @@ import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Mapping, get_args, get_origin, get_type_hints
 
 # %% auto #0
-__all__ = ['BaseConfig', 'config_keys', 'apply_overrides', 'parse_sets']
+__all__ = ['Count', 'NonNegInt', 'PositiveFloat', 'NonNegFloat', 'Share', 'Bound', 'BaseConfig', 'config_keys', 'check_bounds',
+           'apply_overrides', 'parse_sets']
+
+# %% ../../nbs/00_core_config.ipynb #b9696db8
+@dataclass(frozen=True)
+class Bound:
+    "The allowed range of a numeric setting, attached with `typing.Annotated`: `Annotated[int, Bound(ge=1)]`."
+    ge: float | None = None  # at least
+    gt: float | None = None  # more than
+    le: float | None = None  # at most
+
+    def __str__(self) -> str:
+        "What a value must do: 'be >= 1', 'be > 0', 'lie in [0, 1]'."
+        if self.gt is None and None not in (self.ge, self.le):
+            return f"lie in [{self.ge:g}, {self.le:g}]"
+        return "be " + " and ".join(f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le))
+                                    if v is not None)
+
+    def holds(self, v) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le))
+
+
+Count = Annotated[int, Bound(ge=1)]  # a number of things: at least one
+NonNegInt = Annotated[int, Bound(ge=0)]  # where 0 means none or off
+PositiveFloat = Annotated[float, Bound(gt=0)]
+NonNegFloat = Annotated[float, Bound(ge=0)]
+Share = Annotated[float, Bound(ge=0, le=1)]  # a probability or a fraction
+
 
 # %% ../../nbs/00_core_config.ipynb #1dca93fc
 @dataclass(kw_only=True)
 class BaseConfig:
     "Fields every chapter config has."
-    seed: int = 0  # seeds python, numpy and torch
+    seed: NonNegInt = 0  # seeds python, numpy and torch
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N", "mps"
-    nnodes: int = 1  # torchrun --nnodes
-    nproc_per_node: int = 1  # torchrun --nproc_per_node
+    nnodes: Count = 1  # torchrun --nnodes
+    nproc_per_node: Count = 1  # torchrun --nproc_per_node
 
     @property
     def world_size(self) -> int:
@@ -33,6 +61,8 @@ _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
 def _tname(tp) -> str:
     "A readable name for a type annotation."
+    if get_origin(tp) is Annotated:
+        return " that must ".join([_tname(get_args(tp)[0]), *(str(m) for m in tp.__metadata__ if isinstance(m, Bound))])
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     return getattr(tp, "__name__", None) if get_origin(tp) is None else str(tp).replace("typing.", "")
@@ -46,12 +76,22 @@ def _parse_text(v: str):
         return [s.strip() for s in v.split(",")] if "," in v else v
 
 # %% ../../nbs/00_core_config.ipynb #ab1bb31e
+def _within(tp, v, what: str):
+    "`v` when it lies within every `Bound` of the annotation `tp`; else a ValueError naming `what` and the range."
+    for m in getattr(tp, "__metadata__", ()):
+        if isinstance(m, Bound) and not m.holds(v):
+            raise ValueError(f"{what} must {m}, got {v!r}")
+    return v
+
+
 def _coerce(v, tp, key: str):
     "Coerce `v` to the annotation `tp`, or raise a ValueError naming `key`."
     origin, args = get_origin(tp), get_args(tp)
     bad = ValueError(f"override {key!r} expects {_tname(tp)}, got {v!r}")
     if tp is Any:
         return v
+    if origin is Annotated:
+        return _within(tp, _coerce(v, args[0], key), f"override {key}")
     if origin in (typing.Union, types.UnionType):
         if type(None) in args and (v is None or (isinstance(v, str) and v.lower() in ("none", "null"))):
             return None
@@ -126,7 +166,7 @@ def _coerce(v, tp, key: str):
 # %% ../../nbs/00_core_config.ipynb #673f69b8
 def _field_types(cfg) -> dict[str, Any]:
     "Annotation of every init field of the dataclass instance `cfg`."
-    hints = get_type_hints(type(cfg))
+    hints = get_type_hints(type(cfg), include_extras=True)
     return {f.name: hints[f.name] for f in fields(cfg) if f.init}
 
 # %% ../../nbs/00_core_config.ipynb #ed91adae
@@ -137,6 +177,17 @@ def config_keys(cfg, prefix: str = "") -> list[str]:
         val = getattr(cfg, name)
         keys += config_keys(val, f"{prefix}{name}.") if is_dataclass(val) else [f"{prefix}{name}"]
     return keys
+
+# %% ../../nbs/00_core_config.ipynb #21ab4797
+def check_bounds(cfg, prefix: str = "") -> None:
+    "Raise a ValueError naming the first setting of `cfg` (nested sections included) outside its `Bound`."
+    for name, tp in _field_types(cfg).items():
+        val = getattr(cfg, name)
+        if is_dataclass(val):
+            check_bounds(val, f"{prefix}{name}.")
+        elif get_origin(tp) is Annotated and isinstance(val, (int, float)):
+            _within(tp, val, f"setting {prefix}{name!s}")
+
 
 # %% ../../nbs/00_core_config.ipynb #70dab870
 def _nest(overrides: Mapping) -> dict:
@@ -180,7 +231,9 @@ def _apply(cfg, overrides: Mapping, *, prefix: str, allowed: list[str]):
 # %% ../../nbs/00_core_config.ipynb #a5056923
 def apply_overrides(cfg, overrides: Mapping | str | None):
     "A copy of the config `cfg` with `overrides` (mapping, dotted keys or a JSON object string) applied."
-    return _apply(cfg, _nest(_as_mapping(overrides)), prefix="", allowed=config_keys(cfg))
+    out = _apply(cfg, _nest(_as_mapping(overrides)), prefix="", allowed=config_keys(cfg))
+    check_bounds(out)  # the preset's own values too
+    return out
 
 # %% ../../nbs/00_core_config.ipynb #4d30f115
 def _as_mapping(overrides) -> dict:

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
 
-from ..core import BaseConfig, Chapter, Result, paired_claim, progress
+from ..core import BaseConfig, Bound, Chapter, Count, NonNegFloat, PositiveFloat, Result, paired_claim, progress
 from .model import (NAC, Predictor, batch_graphs, kendall_from_verdicts, nac_matrix, predictor_pick,
                                    regularized_evolution, search, train_nac, train_predictor)
 from .spaces import load_nasbench201, load_nasbench_macro
@@ -163,20 +164,13 @@ def experiment(cfg: Config, info) -> Result:
                   extras={"rank": rank, "found": found, "spaces": spaces})
 
 # %% ../../nbs/03_ctnas.ipynb #deb542f4
-def _at_least(section: str, cfg, low: int, *names: str) -> None:
-    "Refuse integer fields of a config section below `low`, naming each."
-    bad = [f"{section}.{n} = {getattr(cfg, n)}" for n in names if getattr(cfg, n) < low]
-    if bad:
-        raise ValueError(f"{', '.join(bad)}: must be >= {low}")
-
-
 @dataclass(kw_only=True)
 class StudyConfig:
     "The `study` section: spaces, label budgets, held-out architectures."
     spaces: tuple[str, ...] = ("nas-bench-201", "nas-bench-macro")  # NAS-Bench-Macro when its data set is here
     budgets: tuple[float, ...] = (0.001, 0.01)  # labelled shares of the space
-    min_labels: int = 10
-    heldout: int = 100  # architectures τ is measured on
+    min_labels: Annotated[int, Bound(ge=2)] = 10  # τ needs pairs
+    heldout: Annotated[int, Bound(ge=2)] = 100  # architectures τ is measured on
 
     def __post_init__(self):
         bad = [s for s in self.spaces if s not in ("nas-bench-201", "nas-bench-macro")]
@@ -184,19 +178,15 @@ class StudyConfig:
             raise ValueError(f"unknown space(s) {bad or '(none)'}; allowed: nas-bench-201, nas-bench-macro")
         if len(self.budgets) < 2 or not all(0 < b < 1 for b in self.budgets):
             raise ValueError(f"study.budgets must be at least two shares in (0, 1), got {self.budgets}")
-        _at_least("study", self, 2, "min_labels", "heldout")  # τ needs pairs
 
 # %% ../../nbs/03_ctnas.ipynb #ce0483e3
 @dataclass(kw_only=True)
 class NACConfig:
     "The `nac` section: the graph network (the official width and depth) and its training length."
-    width: int = 128
-    layers: int = 4
-    steps_per_budget: int = 3000  # epochs = max(min_epochs, this // labelled architectures)
-    min_epochs: int = 30
-
-    def __post_init__(self):
-        _at_least("nac", self, 1, "width", "layers", "steps_per_budget", "min_epochs")
+    width: Count = 128
+    layers: Count = 4
+    steps_per_budget: Count = 3000  # epochs = max(min_epochs, this // labelled architectures)
+    min_epochs: Count = 30
 
 # %% ../../nbs/03_ctnas.ipynb #66e528f3
 @dataclass(kw_only=True)
@@ -204,23 +194,19 @@ class SearchConfig:
     "The `search` section: the controller's search."
     space: str = "nas-bench-201"
     budget: float = 0.01  # the label budget of the search (one of study.budgets)
-    steps: int = 200
-    batch: int = 8  # architectures sampled per controller step
-    update_every: int = 20  # steps between baseline updates (and data exploration)
-    k: int = 10  # candidates for the new baseline
-    explore_top: int = 20  # pseudo-labelled pairs added per update
-    entropy: float = 5e-4
-    lr: float = 3e-3
+    steps: Count = 200
+    batch: Count = 8  # architectures sampled per controller step
+    update_every: Count = 20  # steps between baseline updates (and data exploration)
+    k: Annotated[int, Bound(ge=2)] = 10  # candidates for the new baseline (chosen by comparing them)
+    explore_top: Count = 20  # pseudo-labelled pairs added per update
+    entropy: NonNegFloat = 5e-4
+    lr: PositiveFloat = 3e-3
     ablations: bool = True
 
     def __post_init__(self):
-        _at_least("search", self, 1, "steps", "batch", "update_every", "explore_top")
-        _at_least("search", self, 2, "k")  # the new baseline is chosen by comparing candidates
         if self.update_every > self.steps:
             raise ValueError(f"search.update_every ({self.update_every}) must be <= search.steps ({self.steps}): "
                              "otherwise the baseline never moves and the NAC never trains during the search")
-        if self.lr <= 0 or self.entropy < 0:
-            raise ValueError(f"search.lr must be > 0 and search.entropy >= 0, got {self.lr} and {self.entropy}")
 
 # %% ../../nbs/03_ctnas.ipynb #7a71606a
 @dataclass(kw_only=True)
@@ -229,7 +215,7 @@ class Config(BaseConfig):
     study: StudyConfig = field(default_factory=StudyConfig)
     nac: NACConfig = field(default_factory=NACConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    cpu_threads: int = 1  # small graph networks run faster on one CPU thread
+    cpu_threads: Count = 1  # small graph networks run faster on one CPU thread
 
     def __post_init__(self):
         if self.search.space not in self.study.spaces:

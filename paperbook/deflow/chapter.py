@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
+from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat
 from .data import (Flows, block_partition, calendar_features, fill_missing,
                                    hex_partition, load_melbourne, load_st_h5, make_samples, morans_i, paint,
                                    region_sums, self_organised_partition, sensor_cells, simulate_city, split)
@@ -164,15 +165,15 @@ def experiment(cfg: Config, info) -> Result:
 @dataclass(kw_only=True)
 class CityConfig:
     "The `city` section: the simulated cities (part 2)."
-    size: int = 12
-    days: int = 10
-    corridors: int = 6
-    speed: float = 3.0  # cells per interval
-    jitter: float = 0.05
-    rate: float = 6.0
-    burst: float = 2.0  # gamma shape of the platoons (smaller: burstier)
-    city_seed: int = 0  # the corridors' geometry (the traffic follows the run's seed)
-    test_days: int = 2
+    size: Count = 12
+    days: Count = 10
+    corridors: Count = 6
+    speed: PositiveFloat = 3.0  # cells per interval
+    jitter: NonNegFloat = 0.05
+    rate: PositiveFloat = 6.0
+    burst: PositiveFloat = 2.0  # gamma shape of the platoons (smaller: burstier)
+    city_seed: NonNegInt = 0  # the corridors' geometry (the traffic follows the run's seed)
+    test_days: Count = 2
 
     def __post_init__(self):
         if self.size < 6 or self.speed <= 0 or self.test_days < 1:
@@ -183,11 +184,11 @@ class CityConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     "The `model` section: ST-ResNet's sizes (the paper: 64 channels, L = 12 residual units)."
-    channels: int = 16
-    units: int = 1
-    lc: int = 3
-    lp: int = 1
-    lq: int = 0  # the paper: 1 (one week back); the toy cities are too short for it
+    channels: Count = 16
+    units: Count = 1
+    lc: Count = 3
+    lp: NonNegInt = 1
+    lq: NonNegInt = 0  # the paper: 1 (one week back); the toy cities are too short for it
     bn: bool = True
     modulated: bool = False  # DCNv2 masks
 
@@ -195,19 +196,19 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     "The `train` section."
-    epochs: int = 16
-    lr: float = 2e-3
-    batch: int = 8  # the paper: 32
-    cpu_threads: int = 2
+    epochs: Count = 16
+    lr: PositiveFloat = 2e-3
+    batch: Count = 8  # the paper: 32
+    cpu_threads: Count = 2
 
 # %% ../../nbs/06_deflow_net.ipynb #5193086d
 @dataclass(kw_only=True)
 class MelbourneConfig:
     "The `melbourne` section: the real sensors, their base raster and the partitions compared."
     enabled: bool = True
-    grid: int = 8
-    weeks: int = 3  # the last weeks of the series
-    test_days: int = 7
+    grid: Count = 8
+    weeks: Count = 3  # the last weeks of the series
+    test_days: Count = 7
     partitions: tuple[str, ...] = ("block:2", "self:16")
 
     def __post_init__(self):
@@ -229,17 +230,17 @@ class MelbourneConfig:
 class DataConfig:
     "The `data` section: an ST-ResNet HDF5 file (TaxiBJ, BikeNYC) of the user's, if any."
     st_file: str = ""
-    test_days: int = 28  # the paper's last four weeks
+    test_days: Count = 28  # the paper's last four weeks
 
 
 @dataclass(kw_only=True)
 class ClaimsConfig:
-    equal_within: float = 0.05  # the control row's tolerance on the RMSE ratio (ours)
+    equal_within: NonNegFloat = 0.05  # the control row's tolerance on the RMSE ratio (ours)
 
 # %% ../../nbs/06_deflow_net.ipynb #0e2cab11
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    seeds: int = 3
+    seeds: Count = 3
     city: CityConfig = field(default_factory=CityConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

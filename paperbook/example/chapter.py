@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
+from ..core import BaseConfig, Chapter, Count, Result, claim, paired_claim, progress
 from ..dist import DistInfo, all_reduce_sum, block_generator, my_blocks
 
 # %% auto #0
@@ -109,11 +109,11 @@ def experiment(cfg: Config, info: DistInfo) -> Result:
 # %% ../../nbs/00b_example.ipynb #dbdab80b
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    seeds: int = 3  # seeds seed, seed + 1, ...: every claim is judged on each
-    num_samples: int = 2**22  # N of the main estimate
-    block_size: int = 2**16  # points per random block: the unit of work a rank takes
+    seeds: Count = 3  # seeds seed, seed + 1, ...: every claim is judged on each
+    num_samples: Count = 2**22  # N of the main estimate
+    block_size: Count = 2**16  # points per random block: the unit of work a rank takes
     sizes: tuple[int, ...] = (2**6, 2**8, 2**10, 2**12, 2**14)  # N of the error study
-    repeats: int = 400  # independent estimates per N in the error study
+    repeats: Count = 400  # independent estimates per N in the error study
 
     def __post_init__(self):
         if self.seeds < 1:

@@ -8,11 +8,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
+from ..core import Bound, Count, NonNegInt, PositiveFloat
 from .aig import abc_check, abc_command, accuracy, write_aiger
 from .data import PLA, benchmark_names, family, generate, load_benchmark
 from ..data import locate
@@ -35,21 +36,21 @@ GENERATED_TOY = ("adder-16-16", "adder-32-31", "comparator-20", "comparator-40",
 class Config(BaseConfig):
     functions: tuple[str, ...] = REAL_TOY  # benchmark names, generated specs, or ("all",)
     source: Literal["auto", "real", "generated"] = "auto"
-    tree_depth: int = 10  # the single `tree` learner
+    tree_depth: Count = 10  # the single `tree` learner
     portfolio_depths: tuple[int, ...] = (6, 8, 14, 20)  # more trees the portfolio may choose
-    forest_trees: int = 15
-    forest_depth: int = 8
-    lut_k: int = 4
+    forest_trees: Count = 15
+    forest_depth: Count = 8
+    lut_k: Count = 4
     lut_widths: tuple[int, ...] = (256, 64, 16)
-    espresso_timeout_s: float = 5.0
-    fringe_rounds: int = 4
+    espresso_timeout_s: PositiveFloat = 5.0
+    fringe_rounds: NonNegInt = 4
     fringe_depths: tuple[int, ...] = (14,)  # more fringe depths the portfolio may choose (the single: tree_depth)
-    max_support: int = 16
-    boost_trees: int = 32  # grown to the largest prefix within max_ands (part 5)
-    boost_depth: int = 3
-    folds: int = 4  # cross-validation on train + valid
-    max_ands: int = MAX_ANDS
-    jobs: int = 2  # functions learned in parallel processes
+    max_support: Count = 16
+    boost_trees: Count = 32  # grown to the largest prefix within max_ands (part 5)
+    boost_depth: Count = 3
+    folds: Annotated[int, Bound(ge=2)] = 4  # cross-validation on train + valid
+    max_ands: Count = MAX_ANDS
+    jobs: Count = 2  # functions learned in parallel processes
     abc_check: bool = True  # cross-check every delivered circuit with ABC
     aig_dir: str = ""  # write each delivered circuit here as <function>.aig ("" = don't)
     test_dir: str = ""  # contest-format test PLAs <function>.test.pla[.gz] to score on ("" = none)

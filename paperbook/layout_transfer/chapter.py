@@ -9,6 +9,7 @@ import networkx as nx
 import numpy as np
 
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
+from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat, Share
 from .embed import degree_embedding, graphwave
 from .retrieve import cosine, plant_motifs, precision_recall, retrieve
 from .transfer import (apply_edit, blend, edge_agreement, match_nodes, mean_edge_length,
@@ -150,8 +151,8 @@ def real_graphs() -> dict:
 @dataclass(kw_only=True)
 class GraphConfig:
     "The `graph` section: the planted-motif graphs."
-    backbone: int = 150
-    copies: int = 4
+    backbone: Count = 150
+    copies: Count = 4
     kinds: tuple[str, ...] = ("wheel", "tree", "ladder")
 
     def __post_init__(self):
@@ -167,13 +168,13 @@ class GraphConfig:
 @dataclass(kw_only=True)
 class RetrievalConfig:
     "The `retrieval` section: S3's parameters (the paper's Figure 1: k 200, ε 0.95) and our size window."
-    k: int = 200
-    eps: float = 0.95
-    size_min: float = 0.5  # × the exemplar's size (the paper: 10 nodes)
-    size_max: float = 2.0  # × the exemplar's size (the paper: 100 nodes)
-    jaccard: float = 0.5  # a retrieved set finds a planted copy at this overlap (ours)
-    top: int = 5  # targets the edit is transferred to, per exemplar
-    sample: int = 0  # GraphWave's characteristic function from this many nodes (0: all; large graphs, ours)
+    k: Count = 200
+    eps: NonNegFloat = 0.95
+    size_min: PositiveFloat = 0.5  # × the exemplar's size (the paper: 10 nodes)
+    size_max: PositiveFloat = 2.0  # × the exemplar's size (the paper: 100 nodes)
+    jaccard: Share = 0.5  # a retrieved set finds a planted copy at this overlap (ours)
+    top: Count = 5  # targets the edit is transferred to, per exemplar
+    sample: NonNegInt = 0  # GraphWave's characteristic function from this many nodes (0: all; large graphs, ours)
 
     def __post_init__(self):
         if not 0 < self.eps <= 1 or self.k < 1 or not 0 < self.size_min < self.size_max:
@@ -185,7 +186,7 @@ class RetrievalConfig:
 class EditConfig:
     "The `edit` section: the exemplar's edit and the blending radius."
     kind: str = "radial"
-    blend_hops: int = 2
+    blend_hops: NonNegInt = 2
 
     def __post_init__(self):
         from paperbook.layout_transfer.transfer import EDITS
@@ -196,13 +197,13 @@ class EditConfig:
 
 @dataclass(kw_only=True)
 class ClaimsConfig:
-    retrieval: float = 0.8  # precision and recall (the issue's threshold)
-    direction: float = 0.8  # share of readability changes in the exemplar's direction (ours)
+    retrieval: Share = 0.8  # precision and recall (the issue's threshold)
+    direction: Share = 0.8  # share of readability changes in the exemplar's direction (ours)
 
 # %% ../../nbs/10_layout_transfer.ipynb #1284b501
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    seeds: int = 10  # about 2 s each on one CPU core
+    seeds: Count = 10  # about 2 s each on one CPU core
     graph: GraphConfig = field(default_factory=GraphConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     edit: EditConfig = field(default_factory=EditConfig)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
+from ..core import BaseConfig, Chapter, Count, PositiveFloat, Result, claim, paired_claim, progress
 from .data import DataConfig
 from .distributed import CkptConfig
 from .model import SIZES, ModelConfig, PanguAlpha, count_on_meta, num_params
@@ -270,7 +270,7 @@ class StudyConfig:
     "The `study` section: model sizes trained on the same data and token budget (perplexity vs size)."
     sizes: tuple[tuple[int, int, int], ...] = ((2, 48, 4), (3, 96, 4), (4, 160, 4))  # (layers, d, heads)
     controls: bool = False  # also train the largest size without reviews, and the smallest on clean vs raw text
-    quality_inits: int = 2  # §3.1.3: initialisations per corpus (smallest size), their perplexities averaged
+    quality_inits: Count = 2  # §3.1.3: initialisations per corpus (smallest size), their perplexities averaged
 
     def __post_init__(self):
         if not self.sizes:
@@ -282,10 +282,10 @@ class StudyConfig:
 @dataclass(kw_only=True)
 class FewShotConfig:
     "The `fewshot` section: the sentiment task (largest model) and the next-sentence task (every size)."
-    reviews: int = 200  # balanced positive/negative test reviews (they and their near-duplicates never trained on)
+    reviews: Count = 200  # balanced positive/negative test reviews (they and their near-duplicates never trained on)
     shots: tuple[int, ...] = (0, 1, 2)  # K
-    chars: int = 16  # reviews cut to this many characters, so K examples fit the context
-    next_items: int = 200  # 4-way next-sentence items from held-out news
+    chars: Count = 16  # reviews cut to this many characters, so K examples fit the context
+    next_items: Count = 200  # 4-way next-sentence items from held-out news
 
     def __post_init__(self):
         if self.reviews < 2 or self.next_items < 1 or not self.shots or min(self.shots) < 0:
@@ -304,8 +304,8 @@ class Config(BaseConfig):
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
     parallel: ParallelPlan = field(default_factory=ParallelPlan)  # chapter 1b: `python -m paperbook.pangu`
     ckpt: CkptConfig = field(default_factory=CkptConfig)
-    dist_timeout: float = 300.0  # seconds before a stuck collective fails instead of hanging
-    seeds: int = 1  # independent runs of the studies (data split, tokenizer, models), seeds seed, seed + 1, ...
+    dist_timeout: PositiveFloat = 300.0  # seconds before a stuck collective fails instead of hanging
+    seeds: Count = 1  # independent runs of the studies (data split, tokenizer, models), seeds seed, seed + 1, ...
 
     def __post_init__(self):
         if self.seeds < 1:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..core import Count, NonNegInt, Share
+
 # %% auto #0
 __all__ = ['FORTUNES', 'Doc', 'peoples_daily', 'reviews', 'fortunes', 'load_corpus', 'to_simplified',
            'remove_repeated_paragraphs', 'shorten_symbol_runs', 'chinese_ratio', 'sensitive_count', 'near_duplicates',
@@ -192,16 +194,16 @@ def clean_corpus(docs: list[Doc], *, min_chars: int = 150, min_chinese_ratio: fl
 class DataConfig:
     "The `data` section of the chapter's config: the corpus, its cleaning and the validation split."
     source: str = "corpus"  # "corpus": the cleaned corpus; "synthetic": Zipf-token documents
-    raw_docs: int = 4000  # raw documents sampled before cleaning (0: all; cleaning them all takes ~3 s)
-    max_docs: int = 1500  # cleaned documents used (0: all)
-    min_chars: int = 150  # §3.1.1: drop documents shorter than this ...
-    min_chinese_ratio: float = 0.6  # ... or with a smaller share of Chinese characters
+    raw_docs: NonNegInt = 4000  # raw documents sampled before cleaning (0: all; cleaning them all takes ~3 s)
+    max_docs: NonNegInt = 1500  # cleaned documents used (0: all)
+    min_chars: NonNegInt = 150  # §3.1.1: drop documents shorter than this ...
+    min_chinese_ratio: Share = 0.6  # ... or with a smaller share of Chinese characters
     sensitive_words: tuple[str, ...] = ("赌博", "色情")  # the report's list is not published; a stand-in
-    max_sensitive: int = 3  # §3.1.1: documents with more than three of the 724 words are removed
-    dedup_threshold: float = 0.7  # MinHash LSH Jaccard threshold
-    valid_fraction: float = 0.1  # documents held out for validation perplexity
-    review_share: float = 0.2799  # the reviews' share of the training text: "public datasets", Table 4 (2.6B & 13B)
-    synthetic_rows: int = 512  # rows of the synthetic source
+    max_sensitive: NonNegInt = 3  # §3.1.1: documents with more than three of the 724 words are removed
+    dedup_threshold: Share = 0.7  # MinHash LSH Jaccard threshold
+    valid_fraction: Share = 0.1  # documents held out for validation perplexity
+    review_share: Share = 0.2799  # the reviews' share of the training text: "public datasets", Table 4 (2.6B & 13B)
+    synthetic_rows: Count = 512  # rows of the synthetic source
 
     def __post_init__(self):
         if self.source not in ("corpus", "synthetic"):

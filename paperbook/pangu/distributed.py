@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..core import Result, parse_sets, progress, resolve, start_run
+from ..core import NonNegInt, Result, parse_sets, progress, resolve, start_run
 from ..dist import all_reduce_sum, distributed, print0, reuse_freed_memory
 from .data import corpus_tokens
 from .model import ModelConfig, PanguAlpha, num_params
@@ -175,8 +175,8 @@ def _no_foreach_if_mixed(opt: torch.optim.Optimizer) -> None:
 class CkptConfig:
     "The `ckpt` section of the chapter's config: DCP checkpoints of the parallel run."
     dir: str = ""  # torch.distributed.checkpoint folder; training resumes from its latest step-N
-    every: int = 0  # save every this many steps (0: never)
-    stop_at: int = 0  # stop after this step (to split a run across jobs); 0: run all steps
+    every: NonNegInt = 0  # save every this many steps (0: never)
+    stop_at: NonNegInt = 0  # stop after this step (to split a run across jobs); 0: run all steps
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #8f2af6e0
 def _optimizer(par: Parallelized, train: TrainConfig, checkpointing: bool) -> torch.optim.Optimizer:

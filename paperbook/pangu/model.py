@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import Count, Share
+
 # %% auto #0
 __all__ = ['SIZES', 'ModelConfig', 'Attention', 'FFN', 'Block', 'QueryLayer', 'positions_and_mask', 'PanguAlpha', 'num_params',
            'count_on_meta']
@@ -18,12 +20,12 @@ __all__ = ['SIZES', 'ModelConfig', 'Attention', 'FFN', 'Block', 'QueryLayer', 'p
 @dataclass(kw_only=True)
 class ModelConfig:
     "Sizes of a PanGu-α model (Table 1 names them L, d, d_ff = 4d, N_h)."
-    vocab_size: int = 40_000
-    seq_len: int = 1024  # positions in the position and query embedding tables
-    num_layers: int = 32  # L, the query layer included
-    d: int = 2560
-    num_heads: int = 32
-    dropout: float = 0.1  # ours: the report states no dropout rate
+    vocab_size: Count = 40_000
+    seq_len: Count = 1024  # positions in the position and query embedding tables
+    num_layers: Count = 32  # L, the query layer included
+    d: Count = 2560
+    num_heads: Count = 32
+    dropout: Share = 0.1  # ours: the report states no dropout rate
 
     def __post_init__(self):
         if self.num_layers < 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core import progress
+from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat, progress
 from ..dist import reuse_freed_memory
 
 # %% auto #0
@@ -30,13 +30,13 @@ CPU_LINEARS = ("auto", "onednn", "aten")  # who multiplies an fp32 nn.Linear on 
 @dataclass(kw_only=True)
 class TrainConfig:
     "The `train` section of the chapter's config: the optimiser, its schedule and the batch."
-    steps: int = 120
-    batch_size: int = 16  # sequences per step (the global batch)
-    lr: float = 2e-3  # peak learning rate
-    warmup: int = 12  # linear warm-up steps, then cosine decay to lr / 10
-    weight_decay: float = 0.1  # Table 5: 0.01 (2.6B, 13B), 0.1 (200B)
+    steps: Count = 120
+    batch_size: Count = 16  # sequences per step (the global batch)
+    lr: PositiveFloat = 2e-3  # peak learning rate
+    warmup: NonNegInt = 12  # linear warm-up steps, then cosine decay to lr / 10
+    weight_decay: NonNegFloat = 0.1  # Table 5: 0.01 (2.6B, 13B), 0.1 (200B)
     beta2: float = 0.95  # Adam's β2, Table 5: 0.999 (2.6B), 0.98 (13B), 0.95 (200B)
-    clip: float = 1.0  # gradient norm clipping
+    clip: NonNegFloat = 1.0  # gradient norm clipping
     optimizer: str = "adamw"  # or "sgd" (plain, to check gradient scales)
     bf16: bool = True  # autocast to bfloat16 on CUDA (the CPU runs fp32)
     compile: bool = False  # parallel trainer: torch.compile the forward and the loss (not with pp or tp > 1)

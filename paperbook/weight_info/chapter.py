@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
+from ..core import BaseConfig, Chapter, Count, NonNegFloat, PositiveFloat, Result, claim, paired_claim, progress
 from ..dist import threads
 from .data import Split, corrupt, load_cifar10, load_images, make_model
 from .measures import (calibrate, distance_stop, invert, kl_bits, layer_distances,
@@ -132,9 +132,9 @@ class DataConfig:
     "The `data` section."
     images: str = "digits"  # "digits" (scikit-learn), "fashion-mnist" (data registry) or "cifar10"
     folder: str = ""  # CIFAR-10's python folder (cifar-10-batches-py)
-    n_train: int = 1000
-    n_val: int = 400
-    n_test: int = 397
+    n_train: Count = 1000
+    n_val: Count = 400
+    n_test: Count = 397
 
     def __post_init__(self):
         if self.images not in ("digits", "fashion-mnist", "cifar10"):
@@ -149,10 +149,10 @@ class TrainConfig:
     seeds: int = 3
     levels: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # corruption probabilities p
     model: str = "mlp"  # or "cnn"
-    width: int = 256
-    lr: float = 0.05  # SGD, momentum 0.9
-    batch: int = 64
-    max_epochs: int = 150  # training stops earlier when every training label is fitted
+    width: Count = 256
+    lr: PositiveFloat = 0.05  # SGD, momentum 0.9
+    batch: Count = 64
+    max_epochs: Count = 150  # training stops earlier when every training label is fitted
 
     def __post_init__(self):
         bad = [p for p in self.levels if not 0.0 <= p <= 1.0]
@@ -168,11 +168,11 @@ class TrainConfig:
 @dataclass(kw_only=True)
 class MeasureConfig:
     "The `measure` section: the bound's σ, the stopping rule, the baseline, the code length."
-    tolerance: float = 0.1  # σ*: the perturbed training loss may rise by this many nats
-    window: int = 5  # epochs of the moving average of the weight step
-    rise: float = 0.15  # ... and how far it must rise above its minimum to stop
-    probe_epochs: int = 5  # the baseline's training accuracy is read after this many epochs
-    preq_epochs: int = 40  # epochs of each prequential block's network
+    tolerance: PositiveFloat = 0.1  # σ*: the perturbed training loss may rise by this many nats
+    window: Count = 5  # epochs of the moving average of the weight step
+    rise: NonNegFloat = 0.15  # ... and how far it must rise above its minimum to stop
+    probe_epochs: Count = 5  # the baseline's training accuracy is read after this many epochs
+    preq_epochs: Count = 40  # epochs of each prequential block's network
 
 # %% ../../nbs/05_weight_info.ipynb #a22a8f88
 @dataclass(kw_only=True)
@@ -180,7 +180,7 @@ class Config(BaseConfig):
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
-    cpu_threads: int = 1  # intra-op threads on a CPU (small networks run faster on one)
+    cpu_threads: Count = 1  # intra-op threads on a CPU (small networks run faster on one)
 
     def __post_init__(self):
         if self.train.batch % self.world_size:
