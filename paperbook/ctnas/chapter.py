@@ -95,7 +95,6 @@ def search_study(space, cfg: Config, ranking: dict, seed: int) -> dict:
         v["acc"], v["rank"] = space.accuracy(v["arch"]), space.rank_percentile(v["arch"])
     return out
 
-
 # %% ../../nbs/03_ctnas.ipynb #dedeb943
 def make_claims(rank: dict, found: dict, cfg: Config) -> list[dict]:
     "Paired comparisons over the seeds."
@@ -150,7 +149,8 @@ def experiment(cfg: Config, info) -> Result:
             found[s] = search_study(spaces[cfg.search.space], cfg, rank[cfg.search.space][s], s)
     strip = lambda r: {b: {k: v for k, v in x.items() if k not in ("models", "lab", "held")} for b, x in r.items()}
     metrics = {"tau": {n: {s: strip(r) for s, r in per.items()} for n, per in rank.items()},
-               "search": {s: {k: {"arch": list(v["arch"]), "acc": v["acc"], "rank_percentile": v["rank"]}
+               "search": {s: {k: {"arch": list(v["arch"]), "acc": v["acc"], "rank_percentile": v["rank"],
+                                  **{m: v[m] for m in ("policy_acc", "tau_after") if m in v}}
                               for k, v in r.items()} for s, r in found.items()},
                "space_best": {n: float(sp.acc.max()) for n, sp in spaces.items()}}
     from importlib.metadata import version

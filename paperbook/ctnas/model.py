@@ -163,8 +163,8 @@ class Controller(nn.Module):
 
 # %% ../../nbs/03b_ctnas_model.ipynb #9badccbb
 def pseudo_labelled_pairs(space, nac: NAC, archs, top: int, generator: torch.Generator):
-    "Data exploration: `archs` paired with a permutation of themselves; the `top` pairs of two different architectures \
-the NAC is surest of, labelled by its verdict 1[NAC > 1/2]: (A1, t1, A2, t2, y)."
+    """Data exploration: `archs` paired with a permutation of themselves; the `top` pairs of two different
+    architectures the NAC is surest of, labelled by its verdict 1[NAC > 1/2]: (A1, t1, A2, t2, y)."""
     A, t = batch_graphs(space, archs)
     perm = torch.randperm(len(archs), generator=generator)
     differ = torch.tensor([archs[i] != archs[j] for i, j in enumerate(perm.tolist())])
