@@ -91,7 +91,7 @@ def _coerce(v, tp, key: str):
     if tp is Any:
         return v
     if origin is Annotated:
-        return _within(tp, _coerce(v, args[0], key), f"override {key}")
+        return _within(tp, _coerce(v, args[0], key), f"override {key}")  # before any __post_init__ uses it
     if origin in (typing.Union, types.UnionType):
         if type(None) in args and (v is None or (isinstance(v, str) and v.lower() in ("none", "null"))):
             return None
@@ -186,7 +186,7 @@ def check_bounds(cfg, prefix: str = "") -> None:
         if is_dataclass(val):
             check_bounds(val, f"{prefix}{name}.")
         elif get_origin(tp) is Annotated and isinstance(val, (int, float)):
-            _within(tp, val, f"setting {prefix}{name!s}")
+            _within(tp, val, f"setting {prefix}{name}")
 
 
 # %% ../../nbs/00_core_config.ipynb #70dab870
