@@ -189,8 +189,6 @@ class TrainConfig:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or "full" not in self.variants:
             raise ValueError(f"train.variants must include 'full' and name only {', '.join(VARIANTS)}; got {bad}")
-        if self.seeds < 1 or self.epochs < 1 or self.batch < 1:
-            raise ValueError("train.seeds, train.epochs and train.batch must be >= 1")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"train.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
 

@@ -116,9 +116,7 @@ class Config(BaseConfig):
     repeats: Count = 400  # independent estimates per N in the error study
 
     def __post_init__(self):
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if self.num_samples < 1 or self.block_size < 1 or self.num_samples % self.block_size:
+        if self.num_samples % self.block_size:
             raise ValueError(f"num_samples ({self.num_samples}) must be a positive multiple of "
                              f"block_size ({self.block_size})")
         if len(self.sizes) < 2 or any(n < 1 for n in self.sizes) or self.repeats < 2:

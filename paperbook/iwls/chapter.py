@@ -48,7 +48,7 @@ class Config(BaseConfig):
     max_support: Count = 16
     boost_trees: Count = 32  # grown to the largest prefix within max_ands (part 5)
     boost_depth: Count = 3
-    folds: Annotated[int, Bound(ge=2)] = 4  # cross-validation on train + valid
+    folds: Annotated[int, Bound(ge=2)] = 4  # k-fold cross-validation on train + valid
     max_ands: Count = MAX_ANDS
     jobs: Count = 2  # functions learned in parallel processes
     abc_check: bool = True  # cross-check every delivered circuit with ABC
@@ -60,10 +60,6 @@ class Config(BaseConfig):
             raise ValueError("functions is empty; name benchmarks (ex00 ... ex89), generated specs, or 'all'")
         if self.forest_trees % 2 == 0:
             raise ValueError(f"forest_trees must be odd (majority vote), got {self.forest_trees}")
-        if self.jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
-        if self.folds < 2:
-            raise ValueError(f"folds must be >= 2 (k-fold cross-validation), got {self.folds}")
         if self.test_dir and not Path(self.test_dir).is_dir():
             raise ValueError(f"test_dir {self.test_dir!r} is not a folder")
 

@@ -275,8 +275,6 @@ class StudyConfig:
     def __post_init__(self):
         if not self.sizes:
             raise ValueError("study.sizes is empty; give (layers, d, heads) triples, e.g. ((2, 48, 4),)")
-        if self.quality_inits < 1:
-            raise ValueError(f"study.quality_inits must be >= 1, got {self.quality_inits}")
 
 # %% ../../nbs/01_pangu_alpha.ipynb #dfa5939c
 @dataclass(kw_only=True)
@@ -308,8 +306,6 @@ class Config(BaseConfig):
     seeds: Count = 1  # independent runs of the studies (data split, tokenizer, models), seeds seed, seed + 1, ...
 
     def __post_init__(self):
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.train.compile and (self.parallel.pp > 1 or self.parallel.tp > 1):
             raise ValueError("train.compile compiles one whole model: it needs parallel.pp = 1 and parallel.tp = 1, "
                              f"got pp = {self.parallel.pp}, tp = {self.parallel.tp}")
