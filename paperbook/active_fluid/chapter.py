@@ -189,9 +189,8 @@ class SimConfig:
     piv_fit_wavelengths: tuple[float, float] = (128.0, 512.0)  # pixels: well above the 32-px window
 
     def __post_init__(self):
-        if self.seeds < 1 or self.particles < 1 or self.snapshots < 2:
-            raise ValueError(f"sim.seeds, sim.particles >= 1 and sim.snapshots >= 2; got {self.seeds}, "
-                             f"{self.particles}, {self.snapshots}")
+        if self.snapshots < 2:
+            raise ValueError(f"sim.snapshots must be >= 2, got {self.snapshots}")
         if self.snapshots * self.keep_every >= self.vicsek_steps:
             raise ValueError(f"sim.snapshots × sim.keep_every ({self.snapshots * self.keep_every}) must be below "
                              f"sim.vicsek_steps ({self.vicsek_steps}): the first steps are the transient")

@@ -286,9 +286,9 @@ class FewShotConfig:
     next_items: Count = 200  # 4-way next-sentence items from held-out news
 
     def __post_init__(self):
-        if self.reviews < 2 or self.next_items < 1 or not self.shots or min(self.shots) < 0:
-            raise ValueError(f"fewshot needs reviews >= 2, next_items >= 1 and shots >= 0, got reviews="
-                             f"{self.reviews}, next_items={self.next_items}, shots={self.shots}")
+        if self.reviews < 2 or not self.shots or min(self.shots) < 0:
+            raise ValueError(f"fewshot needs reviews >= 2 and shots >= 0, got reviews={self.reviews}, "
+                             f"shots={self.shots}")
 
 # %% ../../nbs/01_pangu_alpha.ipynb #ed4e5a0e
 @dataclass(kw_only=True)
