@@ -3,8 +3,9 @@
     python benchmarks/colormap_seeds.py [--seeds 0 1 2] [--set key=value ...]
 
 Each seed draws its own held-out colormap families, corpus and initialisation. Prints the order-free ΔE00
-of every method on unseen colormaps, the classifier's accuracy, the claims paired over the seeds and the
-time of each stage. Asserts nothing (timings vary with the machine).
+of every method on unseen colormaps, the accuracy of the discrete/continuous classifier and of always answering
+the majority kind, the claims paired over the seeds and the time of each stage. Asserts nothing (timings vary
+with the machine).
 """
 
 import argparse
@@ -42,6 +43,7 @@ def main():
             unseen = results["unseen"]
             rows[seed] = {m: float(np.mean(v["order_free"])) for m, v in unseen["methods"].items()}
             rows[seed]["kind accuracy (%)"] = 100 * unseen["kind_accuracy"]
+            rows[seed]["majority kind accuracy (%)"] = 100 * unseen["majority_kind_accuracy"]
             runs.append({"seed": seed, "results": results})
             print(f"seed {seed}: render {t['render'] - t['start']:.1f} s, train (both nets) "
                   f"{t['train'] - t['render']:.1f} s, evaluate {t['evaluate'] - t['train']:.1f} s", flush=True)

@@ -19,7 +19,7 @@ def single(samples: int, block: int) -> float:
     import torch
 
     from paperbook.dist import DistInfo
-    from paperbook.example import estimate_pi
+    from paperbook.example.chapter import estimate_pi
 
     info = DistInfo(0, 1, 0, torch.device("cpu"), None)
     estimate_pi(block, block, 0, info)  # warm-up
@@ -35,7 +35,9 @@ def distributed(samples: int, block: int, nproc: int) -> float:
                "--set", f"num_samples={samples}", "--set", f"block_size={block}", "--set", "repeats=2",
                "--set", "sizes=2,4", "--out", tmp]
         env = {**os.environ, "PAPERBOOK_PROGRESS": "0"}
-        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode:
+            sys.exit(f"torchrun exited with {r.returncode}:\n{r.stderr[-3000:]}")
         wall = json.loads((Path(tmp) / "metrics.json").read_text())["environment"]["wall_time_s"]
     return samples / wall  # includes process-group start-up and the layout re-check
 
@@ -46,6 +48,8 @@ if __name__ == "__main__":
     p.add_argument("--block", type=int, default=2**16)
     p.add_argument("--nproc", type=int, default=2)
     a = p.parse_args()
+    if a.samples < 1 or a.block < 1 or a.samples % a.block:
+        p.error(f"--samples ({a.samples}) must be a positive multiple of --block ({a.block})")
     print(f"1 process:         {single(a.samples, a.block) / 1e6:8.1f} M points/s")
     print(f"torchrun x{a.nproc} (gloo): {distributed(a.samples, a.block, a.nproc) / 1e6:8.1f} M points/s "
           "(end to end, with start-up)")

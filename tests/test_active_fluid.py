@@ -181,13 +181,6 @@ def test_bad_config_fails_before_any_work(overrides, words):
         resolve("ecoli-gnf", "cpu-toy", overrides)
 
 
-def test_every_preset_resolves_with_its_smoke_cut():
-    from paperbook.active_fluid.chapter import CHAPTER
-
-    for preset in CHAPTER.presets:
-        resolve("ecoli-gnf", preset, CHAPTER.smoke)
-
-
 def test_the_chapter_runs_small_and_records_its_data(tmp_path):
     from paperbook.active_fluid.chapter import CHAPTER
 

@@ -24,11 +24,14 @@ def test_chapter_declaration(name, root):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_preset_resolves(name):
+def test_every_preset_resolves_also_with_its_smoke_cut(name):
     ch = get_chapter(name)
     for preset in ch.presets:
         cfg = resolve(name, preset)
         assert cfg.world_size >= 1
+        resolve(name, preset, dict(ch.smoke))  # the cut to a few steps keeps the preset's processes
+    if "gpu-1" in ch.presets:  # what benchmarks/gpu_smoke.py runs
+        resolve(name, "gpu-1", {**ch.smoke, "nnodes": 1, "nproc_per_node": 1})
 
 
 ROOT_NBS = __import__("pathlib").Path(__file__).resolve().parents[1] / "nbs"

@@ -203,11 +203,19 @@ def test_network_shapes_and_dropped_branches():
 @pytest.mark.parametrize("overrides, words", [
     ({"melbourne.partitions": ["voronoi:3"]}, "unknown partition 'voronoi:3'"),
     ({"seeds": 1}, "seeds must be >= 2"),
-    ({"city.days": 4}, "leaves no training days"),  # 1 day of history + 2 test days + 2 training days needed
+    ({"city.days": 4}, "city.days gives 4 days, which leave no training days"),  # 1 + 2 test + 2 training days
+    ({"melbourne.test_days": 19}, r"melbourne.weeks gives 21 days, .* test days \(19\)"),  # 3 weeks: 1 + 19 + 2 > 21
 ])
 def test_config_errors(overrides, words):
     with pytest.raises(ValueError, match=words):
         resolve("deflow-net", "cpu-toy", overrides)
+
+
+def test_the_day_checks_accept_their_edge_and_skip_a_disabled_melbourne():
+    assert resolve("deflow-net", "cpu-toy", {"melbourne.test_days": 18}).melbourne.test_days == 18  # 1 + 18 + 2
+    assert resolve("deflow-net", "cpu-toy", {"city.days": 5}).city.days == 5
+    off = resolve("deflow-net", "cpu-toy", {"melbourne.test_days": 30, "melbourne.enabled": False})
+    assert off.melbourne.test_days == 30 and not off.melbourne.enabled
 
 
 @pytest.mark.dist

@@ -251,9 +251,13 @@ class Config(BaseConfig):
         if self.seeds < 2:
             raise ValueError(f"seeds must be >= 2 (paired intervals), got {self.seeds}")
         week = 7 if self.model.lq else (1 if self.model.lp else 0)
-        if self.city.days < week + self.city.test_days + 2:
-            raise ValueError(f"city.days={self.city.days} leaves no training days after the history window "
-                             f"({week} days) and the test days ({self.city.test_days})")
+        series = {"city.days": (self.city.days, self.city.test_days)}
+        if self.melbourne.enabled:
+            series["melbourne.weeks"] = (7 * self.melbourne.weeks, self.melbourne.test_days)
+        for key, (days, test_days) in series.items():
+            if days < week + test_days + 2:
+                raise ValueError(f"{key} gives {days} days, which leave no training days after the history "
+                                 f"window ({week} days) and the test days ({test_days})")
 
 # %% ../../nbs/06_deflow_net.ipynb #22bb95ab
 def _paper_scale(seeds: int, units: int, batch: int) -> Config:
@@ -281,4 +285,5 @@ CHAPTER = Chapter(name="deflow-net", title="DeFlow-Net: deformable convolution f
                   paper="arXiv 2101.12010 (abstract); ST-ResNet, AAAI 2017", config=Config, presets=PRESETS,
                   notebook="06_deflow_net.ipynb", experiment=experiment,
                   smoke={"seeds": 2, "city.size": 8, "city.days": 10, "city.test_days": 1, "train.epochs": 1,
-                         "melbourne.weeks": 3, "melbourne.partitions": ("block:2",), "melbourne.grid": 4})
+                         "melbourne.weeks": 3, "melbourne.test_days": 3, "melbourne.partitions": ("block:2",),
+                         "melbourne.grid": 4})

@@ -368,5 +368,6 @@ CHAPTER = Chapter(name="pangu-alpha", title="PanGu-α: a 200B-parameter Chinese 
                   paper="Zeng et al., arXiv 2104.12369", config=Config, presets=PRESETS,
                   notebook="01_pangu_alpha.ipynb", experiment=experiment, plan=_plan,
                   torchrun_module="paperbook.pangu",
-                  smoke={"train.steps": 4, "train.warmup": 1, "data.raw_docs": 1500, "data.max_docs": 300,
-                         "study.sizes": ((1, 64, 4), (2, 128, 4)), "fewshot.reviews": 20, "fewshot.shots": (0, 1)})
+                  smoke={"train.steps": 4, "train.warmup": 1, "model.seq_len": 256, "data.raw_docs": 1500,
+                         "data.max_docs": 300, "study.sizes": ((1, 64, 4), (2, 128, 4)), "fewshot.reviews": 20,
+                         "fewshot.shots": (0, 1)})
