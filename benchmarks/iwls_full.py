@@ -1,6 +1,6 @@
 """Time the IWLS 2020 chapter's `full` preset: every available benchmark function with the portfolio.
 
-    python benchmarks/iwls_full.py [--jobs 2] [--functions ex00 ex01 ...]
+    python benchmarks/iwls_full.py [--jobs 2] [--functions ex00 ex01 ...] [--source auto|real|generated]
 
 Prints the wall time, seconds per function (wall and per process) and the reproduction table.
 Asserts nothing: timings depend on the machine.
@@ -19,8 +19,10 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--functions", nargs="*", default=None)
+    p.add_argument("--source", choices=("auto", "real", "generated"), default="auto",
+                   help="the contest's functions (real) or generated circuits; auto: real where the data are found")
     a = p.parse_args()
-    overrides = {"jobs": a.jobs} | ({"functions": a.functions} if a.functions else {})
+    overrides = {"jobs": a.jobs, "source": a.source} | ({"functions": a.functions} if a.functions else {})
     cfg = resolve("iwls2020", "full", overrides)
     names, source = resolve_functions(cfg)
     t = time.perf_counter()

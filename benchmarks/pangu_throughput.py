@@ -36,7 +36,7 @@ from paperbook.pangu.train import cpuinfo_field, onednn_available, onednn_linear
 
 BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, "model.d": 384,
          "model.num_heads": 6, "model.dropout": 0.0, "train.batch_size": 8, "data.source": "synthetic",
-         "data.synthetic_rows": 256, "train.warmup": 2}
+         "data.synthetic_rows": 256, "train.warmup": 0}  # no warm-up: any --steps; the work per step is the same
 
 
 def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10, kernel="aten") -> float:
