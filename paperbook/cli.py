@@ -204,7 +204,8 @@ def cmd_data(args) -> int:
         else:
             try:
                 v = data.verify(n)
-                print(f"{n}: ok ({v['files']} files in {v['path']}, sizes and SHA-256 as recorded)")
+                files = f"{v['files']} file{'s' * (v['files'] != 1)}"
+                print(f"{n}: ok ({files} in {v['path']}, sizes and SHA-256 as recorded)")
             except ValueError as e:
                 failed += 1
                 print(f"{n}: {e}")
