@@ -155,6 +155,11 @@ def test_chapter_claims_at_cpu_toy():
     row = next(r for r in result.claims if "perplexity falls" in r["claim"])
     ppl = [s["valid_ppl"] for s in study]
     assert row["per_seed"][0]["value"] == pytest.approx(ppl) and row["holds"] == (ppl[0] > ppl[1])
+    (run,) = result.metrics["runs"]
+    row = next(r for r in result.claims if "model-free baseline" in r["claim"])
+    gain, p = row["per_seed"][0]["value"]
+    assert gain == pytest.approx(run["next_sentence"][-1]["accuracy"] - run["next_overlap"]["accuracy"])
+    assert row["holds"] == (gain > 0 and p < 0.05) and "correct" not in run["next_overlap"]
 
 
 def test_perplexity_by_hand():

@@ -9,7 +9,7 @@ import torch
 from paperbook.pangu.fewshot import query_nll
 from paperbook.pangu.model import ModelConfig, PanguAlpha
 from paperbook.pangu.tasks import (
-    REVIEW_WORDS, draw_shots, mcnemar, next_sentence_items, next_sentence_predictions, sentences,
+    REVIEW_WORDS, draw_shots, mcnemar, next_sentence_items, next_sentence_predictions, overlap_predictions, sentences,
     sentiment_predictions, sequence_nll, summarise, wilson,
 )
 
@@ -63,6 +63,16 @@ def test_sentences_and_next_sentence_items():
     assert sorted({it["answer"] for it in items}) == [0, 1, 2, 3]  # the answer's place is shuffled
     with pytest.raises(ValueError, match="no next-sentence items"):
         next_sentence_items(["只有一句话在这里。"], 5)
+
+
+def test_the_overlap_baseline_picks_the_largest_share_of_shared_characters():
+    ctx = "北京大学今天举行典礼。"  # 11 distinct characters
+    first = {"context": ctx, "candidates": ["上海天气晴朗。", "北京大学校长讲话。", "股市大涨了。", "典礼今天结束了。"]}
+    # shares by hand: 2/7, 5/9, 2/6, 5/8 -> the last
+    second = {"context": ctx,
+              "candidates": ["北京大学举行的活动都来参加了。", "今天的典礼。", "股市大涨了。", "上海天气晴朗。"]}
+    # 7 of 15 vs 5 of 6: the share, not the count, decides -> the second
+    assert overlap_predictions([first, second]) == [3, 1]
 
 
 class Chars:

@@ -124,12 +124,14 @@ def build_data(cfg: Config, seed: int) -> dict:
 # %% ../../nbs/01_pangu_alpha.ipynb #c01b1e12
 def evaluate_seed(cfg: Config, data: dict, study: list[dict], controls: dict, seed: int) -> dict:
     "Every number the claims of one seed need."
-    from paperbook.pangu.tasks import next_sentence_items, next_sentence_predictions, sentiment_predictions, summarise
+    from paperbook.pangu.tasks import (next_sentence_items, next_sentence_predictions, overlap_predictions,
+                                       sentiment_predictions, summarise)
 
     tok, fs, max_len = data["tok"], cfg.fewshot, cfg.model.seq_len
     items = next_sentence_items(data["news"], fs.next_items, seed)
     answers = [it["answer"] for it in items]
     ns = [summarise(next_sentence_predictions(s["model"], tok, items, max_len), answers, positive=0) for s in study]
+    overlap = summarise(overlap_predictions(items), answers, positive=0)  # the model-free baseline, same items
     largest = study[-1]["model"]
     senti = {}
     for k in progress(fs.shots, desc="K"):
@@ -138,8 +140,8 @@ def evaluate_seed(cfg: Config, data: dict, study: list[dict], controls: dict, se
     shuffled = sentiment_predictions(largest, tok, data["test"], data["pool"], k=kmax, max_len=max_len, seed=seed,
                                      shuffle_labels=True) if kmax > 0 else None
     out = {"seed": seed, "valid_ppl": [s["valid_ppl"] for s in study], "params": [s["params"] for s in study],
-           "next_sentence": ns, "next_items": items[:3], "sentiment": senti, "shuffled": shuffled,
-           "review_share": data["review_share"], "docs": data["docs"]}
+           "next_sentence": ns, "next_overlap": overlap, "next_items": items[:3], "sentiment": senti,
+           "shuffled": shuffled, "review_share": data["review_share"], "docs": data["docs"]}
     if controls:
         out["no_reviews"] = sentiment_predictions(controls["clean"]["model"], tok, data["test"], data["pool"], k=0,
                                                   max_len=max_len, seed=seed)
@@ -181,6 +183,13 @@ def make_claims(rows: list[dict], runs: list[dict], cfg: Config) -> list[dict]:
                      threshold="95% interval above 25%",
                      ours="; ".join(f"{pct(top(r)['accuracy'])} [{pct(top(r)['ci'][0])}, {pct(top(r)['ci'][1])}]"
                                     for r in runs) + f" (n={top(runs[0])['n']}, largest model)"))
+    base = lambda r: top(r)["accuracy"] - r["next_overlap"]["accuracy"]
+    out.append(claim("zero-shot next-sentence choice (largest model) beats a model-free baseline: the candidate "
+                     "sharing most characters with the context", paper=TASKS,
+                     values=per(lambda r: (base(r), mcnemar(top(r)["correct"], r["next_overlap"]["correct"]))),
+                     rule=lambda v: v[0] > 0 and v[1] < 0.05, threshold="higher, McNemar p < 0.05; baseline ours",
+                     ours="; ".join(f"{pct(top(r)['accuracy'])} vs {pct(r['next_overlap']['accuracy'])}"
+                                    for r in runs) + " (model vs character overlap)"))
     out.append(claim("next-sentence accuracy rises with model size", paper=TASKS,
                      values=per(lambda r: [x["accuracy"] for x in r["next_sentence"]]),
                      rule=lambda a: a[-1] > a[0] and all(x <= y + 0.01 for x, y in zip(a, a[1:])),
@@ -254,10 +263,11 @@ def experiment(cfg: Config, info) -> Result:
         runs.append(run)
         first = first or (data, study)
     keep = lambda r: {k: v for k, v in r.items() if k not in ("sentiment", "shuffled", "no_reviews", "losses")}
+    drop = lambda x: {k: v for k, v in x.items() if k != "correct"}  # per-item correctness stays out of the record
     metrics = {"table1": rows, "packing_max_abs_diff": gap, "model_params": num_params(cfg.model),
                "scaling": [{k: v for k, v in s.items() if k not in ("losses", "model")} for s in first[1]],
-               "runs": [keep(r) | {"next_sentence": [{k: v for k, v in x.items() if k != "correct"}
-                                                     for x in r["next_sentence"]]} for r in runs],
+               "runs": [keep(r) | {"next_sentence": [drop(x) for x in r["next_sentence"]],
+                                   "next_overlap": drop(r["next_overlap"])} for r in runs],
                "fewshot_accuracy": {r["seed"]: {k: {how: summarise(v[how], v["truth"])["accuracy"]
                                                      for how in ("raw", "calibrated")}
                                                  for k, v in r["sentiment"].items()} for r in runs}}

@@ -11,7 +11,8 @@ import torch
 
 # %% auto #0
 __all__ = ['LABEL_FIRST', 'REVIEW_WORDS', 'CONTENT_FREE', 'sequence_nll', 'wilson', 'mcnemar', 'sentences', 'next_sentence_items',
-           'cached', 'next_sentence_predictions', 'draw_shots', 'sentiment_predictions', 'summarise']
+           'overlap_predictions', 'cached', 'next_sentence_predictions', 'draw_shots', 'sentiment_predictions',
+           'summarise']
 
 # %% ../../nbs/01j_pangu_tasks.ipynb #704c6e17
 @torch.no_grad()
@@ -90,6 +91,15 @@ def next_sentence_items(docs: list[str], n: int, seed: int = 0, choices: int = 4
     if not items:
         raise ValueError("no next-sentence items: the documents have no two consecutive usable sentences")
     return items
+
+
+def overlap_predictions(items: list[dict]) -> list[int]:
+    "Model-free baseline (ours): the candidate with the largest share of its distinct characters in the context."
+    def share(context: set, cand: str) -> float:
+        chars = set(cand)
+        return len(chars & context) / len(chars)
+
+    return [int(np.argmax([share(set(it["context"]), c) for c in it["candidates"]])) for it in items]
 
 
 def cached(tok):
