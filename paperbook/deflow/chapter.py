@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
-from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat
+from ..core import Bound, Count, NonNegFloat, NonNegInt, PositiveFloat
 from .data import (Flows, block_partition, calendar_features, fill_missing,
                                    hex_partition, load_melbourne, load_st_h5, make_samples, morans_i, paint,
                                    region_sums, self_organised_partition, sensor_cells, simulate_city, split)
@@ -239,7 +240,7 @@ class ClaimsConfig:
 # %% ../../nbs/06_deflow_net.ipynb #0e2cab11
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    seeds: Count = 3
+    seeds: Annotated[int, Bound(ge=2)] = 3  # paired intervals need two
     city: CityConfig = field(default_factory=CityConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -248,8 +249,6 @@ class Config(BaseConfig):
     claims: ClaimsConfig = field(default_factory=ClaimsConfig)
 
     def __post_init__(self):
-        if self.seeds < 2:
-            raise ValueError(f"seeds must be >= 2 (paired intervals), got {self.seeds}")
         week = 7 if self.model.lq else (1 if self.model.lp else 0)
         series = {"city.days": (self.city.days, self.city.test_days)}
         if self.melbourne.enabled:

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import networkx as nx
 import numpy as np
 
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
-from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat, Share
+from ..core import Bound, Count, NonNegFloat, NonNegInt, PositiveFloat, Share
 from .embed import degree_embedding, graphwave
 from .retrieve import cosine, plant_motifs, precision_recall, retrieve
 from .transfer import (apply_edit, blend, edge_agreement, match_nodes, mean_edge_length,
@@ -203,15 +204,11 @@ class ClaimsConfig:
 # %% ../../nbs/10_layout_transfer.ipynb #1284b501
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    seeds: Count = 10  # about 2 s each on one CPU core
+    seeds: Annotated[int, Bound(ge=2)] = 10  # paired intervals need two; about 2 s each on one CPU core
     graph: GraphConfig = field(default_factory=GraphConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     edit: EditConfig = field(default_factory=EditConfig)
     claims: ClaimsConfig = field(default_factory=ClaimsConfig)
-
-    def __post_init__(self):
-        if self.seeds < 2:
-            raise ValueError(f"seeds must be >= 2 (paired intervals), got {self.seeds}")
 
 # %% ../../nbs/10_layout_transfer.ipynb #f2946f7b
 PRESETS = {

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
 
-from ..core import BaseConfig, Chapter, Count, NonNegFloat, PositiveFloat, Result, claim, paired_claim, progress
+from ..core import BaseConfig, Bound, Chapter, Count, NonNegFloat, PositiveFloat, Result, claim, paired_claim
+from ..core import progress
 from ..dist import threads
 from .data import Split, corrupt, load_cifar10, load_images, make_model
 from .measures import (calibrate, distance_stop, invert, kl_bits, layer_distances,
@@ -146,7 +148,7 @@ class DataConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     "The `train` section."
-    seeds: int = 3
+    seeds: Annotated[int, Bound(ge=2)] = 3  # the estimate is calibrated on the other seeds
     levels: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # corruption probabilities p
     model: str = "mlp"  # or "cnn"
     width: Count = 256
@@ -160,9 +162,6 @@ class TrainConfig:
             raise ValueError(f"train.levels must be at least 3 probabilities in [0, 1]; got {self.levels}")
         if self.model not in ("mlp", "cnn"):
             raise ValueError(f"train.model must be mlp or cnn, got {self.model!r}")
-        if self.seeds < 2:
-            raise ValueError(f"train.seeds must be >= 2 (the estimate is calibrated on the other seeds), "
-                             f"got {self.seeds}")
 
 # %% ../../nbs/05_weight_info.ipynb #f9d6a2ff
 @dataclass(kw_only=True)
