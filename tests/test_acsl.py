@@ -416,7 +416,9 @@ def test_stage1_ddp_two_processes_equal_one(tmp_path):
     ({"n_min": 50, "n_max": 10}, "n_min <= n_max"),
     ({"seeds": 0}, "override seeds must be >= 1, got 0"),
     ({"cls_seeds": 0}, "override cls_seeds must be >= 1, got 0"),
-    ({"budgets": [-1]}, "budgets must be >= 0"),
+    ({"budgets": [100, -1]}, r"override budgets\[1\] must be >= 0, got -1"),
+    ({"xi_sweep": "0.3,1.5"}, r"override xi_sweep\[1\] must lie in \[0, 1\], got 1.5"),
+    ({"pos_fraction": 0}, r"override pos_fraction must lie in \(0, 1\], got 0"),
 ])
 def test_bad_config_fails_before_compute(overrides, message):
     with pytest.raises(ValueError, match=message):

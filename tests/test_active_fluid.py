@@ -172,6 +172,7 @@ def test_local_coupling_sees_a_planted_link():
 # ---- the chapter -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, words", [
     ({"sim.snapshots": 200}, "must be below sim.vicsek_steps"),
+    ({"sim.snapshots": 1}, "sim.snapshots must be >= 2, got 1"),
     ({"real.piv_pairs": 10}, "real.piv_pairs must lie in 1..9"),
     ({"sim.count_sizes": "1,128"}, "sim.count_sizes go up to 128"),
     ({"sim.fluctuations": 1}, "unknown override 'sim.fluctuations'"),

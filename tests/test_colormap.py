@@ -548,6 +548,7 @@ def test_recover_values_transfer_and_remap_round_trip():
     ({"knots": 1}, "knots must be >= 2"),
     ({"steps": 0}, "steps must be >= 1"),
     ({"px": 8}, "px must be >= 16"),
+    ({"test_fraction": 1}, "test_fraction must lie in (0, 1), got 1"),
     ({"nproc_per_node": 3, "batch_size": 32}, "not divisible"),
     ({"stepz": 3}, "stepz"),
 ])

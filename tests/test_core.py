@@ -107,6 +107,31 @@ def test_bounds_admit_their_edges_and_check_presets():
                 presets={"cpu-toy": Cfg(workers=0)}, experiment=CH.experiment)
 
 
+def test_bound_text_and_sequence_members():
+    assert [str(b) for b in (Bound(gt=0, lt=1), Bound(ge=0, le=1), Bound(gt=0, le=1), Bound(ge=2), Bound(lt=3))] == [
+        "lie in (0, 1)", "lie in [0, 1]", "lie in (0, 1]", "be >= 2", "be < 3"]
+    assert [Bound(gt=0, lt=1).holds(v) for v in (0, 0.5, 1)] == [False, True, False]
+
+    @dataclass(kw_only=True)
+    class Seq(BaseConfig):
+        shares: tuple[Annotated[float, Bound(gt=0, lt=1)], ...] = (0.2, 0.5)
+        pair: tuple[Count, Share] = (3, 0.5)
+        names: list[str] = field(default_factory=lambda: ["a"])
+
+    check_bounds(Seq())
+    with pytest.raises(ValueError, match=r"setting shares\[1\] must lie in \(0, 1\), got 1.0"):
+        check_bounds(Seq(shares=(0.2, 1.0)))  # a preset's tuple is checked member by member
+    with pytest.raises(ValueError, match=r"setting pair\[1\] must lie in \[0, 1\], got 2"):
+        check_bounds(Seq(pair=(3, 2)))
+    with pytest.raises(ValueError, match=r"setting pair\[0\] must be >= 1, got 0"):
+        check_bounds(Seq(pair=(0, 0.5)))
+    ch = Chapter(name="q", title="Q", summary="s", paper="p", config=Seq, notebook="q.ipynb",
+                 presets={"cpu-toy": Seq()}, experiment=CH.experiment)
+    with pytest.raises(ValueError, match=r"override shares\[0\] must lie in \(0, 1\), got 0"):
+        resolve(ch, "cpu-toy", {"shares": [0, 0.5]})
+    assert resolve(ch, "cpu-toy", {"shares": "0.1,0.9"}).shares == (0.1, 0.9)
+
+
 def test_unknown_chapter_lists_allowed():
     with pytest.raises(ValueError, match="unknown chapter 'nope'; allowed: .*example"):
         resolve("nope")

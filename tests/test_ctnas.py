@@ -216,6 +216,7 @@ def test_macro_loader_reads_and_checks_a_small_file(tmp_path):
     ({"search.budget": 0.05}, "must be one of study.budgets"),
     ({"seeds": 1}, "seeds must be >= 2"),
     ({"study.budgets": [0.01]}, "at least two shares"),
+    ({"study.budgets": [0.01, 1]}, r"study.budgets\[1\] must lie in \(0, 1\), got 1"),
     ({"study.heldout": 1}, "study.heldout must be >= 2, got 1"),
     ({"nac.width": 0}, "nac.width must be >= 1, got 0"),
     ({"search.update_every": 0}, "search.update_every must be >= 1, got 0"),

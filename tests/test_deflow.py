@@ -203,6 +203,8 @@ def test_network_shapes_and_dropped_branches():
 @pytest.mark.parametrize("overrides, words", [
     ({"melbourne.partitions": ["voronoi:3"]}, "unknown partition 'voronoi:3'"),
     ({"seeds": 1}, "seeds must be >= 2"),
+    ({"city.size": 5}, "city.size must be >= 6, got 5"),
+    ({"melbourne.weeks": 2}, "melbourne.weeks must be >= 3, got 2"),
     ({"city.days": 4}, "city.days gives 4 days, which leave no training days"),  # 1 + 2 test + 2 training days
     ({"melbourne.test_days": 19}, r"melbourne.weeks gives 21 days, .* test days \(19\)"),  # 3 weeks: 1 + 19 + 2 > 21
 ])

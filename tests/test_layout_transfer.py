@@ -152,7 +152,10 @@ def test_matrix_market_reader(tmp_path):
 @pytest.mark.parametrize("overrides, words", [
     ({"graph.kinds": ["clique"]}, "unknown motif"),
     ({"edit.kind": "spiral"}, "unknown edit 'spiral'"),
-    ({"retrieval.eps": 1.5}, "0 < eps <= 1"),
+    ({"retrieval.eps": 1.5}, r"retrieval.eps must lie in \(0, 1\], got 1.5"),
+    ({"retrieval.size_min": 3}, "size_min must be below retrieval.size_max; got 3"),
+    ({"graph.copies": 1}, "graph.copies must be >= 2, got 1"),
+    ({"graph.backbone": 9}, "graph.backbone must be >= 10, got 9"),
     ({"seeds": 1}, "seeds must be >= 2"),
 ])
 def test_config_errors(overrides, words):

@@ -131,10 +131,11 @@ def test_models_and_bad_names():
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ({"train.levels": "0,1.5,0.5"}, "probabilities in \\[0, 1\\]"),
+    ({"train.levels": "0,1.5,0.5"}, r"train.levels\[1\] must lie in \[0, 1\], got 1.5"),
+    ({"train.levels": "0,0.5"}, "at least 3 probabilities"),
     ({"train.seeds": 1}, "train.seeds must be >= 2"),
     ({"data.images": "cifar10"}, "needs data.folder"),
-    ({"train.model": "vit"}, "train.model must be mlp or cnn"),
+    ({"train.model": "vit"}, "train.model' must be one of 'mlp', 'cnn'; got 'vit'"),
 ])
 def test_bad_config_fails_before_any_work(overrides, words):
     with pytest.raises(ValueError, match=words):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from .data import (groups_of, lvis_scenes, load_base_images, load_lvis, make_lon
 from .detector import Detector, evaluate, retrain_classifier, roi_features, train_representation
 from .losses import LOSSES, class_scores
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, pick_device, seed_everything
-from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat, Share
+from ..core import Bound, Count, NonNegFloat, NonNegInt, PositiveFloat, Share
 
 # %% auto #0
 __all__ = ['PRESETS', 'GRADIENT_METHODS', 'README', 'ABSTRACT', 'SHARED', 'CHAPTER', 'Config', 'Task', 'build_task', 'methods',
@@ -38,7 +38,7 @@ class Config(BaseConfig):
     test_per_class: Count = 20  # test objects per category
     test_background: NonNegInt = 12  # background proposals per test image
     rois_per_image: Count = 16  # RoIs sampled per training image (official: 512)
-    pos_fraction: Share = 0.25  # at most this share of them foreground (official: 0.25)
+    pos_fraction: Annotated[float, Bound(gt=0, le=1)] = 0.25  # at most this share of them foreground (official: 0.25)
     width: Count = 32  # backbone channels
     hidden: Count = 256  # RoI head width
     roi_out: Count = 5  # RoI align output size
@@ -51,27 +51,21 @@ class Config(BaseConfig):
     losses: tuple[str, ...] = LOSSES
     xi: Share = 0.7  # ACSL's threshold (paper: 0.7)
     background: Literal["paper", "code"] = "code"
-    xi_sweep: tuple[float, ...] = (0.0, 0.3, 0.5, 0.9)  # besides xi itself (0 is always run: the mechanism row)
+    xi_sweep: tuple[Share, ...] = (0.0, 0.3, 0.5, 0.9)  # besides xi itself (0 is always run: the mechanism row)
     eql_max_count: NonNegInt = 100  # EQL's tail: categories with at most this many training instances
     focal_gamma: NonNegFloat = 2.0
     focal_alpha: Share = 0.25
     max_dets: Count = 20  # detections kept per test image (the headline budget)
-    budgets: tuple[int, ...] = (100, 0)  # further budgets evaluated; 0 = no budget
+    budgets: tuple[NonNegInt, ...] = (100, 0)  # further budgets evaluated; 0 = no budget
 
     def __post_init__(self):
         bad = [x for x in self.losses if x not in LOSSES]
         if bad or not self.losses:
             raise ValueError(f"unknown loss(es) {bad or '(none given)'}; allowed: {', '.join(LOSSES)}")
-        if not all(0.0 <= x <= 1.0 for x in self.xi_sweep):
-            raise ValueError(f"xi_sweep values must lie in [0, 1], got {self.xi_sweep}")
-        if not 0 < self.pos_fraction <= 1:
-            raise ValueError(f"pos_fraction must lie in (0, 1], got {self.pos_fraction}")
         if not 1 <= self.n_min <= self.n_max:
             raise ValueError(f"need 1 <= n_min <= n_max, got n_min={self.n_min}, n_max={self.n_max}")
         if self.obj_size > self.canvas:
             raise ValueError(f"obj_size {self.obj_size} does not fit the canvas {self.canvas}")
-        if any(b < 0 for b in self.budgets):
-            raise ValueError(f"budgets must be >= 0 (0 = none), got {self.budgets}")
         lvis = [self.lvis_json, self.lvis_val_json, self.lvis_image_dir]
         if any(lvis) and not all(lvis):
             raise ValueError("LVIS needs all of lvis_json, lvis_val_json and lvis_image_dir")

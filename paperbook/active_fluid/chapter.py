@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from .measures import (box_fluctuations, count_fluctuations, energy_spectrum,
 from .models import (advect, poisson_particles, random_dots, random_velocity_field,
                                            vicsek)
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
-from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat
+from ..core import Bound, Count, NonNegFloat, NonNegInt, PositiveFloat
 
 # %% auto #0
 __all__ = ['PRESETS', 'CHAPTER', 'simulated_gnf', 'spectrum_check', 'piv_check', 'real_data', 'make_claims', 'experiment',
@@ -170,7 +171,7 @@ class SimConfig:
     seeds: Count = 5  # seeds seed, seed + 1, ...
     particles: Count = 8192  # Poisson and Vicsek particles
     box: Count = 64  # side of the periodic square (interaction radius 1)
-    snapshots: Count = 100  # snapshots kept for the fluctuations
+    snapshots: Annotated[int, Bound(ge=2)] = 100  # snapshots kept for the fluctuations
     keep_every: Count = 10  # steps between kept snapshots
     vicsek_steps: Count = 1500
     v0: PositiveFloat = 0.5
@@ -189,8 +190,6 @@ class SimConfig:
     piv_fit_wavelengths: tuple[float, float] = (128.0, 512.0)  # pixels: well above the 32-px window
 
     def __post_init__(self):
-        if self.snapshots < 2:
-            raise ValueError(f"sim.snapshots must be >= 2, got {self.snapshots}")
         if self.snapshots * self.keep_every >= self.vicsek_steps:
             raise ValueError(f"sim.snapshots × sim.keep_every ({self.snapshots * self.keep_every}) must be below "
                              f"sim.vicsek_steps ({self.vicsek_steps}): the first steps are the transient")

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from .model import (ColormapNet, Extractor, KindClassifier, corpus_inputs, delta
                                       recover_values, refine, save_extractor, train_net)
 from ..core import (BaseConfig, Chapter, Result, claim, paired_claim, pick_device, progress,
                             seed_everything)
-from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat, Share
+from ..core import Bound, Count, NonNegFloat, NonNegInt, PositiveFloat, Share
 
 # %% auto #0
 __all__ = ['PRESETS', 'ABLATIONS', 'GENERALISES', 'NET', 'PIPE', 'INPUT', 'CHAPTER', 'Config', 'build_corpora', 'train_models',
@@ -28,15 +28,15 @@ class Config(BaseConfig):
     seeds: Count = 3  # independent runs (split, corpora, networks) with seeds seed, seed + 1, ...
     n_train: Count = 2400  # training images (rendered from the training colormaps)
     n_test: Count = 400  # images in each test set: unseen colormaps, seen colormaps
-    px: int = 64  # image side (pixels)
-    test_fraction: Share = 0.15  # share of the catalogue held out (never seen in training)
+    px: Annotated[int, Bound(ge=16)] = 64  # image side (pixels; a chart needs room)
+    test_fraction: Annotated[float, Bound(gt=0, lt=1)] = 0.15  # catalogue share held out (never trained on)
     family_de: NonNegFloat = 5.0  # colormaps closer than this (order-free ΔE00) are one family, held out together
     n_values: Count = 100  # unseen images whose data are read back through each method's colormap
     p_sub: Share = 0.5  # training: chance of using a random sub-range of a continuous colormap
     p_binned: Share = 0.25  # chance of binning a continuous colormap (4-12 levels) into a discrete one
     transform: Literal["minmax", "log"] = "minmax"  # histogram normalisation (official: minmax)
     width: PositiveFloat = 0.25  # channel widths × (64, 128, 256, 512); official 1.0
-    knots: Count = 16  # colormap knots emitted by the decoder (the official resize is 2)
+    knots: Annotated[int, Bound(ge=2)] = 16  # colormap knots emitted by the decoder (the official resize is 2)
     steps: Count = 600  # optimiser steps
     batch_size: Count = 32  # global batch (official 8)
     lr: PositiveFloat = 1e-3  # Adam (official 1e-4)
@@ -51,12 +51,6 @@ class Config(BaseConfig):
     pairs_test: str = ""  # ... and its test list (the "unseen" set; "seen" is the first n_test training pairs)
 
     def __post_init__(self):
-        if self.px < 16:
-            raise ValueError(f"px must be >= 16 (a chart needs room), got {self.px}")
-        if self.knots < 2:
-            raise ValueError(f"knots must be >= 2, got {self.knots}")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
         if bool(self.pairs_train) != bool(self.pairs_test):
             raise ValueError("the paper's data set needs both pairs_train and pairs_test")
         if self.batch_size % self.world_size:

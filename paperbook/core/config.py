@@ -22,17 +22,20 @@ class Bound:
     ge: float | None = None  # at least
     gt: float | None = None  # more than
     le: float | None = None  # at most
+    lt: float | None = None  # less than
 
     def __str__(self) -> str:
         "What a value must do: 'be >= 1', 'be > 0', 'lie in [0, 1]'."
-        if self.gt is None and None not in (self.ge, self.le):
-            return f"lie in [{self.ge:g}, {self.le:g}]"
-        return "be " + " and ".join(f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le))
-                                    if v is not None)
+        lo = ("[", self.ge) if self.gt is None else ("(", self.gt)
+        hi = ("]", self.le) if self.lt is None else (")", self.lt)
+        if None not in (lo[1], hi[1]):
+            return f"lie in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+        pairs = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        return "be " + " and ".join(f"{op} {v:g}" for op, v in pairs if v is not None)
 
     def holds(self, v) -> bool:
         return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-                and (self.le is None or v <= self.le))
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
 
 
 Count = Annotated[int, Bound(ge=1)]  # a number of things: at least one
@@ -187,6 +190,12 @@ def check_bounds(cfg, prefix: str = "") -> None:
             check_bounds(val, f"{prefix}{name}.")
         elif get_origin(tp) is Annotated and isinstance(val, (int, float)):
             _within(tp, val, f"setting {prefix}{name}")
+        elif get_origin(tp) in (list, tuple) and isinstance(val, (list, tuple)):  # each member of a sequence
+            args = get_args(tp)
+            fixed = get_origin(tp) is tuple and args and args[-1] is not Ellipsis
+            for i, (x, a) in enumerate(zip(val, args if fixed else (args[0] if args else Any,) * len(val))):
+                if get_origin(a) is Annotated and isinstance(x, (int, float)):
+                    _within(a, x, f"setting {prefix}{name}[{i}]")
 
 
 # %% ../../nbs/00_core_config.ipynb #70dab870

@@ -166,7 +166,7 @@ def experiment(cfg: Config, info) -> Result:
 @dataclass(kw_only=True)
 class CityConfig:
     "The `city` section: the simulated cities (part 2)."
-    size: Count = 12
+    size: Annotated[int, Bound(ge=6)] = 12  # cells a side
     days: Count = 10
     corridors: Count = 6
     speed: PositiveFloat = 3.0  # cells per interval
@@ -175,10 +175,6 @@ class CityConfig:
     burst: PositiveFloat = 2.0  # gamma shape of the platoons (smaller: burstier)
     city_seed: NonNegInt = 0  # the corridors' geometry (the traffic follows the run's seed)
     test_days: Count = 2
-
-    def __post_init__(self):
-        if self.size < 6:
-            raise ValueError(f"city.size must be >= 6, got {self.size}")
 
 # %% ../../nbs/06_deflow_net.ipynb #f4d488a8
 @dataclass(kw_only=True)
@@ -207,7 +203,7 @@ class MelbourneConfig:
     "The `melbourne` section: the real sensors, their base raster and the partitions compared."
     enabled: bool = True
     grid: Count = 8
-    weeks: Count = 3  # the last weeks of the series
+    weeks: Annotated[int, Bound(ge=3)] = 3  # the last weeks of the series: one of history, then training and test
     test_days: Count = 7
     partitions: tuple[str, ...] = ("block:2", "self:16")
 
@@ -221,9 +217,6 @@ class MelbourneConfig:
                 ok = False
             if not ok:
                 raise ValueError(f"unknown partition {p!r}; allowed: 'block:<cells>', 'hex:<radius>', 'self:<regions>'")
-        if self.weeks < 3:
-            raise ValueError(f"melbourne.weeks must be >= 3 (one week of history, then training and test), "
-                             f"got {self.weeks}")
 
 # %% ../../nbs/06_deflow_net.ipynb #fd5eec50
 @dataclass(kw_only=True)

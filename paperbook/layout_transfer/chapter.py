@@ -10,7 +10,7 @@ import networkx as nx
 import numpy as np
 
 from ..core import BaseConfig, Chapter, Result, claim, paired_claim, progress
-from ..core import Bound, Count, NonNegFloat, NonNegInt, PositiveFloat, Share
+from ..core import Bound, Count, NonNegInt, PositiveFloat, Share
 from .embed import degree_embedding, graphwave
 from .retrieve import cosine, plant_motifs, precision_recall, retrieve
 from .transfer import (apply_edit, blend, edge_agreement, match_nodes, mean_edge_length,
@@ -152,8 +152,8 @@ def real_graphs() -> dict:
 @dataclass(kw_only=True)
 class GraphConfig:
     "The `graph` section: the planted-motif graphs."
-    backbone: Count = 150
-    copies: Count = 4
+    backbone: Annotated[int, Bound(ge=10)] = 150
+    copies: Annotated[int, Bound(ge=2)] = 4
     kinds: tuple[str, ...] = ("wheel", "tree", "ladder")
 
     def __post_init__(self):
@@ -162,15 +162,13 @@ class GraphConfig:
         bad = [k for k in self.kinds if k not in MOTIFS]
         if bad or not self.kinds:
             raise ValueError(f"unknown motif(s) {bad or '(none)'}; allowed: {sorted(MOTIFS)}")
-        if self.copies < 2 or self.backbone < 10:
-            raise ValueError(f"need copies >= 2 and backbone >= 10, got {self.copies} and {self.backbone}")
 
 # %% ../../nbs/10_layout_transfer.ipynb #c1d61600
 @dataclass(kw_only=True)
 class RetrievalConfig:
     "The `retrieval` section: S3's parameters (the paper's Figure 1: k 200, ε 0.95) and our size window."
     k: Count = 200
-    eps: NonNegFloat = 0.95
+    eps: Annotated[float, Bound(gt=0, le=1)] = 0.95
     size_min: PositiveFloat = 0.5  # × the exemplar's size (the paper: 10 nodes)
     size_max: PositiveFloat = 2.0  # × the exemplar's size (the paper: 100 nodes)
     jaccard: Share = 0.5  # a retrieved set finds a planted copy at this overlap (ours)
@@ -178,9 +176,9 @@ class RetrievalConfig:
     sample: NonNegInt = 0  # GraphWave's characteristic function from this many nodes (0: all; large graphs, ours)
 
     def __post_init__(self):
-        if not 0 < self.eps <= 1 or self.k < 1 or not 0 < self.size_min < self.size_max:
-            raise ValueError(f"retrieval needs 0 < eps <= 1, k >= 1 and 0 < size_min < size_max; got eps={self.eps}, "
-                             f"k={self.k}, size=({self.size_min}, {self.size_max})")
+        if self.size_min >= self.size_max:
+            raise ValueError(f"retrieval.size_min must be below retrieval.size_max; got {self.size_min} and "
+                             f"{self.size_max}")
 
 # %% ../../nbs/10_layout_transfer.ipynb #2fad942a
 @dataclass(kw_only=True)

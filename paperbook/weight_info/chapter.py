@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
 from ..core import BaseConfig, Bound, Chapter, Count, NonNegFloat, PositiveFloat, Result, claim, paired_claim
-from ..core import progress
+from ..core import Share, progress
 from ..dist import threads
 from .data import Split, corrupt, load_cifar10, load_images, make_model
 from .measures import (calibrate, distance_stop, invert, kl_bits, layer_distances,
@@ -149,19 +149,16 @@ class DataConfig:
 class TrainConfig:
     "The `train` section."
     seeds: Annotated[int, Bound(ge=2)] = 3  # the estimate is calibrated on the other seeds
-    levels: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # corruption probabilities p
-    model: str = "mlp"  # or "cnn"
+    levels: tuple[Share, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # corruption probabilities p
+    model: Literal["mlp", "cnn"] = "mlp"
     width: Count = 256
     lr: PositiveFloat = 0.05  # SGD, momentum 0.9
     batch: Count = 64
     max_epochs: Count = 150  # training stops earlier when every training label is fitted
 
     def __post_init__(self):
-        bad = [p for p in self.levels if not 0.0 <= p <= 1.0]
-        if bad or len(self.levels) < 3:
-            raise ValueError(f"train.levels must be at least 3 probabilities in [0, 1]; got {self.levels}")
-        if self.model not in ("mlp", "cnn"):
-            raise ValueError(f"train.model must be mlp or cnn, got {self.model!r}")
+        if len(self.levels) < 3:
+            raise ValueError(f"train.levels must be at least 3 probabilities; got {self.levels}")
 
 # %% ../../nbs/05_weight_info.ipynb #f9d6a2ff
 @dataclass(kw_only=True)
