@@ -232,3 +232,37 @@ def test_every_bibliography_entry_has_author_title_and_year(root):
     assert not missing, f"bibliography entries lacking fields: {missing}"
     keys = [e.split("{", 1)[1].split(",")[0] for e in entries]
     assert len(keys) == len(set(keys)), "duplicate bibliography keys"
+
+
+def _third_party_imports(package) -> set[str]:
+    "Top-level names of the modules a package imports (anywhere in it), less the standard library and paperbook."
+    import ast
+
+    names = set()
+    for p in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"paperbook"}
+
+
+EXTRA = {"active_fluid": "ecoli"}  # a chapter package whose extra has another name than the package's
+
+
+@pytest.mark.parametrize("package", sorted(p.parent.name for p in (ROOT_NBS.parent / "paperbook").glob("*/chapter.py")))
+def test_a_chapter_declares_what_it_imports(package, root):
+    "Every third-party module a chapter imports is a core dependency or in the chapter's extra (pyproject.toml)."
+    import importlib.metadata
+    import re
+    import tomllib
+
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    norm = lambda req: re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", req)[0]).lower()
+    extra = EXTRA.get(package, package.replace("_", "-"))
+    declared = {norm(r) for r in project["dependencies"] + project["optional-dependencies"].get(extra, [])}
+    dists = importlib.metadata.packages_distributions()
+    missing = {m: dists.get(m) for m in _third_party_imports(root / "paperbook" / package)
+               if not {norm(d) for d in dists.get(m, [m])} & declared}
+    assert not missing, f"paperbook.{package} imports {missing} (module: distributions), not in its extra {extra!r}"
