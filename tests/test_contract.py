@@ -266,3 +266,27 @@ def test_a_chapter_declares_what_it_imports(package, root):
     missing = {m: dists.get(m) for m in _third_party_imports(root / "paperbook" / package)
                if not {norm(d) for d in dists.get(m, [m])} & declared}
     assert not missing, f"paperbook.{package} imports {missing} (module: distributions), not in its extra {extra!r}"
+
+
+def test_the_wheel_holds_every_chapter(tmp_path, root):
+    "Built as a wheel and installed away from the checkout, the package finds every chapter and runs one."
+    import os
+    import shutil
+
+    src = tmp_path / "src"  # a copy of what the wheel is built from: the build writes nothing into the checkout
+    shutil.copytree(root / "paperbook", src / "paperbook", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(root / f, src / f)
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", str(src), "-w", str(tmp_path)], check=True)
+    site = tmp_path / "site"
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(site), *map(str, tmp_path.glob("*.whl"))], check=True)
+    code = ("import paperbook, paperbook.core as c; print(paperbook.__file__); print(' '.join(sorted(c.chapters())));"
+            "r = c.get_chapter('example').run(c.resolve('example', 'cpu-toy', {'repeats': 5, 'device': 'cpu'}));"
+            "print(len(r.claims))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(site), "PAPERBOOK_PROGRESS": "0"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    where, names, claims = r.stdout.split("\n")[:3]
+    assert where.startswith(str(site)), where  # the wheel's copy, not the checkout's
+    assert names.split() == sorted(NAMES) and int(claims) >= 1
