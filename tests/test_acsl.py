@@ -47,6 +47,8 @@ def test_acsl_hand_computed_values():
     assert loss.item() == pytest.approx(expect, rel=1e-5)
     loss.backward()
     assert torch.allclose(z.grad, torch.tensor([[0, -0.1, 0.8, 0], [-0.25, 0, 0, 0.71]]) / 2, atol=1e-6)
+    # at p_i = ξ exactly the category is suppressed (the rule is p_i >= ξ): logit 0 is p = 0.5
+    assert acsl_weights(torch.tensor([[0.0, 0.0, -9.0]]), torch.tensor([0]), xi=0.5).tolist() == [[1.0, 1.0, 0.0]]
 
 
 def test_acsl_limits_bce_and_ground_truth_only():
@@ -108,6 +110,11 @@ def test_focal_and_ce_reduce_to_known_losses():
     z, y = torch.randn(20, 4), torch.randint(0, 4, (20,))
     assert focal_loss(z, y, gamma=0.0, alpha=0.5).item() == pytest.approx(0.5 * bce_loss(z, y).item(), rel=1e-6)
     assert focal_loss(z, y).item() < bce_loss(z, y).item()
+    # one sample of category 1, p = (0.2, 0.9, 0.6): α = 0.25 weighs the positive column, 1 - α the negatives,
+    # and (1 - p_t)^γ with p_t = p on the positive column, 1 - p on the others
+    pz = torch.logit(torch.tensor([[0.2, 0.9, 0.6]]))
+    expect = -(0.75 * 0.2 ** 2 * np.log(0.8) + 0.25 * 0.1 ** 2 * np.log(0.9) + 0.75 * 0.6 ** 2 * np.log(0.4))
+    assert focal_loss(pz, torch.tensor([1]), gamma=2.0, alpha=0.25).item() == pytest.approx(expect, rel=1e-5)
     assert torch.equal(ce_loss(z, y), F.cross_entropy(z, y))
     assert torch.allclose(class_scores("ce", z).sum(1) + torch.softmax(z, 1)[:, 0], torch.ones(20))
     assert class_scores("acsl", z).shape == (20, 3)

@@ -82,6 +82,9 @@ def test_training_records_and_fits_small_data():
 def test_stopping_rules_by_hand():
     assert distance_stop([1, 3, 2, 1.5, 1.2, 1.0, 1.0, 1.1, 1.3, 1.6], window=1, rise=0.2) == 5
     assert distance_stop([1, 1, 1, 1], window=1) == 3  # no rise: train to the end
+    # window 3: smoothed [4, 3, 2, 4/3, 1, 4/3, 2, 3]; the minimum 1 is the window over epochs 4-6, and 4/3 > 1.15
+    # rises past it, so the stop is the centre of that window, epoch 5
+    assert distance_stop([5, 4, 3, 2, 1, 1, 1, 2, 3, 4], window=3, rise=0.15) == 5
     assert validation_stop([0.1, 0.7, 0.7, 0.6]) == 1
 
 
@@ -94,6 +97,15 @@ def test_prequential_code_separates_structure_from_noise():
     assert structured < 0.4 * noise and noise > 0.8 * 400 * math.log2(10)
     with pytest.raises(ValueError, match="increasing fractions"):
         prequential_bits(make, X, X[:, 0].long(), blocks=(0.5, 0.25, 1.0))
+
+    def uniform():  # predicts 1/10 for every class and never learns (lr 0)
+        lin = nn.Linear(3, 10)
+        nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
+        return lin
+
+    # the first block is sent with the uniform code (100 labels × log2 10), then each later block costs the same
+    bits = prequential_bits(uniform, X, (X[:, 0] > 0).long(), blocks=(0.25, 0.5, 1.0), epochs=1, lr=0.0)
+    assert bits == pytest.approx(400 * math.log2(10), rel=1e-6)
 
 
 def test_calibration_by_hand():
