@@ -86,6 +86,12 @@ def test_ablations_do_what_they_say():
     s = Stream(8, 6, 4, graph=False)
     f, _ = s(v)
     assert torch.equal(f[:, 4:], torch.zeros(2, 4))  # h = [x; 0]: the context half of the feature is zero
+    # with attention: a_t = exp(s_t) / Σ_τ exp(s_τ) over the clips of each video, and the feature is Σ_t a_t h_t
+    f, a = s(v)
+    h = torch.cat([s.embed(v), torch.zeros(2, 6, 4)], -1)
+    e = s.score(h).squeeze(-1).exp()
+    assert torch.allclose(a, e / e.sum(1, keepdim=True), atol=1e-6) and torch.allclose(a.sum(1), torch.ones(2))
+    assert torch.allclose(f, (a.unsqueeze(-1) * h).sum(1), atol=1e-6)
     with pytest.raises(ValueError, match="streams"):
         ActionNet(8, 8, 6, 6, streams=("audio",))
 

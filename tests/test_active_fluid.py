@@ -54,6 +54,10 @@ def test_poisson_particles_and_the_fit_range_check():
     assert abs(gnf_exponent(f) - 0.5) < 0.03
     with pytest.raises(ValueError, match="at least 3 are needed"):
         gnf_exponent(f, lmin=8)
+    # the fit range includes its ends: l = 2, 4, 8 (N = 4, 16, 64; ΔN = 4, 4, 8) give the slope 0.25 by hand
+    # (in units of ln 2: x = 2, 4, 6 and y = 2, 2, 3, so Σ(x - x̄)(y - ȳ) / Σ(x - x̄)² = 2 / 8)
+    hand = {"l": np.array([1, 2, 4, 8]), "N": np.array([1.0, 4, 16, 64]), "dN": np.array([9.0, 4, 4, 8])}
+    assert gnf_exponent(hand, lmin=2) == pytest.approx(0.25)
 
 
 def test_bad_shapes_are_refused():

@@ -67,6 +67,9 @@ def test_kendall_from_verdicts_matches_scipy():
     better = score[:, None] > score[None, :]
     assert kendall_from_verdicts(better, acc) == pytest.approx(kendalltau(score, acc).statistic, abs=1e-12)
     assert kendall_from_verdicts(acc[:, None] > acc[None, :], acc) == 1.0
+    # a pair of equal accuracy is left out: of (0, 2) right and (1, 2) wrong, τ = (1 - 1) / 2, whatever (0, 1) says
+    tied = np.array([0.5, 0.5, 0.9])
+    assert kendall_from_verdicts(np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], bool), tied) == 0.0
     assert kendall_from_verdicts(acc[:, None] < acc[None, :], acc) == -1.0
 
 

@@ -118,6 +118,11 @@ def test_readability_by_hand():
     star = nx.star_graph(4)
     even = {0: np.zeros(2), **{i: np.array([np.cos(i * np.pi / 2), np.sin(i * np.pi / 2)]) for i in range(1, 5)}}
     assert readability(star, even, list(star))["minimum angle"] == pytest.approx(1.0)
+    # three leaves at 0°, 90° and 180°, at distances 1, 1, 2: the centre's smallest gap is 90° against the ideal 120°
+    # (1 - 30/120 = 0.75); the lengths' std / mean is sqrt(2/9) / (4/3), so the uniformity is 1 - sqrt(2)/4
+    tee = {0: np.zeros(2), 1: np.array([1.0, 0]), 2: np.array([0, 1.0]), 3: np.array([-2.0, 0])}
+    r = readability(nx.star_graph(3), tee, [0, 1, 2, 3])
+    assert r["minimum angle"] == pytest.approx(0.75) and r["edge uniformity"] == pytest.approx(1 - np.sqrt(2) / 4)
 
 
 def test_blending_moves_only_the_neighbourhood():
