@@ -487,3 +487,29 @@ def test_paperbook_run_prints_the_per_family_table(tmp_path):
     assert {"adder", "comparator", "mean"} <= set(lines)
     header = table.strip().splitlines()[0].split()
     assert "portfolio" in header and "fringe" in header and "boost" in header
+
+
+def test_sum_at_least_by_hand():
+    "[a + b - 1 >= θ] for 2-bit a, b and the constant -1 (all ones), over all 16 inputs and several θ."
+    from itertools import product
+
+    from paperbook.iwls.ensemble import sum_at_least
+
+    X = np.array(list(product([0, 1], repeat=4)), np.uint8)
+    a, b = X[:, 0].astype(int) + 2 * X[:, 1], X[:, 2].astype(int) + 2 * X[:, 3]
+    for theta in (-1, 0, 2, 5, 6):
+        g = AIG(4)
+        values = [[g.input(0), g.input(1), 0, 0, 0], [g.input(2), g.input(3), 0, 0, 0], [1] * 5]  # 1: TRUE
+        g.outputs = [sum_at_least(g, values, theta, width=5)]
+        assert simulate(g, X)[:, 0].tolist() == (a + b - 1 >= theta).astype(int).tolist(), theta
+
+
+def test_boosted_trees_as_a_circuit_agree_with_sklearn():
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from paperbook.iwls.ensemble import boosted_aig
+
+    tr, _, te = generate("comparator-8", seed=0, size=1500)
+    gb = GradientBoostingClassifier(n_estimators=16, max_depth=3, learning_rate=0.2, random_state=0).fit(tr.X, tr.y)
+    circ = boosted_aig(gb, tr.n, 16, 8, tr.X, tr.y)  # 8-bit leaves: the quantisation is fine enough to agree
+    assert (simulate(circ, te.X)[:, 0] == gb.predict(te.X)).mean() >= 0.99
