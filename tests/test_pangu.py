@@ -199,3 +199,17 @@ def test_the_cleaning_claim_averages_its_initialisations():
     assert row["holds"] is False  # one seed gives no interval: the claim needs >= 2 seeds to hold
     with pytest.raises(ValueError, match="study.quality_inits must be >= 1, got 0"):
         resolve("pangu-alpha", overrides={"study.quality_inits": 0})
+
+
+def test_schedule_and_weight_decay_groups_by_hand():
+    from paperbook.pangu.train import lr_at, param_groups
+
+    # warm-up of 4 steps reaches lr at step 3; then a cosine from lr to lr/10 over steps 4..12, held after
+    lrs = [lr_at(s, lr=1.0, warmup=4, total=12) for s in (0, 1, 3, 4, 8, 12, 20)]
+    assert lrs == pytest.approx([0.25, 0.5, 1.0, 1.0, 0.1 + 0.9 * 0.5, 0.1, 0.1])
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == ["0.weight", "2.weight"] and decay["weight_decay"] == 0.1
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["1.bias", "1.weight", "2.bias"]
+    assert no_decay["weight_decay"] == 0.0
