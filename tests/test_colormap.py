@@ -418,6 +418,25 @@ def test_kind_classifier_separates_palettes_from_ramps(tiny):
         KindClassifier().probability(feats)
 
 
+def test_discrete_refinement_and_features_by_hand():
+    from paperbook.colormap.data import background_bins
+    from paperbook.colormap.model import refine_discrete
+
+    # DBSCAN (eps 9) joins L 50 and 52 (weights 3, 1: centre 50.5); L 80 stands alone; L 20 holds under 1% of the
+    # mass and is dropped. Entries snap to the nearest kept centre: 21 and 60 -> 50.5, 70 -> 80
+    colours = np.array([[50.0, 0, 0], [52, 0, 0], [80, 0, 0], [20, 0, 0]])
+    pred, weights = np.array([[21.0, 0, 0], [60, 0, 0], [70, 0, 0]]), np.array([3, 1, 4, 0.001])
+    out = refine_discrete(pred, colours, weights)
+    assert out[:, 0].tolist() == pytest.approx([50.5, 50.5, 80.0]) and not out[:, 1:].any()
+    assert np.allclose(refine_discrete(pred, colours, weights / weights.sum()), out)  # shares, not counts: the same
+    # the black and white bins are not colours of the map: their counts do not move the features
+    h = np.zeros((8, 8, 8))
+    h[2, 3, 3], h[5, 5, 5] = 5, 3
+    lit = h.copy()
+    lit.reshape(-1)[list(background_bins(8))] = 1000
+    assert np.allclose(histogram_features(lit), histogram_features(h))
+
+
 def test_discrete_refinement_snaps_to_the_image_colours(cmaps):
     tab = next(c for c in cmaps if c.name == "tab10").lut
     lut = binned(tab, 10)[: 256 * 4 // 10 + 1]  # the first four colours

@@ -246,7 +246,8 @@ def refine_discrete(pred_lab: np.ndarray, colours: np.ndarray, weights: np.ndarr
     "Snap each entry to the nearest DBSCAN cluster centre of the histogram's colours."
     from sklearn.cluster import DBSCAN
 
-    labels = DBSCAN(eps=eps, min_samples=1).fit(colours, sample_weight=weights).labels_
+    # every colour is a core point (min_samples 1, unweighted: a histogram of shares must not turn into noise)
+    labels = DBSCAN(eps=eps, min_samples=1).fit(colours).labels_
     mass = np.bincount(labels, weights=weights)
     keep = np.flatnonzero(mass >= min_share * weights.sum())
     if len(keep) == 0:
