@@ -198,6 +198,19 @@ def test_network_shapes_and_dropped_branches():
     assert len(m.branches) == 1 and len(m.deformable_layers()) == 2
     out = m(torch.randn(3, 6, 6, 6), torch.zeros(3, 0, 6, 6), torch.zeros(3, 0, 6, 6), torch.randn(3, 33))
     assert out.shape == (3, 2, 6, 6) and out.abs().max() < 1
+    # parametric fusion X = tanh(W_c ∘ X_c + W_p ∘ X_p + X_ext): a zero fusion matrix cuts its branch off
+    torch.manual_seed(0)
+    m = STResNet(1, 4, 4, lc=1, lp=1, lq=0, ch=4, units=1).eval()
+    xc, xp, ext = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.randn(2, 33)
+    with torch.no_grad():
+        m.W[0].zero_()
+        assert torch.equal(m(xc, xp, None, ext), m(torch.randn(2, 1, 4, 4), xp, None, ext))
+        assert not torch.allclose(m(xc, xp, None, ext), m(xc, torch.randn(2, 1, 4, 4), None, ext))
+        m.W[0].fill_(1.0)
+        m.W[1].zero_()
+        assert torch.equal(m(xc, xp, None, ext), m(xc, torch.randn(2, 1, 4, 4), None, ext))
+        m.ext[-2].weight.zero_(), m.ext[-2].bias.zero_()  # no external input: tanh of the closeness branch alone
+        assert torch.allclose(m(xc, xp, None, ext), torch.tanh(m.branches[0](xc)), atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides, words", [
