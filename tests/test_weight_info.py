@@ -32,15 +32,16 @@ def test_corruption_rate_and_refusals():
 
 
 def test_distances_by_hand():
-    m = nn.Linear(2, 2, bias=False)
+    m = nn.Linear(2, 2)
     with torch.no_grad():
         m.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+        m.bias.fill_(1.0)  # unchanged below; biases are not a layer's distance
     start = {k: v.detach().clone() for k, v in m.named_parameters()}
     th0 = flat_params(m)
     with torch.no_grad():
         m.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
     assert float((flat_params(m) - th0).norm()) == pytest.approx(1.0)
-    assert layer_distances(m, start)["weight"] == pytest.approx(1.0 / 5.0)  # ‖Δ‖ = 1, ‖θ0‖ = 5
+    assert layer_distances(m, start) == {"weight": pytest.approx(1.0 / 5.0)}  # ‖Δ‖ = 1, ‖θ0‖ = 5; no bias entry
     assert kl_bits(3.0, 0.5) == pytest.approx(9 / (2 * 0.25) / math.log(2))
 
 
