@@ -308,12 +308,22 @@ def test_roi_align_matches_a_reference_bilinear_sampler():
                     assert torch.allclose(out[n, r, :, i, j], _bilinear(fmap[n], px, py), atol=1e-5)
 
 
+def test_box_iou_by_hand():
+    # [0, 2]² against [1, 3]² (overlap 1 of 4 + 4 - 1 = 7), itself, and a disjoint box
+    iou = box_iou(np.array([[0.0, 0, 2, 2]]), np.array([[1.0, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6]]))
+    assert iou.tolist() == [pytest.approx([1 / 7, 1.0, 0.0])]
+
+
 def test_average_precision_by_hand():
     assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2) == \
         pytest.approx((51 + 50 * 2 / 3) / 101)
     assert average_precision(np.array([0.9, 0.1]), np.array([True, True]), 2) == 1.0
     assert average_precision(np.array([0.9]), np.array([True]), 2) == pytest.approx(51 / 101)  # half the objects missed
     assert np.isnan(average_precision(np.array([0.5]), np.array([False]), 0))
+    # hit, miss, miss, hit, hit of 3 objects: precision 1, .5, .33, .5, .6 at recall 1/3, 1/3, 1/3, 2/3, 1; COCO takes
+    # the best precision at any recall at least r, so recall 0.34..0.66 scores .6 (not .5): (34 + 67 × 0.6) / 101
+    hits = np.array([True, False, False, True, True])
+    assert average_precision(np.linspace(1, 0.5, 5), hits, 3) == pytest.approx((34 + 67 * 0.6) / 101)
 
 
 def test_per_image_budget_and_perfect_scores():
