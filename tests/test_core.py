@@ -168,6 +168,17 @@ def test_pick_device():
             pick_device("cuda")
 
 
+def test_the_record_names_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    "A long run during which the checkout moves on records the code that ran, not the checkout at its end."
+    import paperbook.core.records as records
+
+    monkeypatch.setattr(records, "_git_commit", lambda: "aaaa-start")
+    run = start_run(CH, "cpu-toy", resolve(CH))
+    monkeypatch.setattr(records, "_git_commit", lambda: "bbbb-end")  # a commit lands while the run runs
+    rec = run.finish(Result(metrics={"x": 1}), out=tmp_path / "r")
+    assert rec["environment"]["commit"] == "aaaa-start" and "aaaa-start" in run.stamp()
+
+
 def test_run_record_contents(tmp_path):
     cfg = resolve(CH, "cpu-toy", {"seed": 7})
     run = start_run(CH, "cpu-toy", cfg)

@@ -125,12 +125,13 @@ def run_dir(chapter: str, preset: str) -> Path | None:
 # %% ../../nbs/00_core_records.ipynb #f9c0717b
 @dataclass
 class Run:
-    "A run in progress: its chapter, preset, config, device and start time."
+    "A run in progress: its chapter, preset, config, device, start time and the commit it started from."
     chapter: str
     preset: str
     config: Any
     device: Any
     started: float = field(default_factory=time.perf_counter)
+    commit: str | None = field(default_factory=lambda: _git_commit())  # the code that runs, not the code at the end
     record: dict | None = None
 
     def finish(self, result, *, out: str | Path | None = None) -> dict:
@@ -141,7 +142,8 @@ class Run:
             "data": jsonable(dict(getattr(result, "data", None) or {})),
             "config": jsonable(self.config),
             "environment": environment_stamp(chapter=self.chapter, preset=self.preset, device=self.device)
-            | {"wall_time_s": round(time.perf_counter() - self.started, 2)} | _peak_memory_mib(self.device),
+            | {"commit": self.commit, "wall_time_s": round(time.perf_counter() - self.started, 2)}
+            | _peak_memory_mib(self.device),
         }
         where = Path(out) if out is not None else run_dir(self.chapter, self.preset)
         if where is not None and int(os.environ.get("RANK", "0")) == 0:
