@@ -325,7 +325,7 @@ class Config(BaseConfig):
 PRESETS = {
     "cpu-toy": Config(),
     # three seeds, 10 × the tokens in rows of 128 (two examples fit), the controls (no reviews; §3.1.3 clean vs
-    # raw, two initialisations each at the smallest size), 1,000 sentiment items (~50 min, 2 cores)
+    # raw, two initialisations each at the smallest size), 1,000 sentiment items (~40 min, 2 cores)
     "cpu-study": Config(seeds=3, model=ModelConfig(vocab_size=4000, seq_len=128, num_layers=4, d=160, num_heads=4),
                         train=TrainConfig(steps=600, warmup=60), study=StudyConfig(controls=True),
                         fewshot=FewShotConfig(reviews=1000, next_items=500)),
