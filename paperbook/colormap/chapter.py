@@ -59,7 +59,7 @@ class Config(BaseConfig):
 
 PRESETS = {
     "cpu-toy": Config(n_train=1200, n_test=160, steps=250, ablation=False, n_values=30),
-    "cpu-study": Config(seeds=5),  # 2,400 images, 600 steps, the ablations, five seeds: ~16 min on 2 cores
+    "cpu-study": Config(seeds=5),  # 2,400 images, 600 steps, the ablations, five seeds: 11-16 min on 2 cores
     "gpu-1": Config(n_train=64000, n_test=2000, px=128, width=1.0, steps=120000, batch_size=8, lr=1e-4),
     "node-8": Config(nproc_per_node=8, n_train=64000, n_test=2000, px=128, width=1.0, steps=15000, batch_size=64,
                      lr=1e-4),
