@@ -47,6 +47,10 @@ def test_count_fluctuations_by_hand():
     out = count_fluctuations(pos, box, [2.0])
     stds = np.std([[2, 0, 0, 0], [1, 0, 0, 1]], axis=0, ddof=1)
     assert out["N"][0] == pytest.approx(0.5) and out["dN"][0] == pytest.approx(stds.mean())
+    # in a domain of side 5 the boxes of side 2 cover [0, 4)²: a particle beyond them in x or in y is left out
+    far = np.array([[[0.5, 4.5], [4.5, 0.5]]] * 2)
+    out = count_fluctuations(np.concatenate([pos, far], axis=1), 5.0, [2.0])
+    assert out["N"][0] == pytest.approx(0.5) and out["dN"][0] == pytest.approx(stds.mean())
 
 
 def test_poisson_particles_and_the_fit_range_check():
@@ -82,7 +86,7 @@ def test_the_spectrum_recovers_a_prescribed_exponent(beta):
     assert abs(spectral_exponent(k, ring_avg, 2 * math.pi * 8 / n, 2 * math.pi * 100 / n) - (beta + 1)) < 0.1
 
 
-def test_spectrum_of_one_mode_and_parseval():
+def test_spectrum_of_one_mode_and_bad_fields():
     n, dx = 32, 0.5
     x = np.arange(n) * dx
     v = np.sin(2 * math.pi * 3 * x / (n * dx))[:, None].repeat(n, 1)  # varies along y
@@ -92,6 +96,19 @@ def test_spectrum_of_one_mode_and_parseval():
         energy_spectrum(np.full((8, 8), np.nan), np.zeros((8, 8)), 1.0)
     with pytest.raises(ValueError, match="same 2-D grid"):
         energy_spectrum(np.zeros((8, 8)), np.zeros((8, 9)), 1.0)
+
+
+def test_white_noise_spectrum_by_hand_and_the_rings_stop_at_nyquist():
+    # u, v independent N(0, σ²) per grid point: every mode has E|û|² = n² σ², so the density is
+    # (n²σ² + n²σ²)/2 · Δx² / ((2π)² n²) = σ² Δx² / (2π)² and E(k) = 2πk · that = k σ² Δx² / (2π).
+    # Its integral over the whole square of wavevectors, (2π/Δx)² · σ²Δx²/(2π)² = σ², is ⟨u² + v²⟩/2 (Parseval).
+    n, dx, sigma = 256, 0.5, 1.5
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(0, sigma, (n, n)), rng.normal(0, sigma, (n, n))
+    k, E = energy_spectrum(u, v, dx)
+    outer = k > 2 * math.pi * 16 / (n * dx)  # rings holding many modes
+    assert np.mean(E[outer] / k[outer]) == pytest.approx(sigma ** 2 * dx ** 2 / (2 * math.pi), rel=0.05)
+    assert k.max() < math.pi / dx  # rings beyond the Nyquist wavenumber (the square's corners) are left out
 
 
 def test_random_fields_are_divergence_free_with_the_asked_rms():
@@ -124,6 +141,23 @@ def test_vicsek_orders_at_low_noise_and_shows_giant_fluctuations():
     assert g_low > 0.65 and abs(g_high - 0.5) < 0.06
     with pytest.raises(ValueError, match="keep_from"):
         vicsek(steps=10, keep_from=20)
+
+
+def test_vicsek_step_by_hand():
+    # without noise each particle takes the direction of the summed unit velocities of the particles in its own
+    # cell and the eight around it (periodic), then moves v0 along it. The headings of step t are read from the
+    # displacements of consecutive snapshots; step 2's headings are recomputed from step 1's by that rule.
+    box, v0 = 12, 0.5
+    pos = vicsek(n=30, box=box, v0=v0, eta=0.0, steps=3, keep_from=0, keep_every=1, seed=4)["positions"]
+    d = (np.diff(pos.astype(np.float64), axis=0) + box / 2) % box - box / 2  # (2, n, 2), unwrapped steps
+    assert np.allclose(np.hypot(d[..., 0], d[..., 1]), v0, atol=1e-4)
+    th1, th2 = np.arctan2(d[0, :, 1], d[0, :, 0]), np.arctan2(d[1, :, 1], d[1, :, 0])
+    cell = np.floor(pos[1]).astype(int) % box  # the cells at the start of step 2
+    gap = (cell[:, None, :] - cell[None, :, :]) % box
+    near = np.all((gap <= 1) | (gap == box - 1), axis=-1)  # (n, n): in the 3 × 3 cells around, itself included
+    want = np.angle(near.astype(float) @ np.exp(1j * th1))
+    assert near.sum(1).max() > 2 and (near.sum(1) == 1).any()  # both crowded and lone particles are checked
+    assert np.abs(np.angle(np.exp(1j * (th2 - want)))).max() < 1e-3
 
 
 # ---- readers ---------------------------------------------------------------------------------------------
@@ -171,6 +205,10 @@ def test_local_coupling_sees_a_planted_link():
     unlinked = [{"x": xs, "y": ys, "u": speed, "v": np.zeros_like(speed)}]
     assert local_coupling(frames, linked, [32])["r"][0] > 0.9
     assert abs(local_coupling(frames, unlinked, [32])["r"][0]) < 0.7
+    # boxes without PIV vectors (here the right half of the frame) are left out, not counted as still fluid
+    left = [{key: f[key][:, :4] for key in ("x", "y", "u", "v")} for f in linked]
+    out = local_coupling(frames, left, [32])
+    assert out["boxes"][0] == 8 and out["r"][0] > 0.9
 
 
 # ---- the chapter -----------------------------------------------------------------------------------------

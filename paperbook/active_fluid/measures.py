@@ -73,7 +73,7 @@ def energy_spectrum(u: np.ndarray, v: np.ndarray, dx: float, bins: int = 24) -> 
     if not (np.isfinite(u).all() and np.isfinite(v).all()):
         raise ValueError("the velocity field has missing (NaN) or infinite values; fill or drop them first")
     ny, nx = u.shape
-    e = (np.abs(np.fft.fft2(u)) ** 2 + np.abs(np.fft.fft2(v)) ** 2) / 2 * dx * dx / (nx * ny)  # (ny, nx)
+    e = (np.abs(np.fft.fft2(u)) ** 2 + np.abs(np.fft.fft2(v)) ** 2) / 2 * dx * dx / ((2 * np.pi) ** 2 * nx * ny)
     k = np.hypot(*np.meshgrid(2 * np.pi * np.fft.fftfreq(nx, d=dx), 2 * np.pi * np.fft.fftfreq(ny, d=dx)))
     edges = np.logspace(np.log10(2 * np.pi / (max(nx, ny) * dx)), np.log10(np.pi / dx), bins + 1)
     kc, ek = [], []
