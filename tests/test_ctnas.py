@@ -11,8 +11,9 @@ from scipy.stats import kendalltau
 
 from paperbook.core import resolve
 import paperbook.ctnas.model as ctnas_model
-from paperbook.ctnas.model import (NAC, Controller, GraphEncoder, batch_graphs, kendall_from_verdicts, nac_matrix,
-                                   pseudo_labelled_pairs, regularized_evolution, search, train_nac)
+from paperbook.ctnas.model import (NAC, Controller, GraphEncoder, Predictor, batch_graphs, kendall_from_verdicts,
+                                   nac_matrix, predictor_pick, pseudo_labelled_pairs, regularized_evolution, search,
+                                   train_nac, train_predictor)
 from paperbook.ctnas.spaces import (Space, _AllowListUnpickler, chain_graph, check_nb101, load_nasbench101_json,
                                     load_nasbench_macro, nb201_graph)
 
@@ -87,6 +88,44 @@ def test_comparator_learns_a_toy_space():
     assert np.allclose(M + M.T, 1.0, atol=0.35)  # roughly antisymmetric, though nothing forces it
 
 
+def test_pairs_of_equal_accuracy_teach_the_comparator_nothing():
+    space, _ = toy_space()
+    A, t = batch_graphs(space, space.archs[:20])
+    nac = NAC(space.n_ops + 2, width=8, layers=1)
+    before = [p.detach().clone() for p in nac.parameters()]
+    assert train_nac(nac, A, t, np.full(20, 90.0), epochs=3, batch=8) == []  # every pair tied: no step
+    assert all(torch.equal(a, b) for a, b in zip(before, nac.parameters()))
+
+
+class ByTypeSumScore(torch.nn.Module):
+    "A stand-in predictor: the sum of node types, with a parameter so that an optimizer can be built."
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, A, t):
+        return self.w * t.sum(1).float()
+
+
+def test_the_predictor_regresses_standardised_accuracy_and_picks_over_every_chunk():
+    space, _ = toy_space()
+    A, t = batch_graphs(space, space.archs)
+    acc = 50 + 20 * (space.acc - space.acc.mean()) / space.acc.std()  # mean 50, sd 20
+    torch.manual_seed(0)
+    pred = Predictor(space.n_ops + 2, width=8, layers=1)
+    with torch.no_grad():
+        pred.head.weight.zero_()
+        pred.head.bias.zero_()
+    losses = train_predictor(pred, A, t, acc, epochs=1, batch=len(acc))
+    # the first batch is the whole space and the predictor says 0: the MSE is the standardised targets' variance,
+    # (n - 1) / n with the unbiased sd; on raw or only centred accuracies it would be about 2,500 or 400
+    assert losses[0] == pytest.approx((len(acc) - 1) / len(acc), rel=1e-4)
+    # the pick is the best score over the whole space, whatever the chunk size
+    best = max(space.archs, key=sum)
+    assert predictor_pick(space, ByTypeSumScore(), chunk=7) == best == predictor_pick(space, ByTypeSumScore())
+
+
 def test_controller_samples_valid_architectures_with_the_right_entropy():
     ctl = Controller((2, 3, 5))
     with torch.no_grad():
@@ -97,6 +136,22 @@ def test_controller_samples_valid_architectures_with_the_right_entropy():
     assert archs.shape == (500, 3) and (archs.max(0).values == torch.tensor([1, 2, 4])).all()
     assert torch.allclose(ent, torch.tensor(np.log(2 * 3 * 5), dtype=torch.float32))
     assert torch.allclose(logp, -ent)
+
+
+def test_controller_is_a_proper_autoregressive_distribution():
+    # decisions (3, 3): the nine architectures' probabilities, read from the log-probabilities the controller
+    # returns, sum to 1, and the second decision's distribution depends on the first pick (the pick is fed back)
+    torch.manual_seed(0)
+    ctl = Controller((3, 3))
+    with torch.no_grad():
+        archs, logp, _ = ctl(3000, torch.Generator().manual_seed(0))
+    prob = {}
+    for a, lp in zip(archs.tolist(), logp.tolist()):
+        prob[tuple(a)] = np.exp(lp)
+    assert len(prob) == 9 and sum(prob.values()) == pytest.approx(1.0, abs=1e-5)
+    cond = np.array([[prob[(a, b)] for b in range(3)] for a in range(3)])
+    cond /= cond.sum(1, keepdims=True)  # P(second | first)
+    assert np.abs(cond - cond[0]).sum(1).max() > 1e-3
 
 
 def test_search_finds_a_good_architecture_of_a_toy_space():
@@ -113,10 +168,48 @@ def test_search_finds_a_good_architecture_of_a_toy_space():
 
 
 class ByTypeSum(torch.nn.Module):
-    "A stand-in comparator: P(first better) = sigmoid(sum of node types of the first - of the second)."
+    "A stand-in comparator: P(first better) = sigmoid(sum of node types of the first - of the second + bias)."
+
+    def __init__(self, bias: float = 0.0):
+        super().__init__()
+        self.bias, self.w = bias, torch.nn.Parameter(torch.zeros(()))  # w: something for an optimizer to hold
 
     def forward(self, A1, t1, A2, t2):
-        return torch.sigmoid((t1.sum(1) - t2.sum(1)).float())
+        return torch.sigmoid((t1.sum(1) - t2.sum(1)).float() + self.bias + 0 * self.w)
+
+
+def test_the_search_moves_its_baseline_to_the_candidate_the_comparator_prefers(monkeypatch):
+    # the update rule: among k sampled candidates, β = argmax_i Σ_{j≠i} NAC(i, j); with a comparator that
+    # prefers a larger option sum, that is the candidate of the largest sum
+    space, _ = toy_space()
+    seen, real = [], ctnas_model.nac_matrix
+    monkeypatch.setattr(ctnas_model, "nac_matrix", lambda nac, A, t: seen.append(t) or real(nac, A, t))
+    A, t = batch_graphs(space, space.archs[:9])
+    res = search(space, ByTypeSum(), labelled=(A, t, space.acc[:9]), steps=30, update_every=10, k=6,
+                 explore=False, seed=1)
+    assert len(seen) == len(res["history"]) == 3
+    for cand_t, (_, beta, _) in zip(seen, res["history"]):
+        sums = (cand_t[:, 1:-1] - 2).sum(1)  # option sums of the candidates
+        assert sum(beta) == int(sums.max())
+
+
+class Even(ByTypeSum):
+    "A stand-in comparator that calls every pair even."
+
+    def forward(self, A1, t1, A2, t2):
+        return torch.full((len(t1),), 0.5) + 0 * self.w
+
+
+def test_the_search_rewards_entropy():
+    # a comparator that calls every pair even leaves the controller only the entropy term: a bonus keeps the
+    # sampling near uniform (the maximum entropy of 4 decisions of 3 options is 4 ln 3)
+    space, _ = toy_space()
+    A, t = batch_graphs(space, space.archs[:9])
+    res = search(space, Even(), labelled=(A, t, space.acc[:9]), steps=60, update_every=1000, entropy=1.0,
+                 lr=5e-2, explore=False, seed=0)
+    with torch.no_grad():
+        ent = res["controller"](500, torch.Generator().manual_seed(0))[2]
+    assert float(ent.mean()) > 0.999 * 4 * np.log(3)
 
 
 def test_pseudo_labelled_pairs_keep_the_surest_pairs_of_two_architectures():
@@ -136,6 +229,9 @@ def test_pseudo_labelled_pairs_keep_the_surest_pairs_of_two_architectures():
     assert A1.shape == (3, 6, 6) and torch.equal(A1[0], torch.as_tensor(space.graph(got[0][0])[0]))
     _, _, _, _, y_all = pseudo_labelled_pairs(space, ByTypeSum(), archs, 99, torch.Generator().manual_seed(5))
     assert len(y_all) == len(pairs)  # never a pair of one architecture twice
+    # ... even when the comparator is surest of those (a bias of 5: P = 0.993 for a pair of one architecture)
+    _, t1, _, t2, _ = pseudo_labelled_pairs(space, ByTypeSum(5.0), archs, len(pairs), torch.Generator().manual_seed(5))
+    assert all(not torch.equal(a, b) for a, b in zip(t1, t2))
 
 
 @pytest.mark.parametrize("explore", [True, False])
@@ -169,6 +265,11 @@ def test_regularized_evolution_spends_its_budget_and_climbs():
     best = regularized_evolution(space, 30, seed=1)
     assert len(looked) == 30 and best in looked
     assert accuracy(best) == max(accuracy(a) for a in looked)
+    # ageing: each child is one decision away from a member of the population, i.e. of the last 3 looked up
+    looked.clear()
+    regularized_evolution(space, 200, population=3, sample=3, seed=2)
+    one_away = lambda a, b: sum(x != y for x, y in zip(a, b)) == 1
+    assert all(any(one_away(c, p) for p in looked[m - 3: m]) for m, c in enumerate(looked) if m >= 3)
     space.accuracy = accuracy
     big, _ = toy_space(layers=6, options=4)  # 4,096 architectures: the best of 60 random ones is in the top ~1%
     found = [big.rank_percentile(regularized_evolution(big, 60, seed=s)) for s in range(10)]
@@ -200,6 +301,21 @@ def test_nasbench101_json_loader_and_its_refusals(tmp_path):
             load_nasbench101_json(p)
     with pytest.raises(ValueError):
         check_nb101(np.triu(np.ones((8, 8)), 1).tolist(), ["input"] + ["conv1x1-bn-relu"] * 6 + ["output"])
+    ops5 = ["input"] + ["conv3x3-bn-relu", "maxpool3x3", "conv1x1-bn-relu"] + ["output"]
+    chain = np.eye(5, k=1)
+    with pytest.raises(ValueError, match="strictly upper triangular"):
+        check_nb101((chain + np.diag([0, 1, 0, 0, 0])).tolist(), ops5)  # a node feeding itself
+    A, types = check_nb101(chain.tolist(), ops5)
+    assert A[:5, :5].tolist() == chain.tolist() and not A[5:].any() and not A[:, 5:].any()
+    assert types.tolist() == [0, 2, 4, 3, 1, 1, 1]  # two padding nodes, typed like the output
+    nine = np.triu(np.ones((7, 7)), 1)
+    nine[np.triu_indices(7, 3)] = 0  # 11 edges on the two diagonals above the main one ...
+    nine[0, 2] = nine[1, 3] = 0  # ... less two: nine, the most NAS-Bench-101 allows
+    ops7 = ["input"] + ["conv3x3-bn-relu"] * 5 + ["output"]
+    assert check_nb101(nine.tolist(), ops7)[0].sum() == 9
+    nine[0, 6] = 1
+    with pytest.raises(ValueError, match="10 edges; NAS-Bench-101 allows at most 9"):
+        check_nb101(nine.tolist(), ops7)
 
 
 def test_macro_loader_reads_and_checks_a_small_file(tmp_path):
