@@ -16,9 +16,11 @@ from paperbook.iwls.data import (
     write_pla,
 )
 from paperbook.iwls.learn import (
-    learn_espresso, learn_forest, learn_fringe, learn_lut, learn_support, learn_tree, small_support,
+    fringe_features, learn_espresso, learn_forest, learn_fringe, learn_lut, learn_support, learn_tree, small_support,
 )
-from paperbook.iwls.select import CV, choose, cross_validate, deliver, fit_candidate, fold_indices, join, portfolio_cv
+from paperbook.iwls.select import (
+    CV, choose, constant_cv, cross_validate, deliver, fit_candidate, fold_indices, join, portfolio_cv,
+)
 
 from helpers import ENV
 
@@ -227,6 +229,15 @@ def test_lut_network_memorises_what_its_tables_see():
     assert accuracy(g, X, y) >= max(y.mean(), 1 - y.mean())  # never worse than the constant guess
 
 
+@pytest.mark.parametrize("labels, want", [((1, 0, 1), (1, 1)), ((1, 0, 0), (0, 0))])
+def test_lut_ties_take_the_majority_label(labels, want):
+    # one input, one 1-input table; x = 0 is seen once with each label (a tie), x = 1 once with the third label:
+    # the tie takes the training set's majority label (2 of 3), so the circuit is that constant
+    pla = PLA(np.array([[0], [0], [1]], np.uint8), np.array(labels, np.uint8)[:, None])
+    g = learn_lut(pla, k=1, widths=(), seed=0)
+    assert simulate(g, all_minterms(1))[:, 0].tolist() == list(want)
+
+
 def test_choice_prefers_accuracy_then_size_and_limit_scores_zero():
     tr, va, _ = generate("comparator-6", seed=1, size=800)
     data = join(tr, va)
@@ -236,6 +247,13 @@ def test_choice_prefers_accuracy_then_size_and_limit_scores_zero():
     assert over.valid_accuracy == 0 and "over 3 ANDs" in over.note
     with pytest.raises(ValueError, match="unknown method 'svm'"):
         fit_candidate("svm", {}, tr, va)
+    n = learn_tree(tr, max_depth=4).num_ands  # the limit is inclusive: n ANDs are allowed under n, not under n - 1
+    assert fit_candidate("tree", {"max_depth": 4}, tr, va, max_ands=n, optimize=False).valid_accuracy > 0.5
+    assert fit_candidate("tree", {"max_depth": 4}, tr, va, max_ands=n - 1, optimize=False).valid_accuracy == 0
+    cv = cross_validate("tree", {"max_depth": 12}, data, folds=4, max_ands=3)
+    assert cv.accuracy == [0.0] * 4 and cv.delivered == [False] * 4 and cv.size == 0.0 and cv.mean_ands > 3
+    mixed = CV("t", {}, [0.9, 0.0, 0.8, 0.7], [10, 5000, 20, 30], delivered=[True, False, True, True])
+    assert mixed.size == 20.0 and mixed.mean_ands == 1265.0  # size: the delivered circuits only
 
 
 def test_folds_partition_and_cross_validation_matches_sklearn():
@@ -246,6 +264,10 @@ def test_folds_partition_and_cross_validation_matches_sklearn():
     assert sorted(np.concatenate(parts).tolist()) == list(range(103))
     with pytest.raises(ValueError, match="folds must be between 2"):
         fold_indices(10, 1)
+    shuffled = fold_indices(100, 4, seed=0)  # seeded shuffles, not blocks of consecutive minterms
+    assert [p.tolist() for p in shuffled] == [p.tolist() for p in fold_indices(100, 4, seed=0)]
+    assert [p.tolist() for p in shuffled] != [p.tolist() for p in fold_indices(100, 4, seed=1)]
+    assert all(np.ptp(p) > 30 for p in shuffled)
     tr, va, _ = generate("comparator-8", seed=2, size=500)
     data = join(tr, va)
     cv = cross_validate("tree", {"max_depth": 4}, data, folds=4, seed=3)
@@ -257,6 +279,13 @@ def test_folds_partition_and_cross_validation_matches_sklearn():
         clf.fit(data.X[fit_on], data.y[fit_on])
         by_hand.append(float((clf.predict(data.X[held]) == data.y[held]).mean()))
     assert cv.accuracy == pytest.approx(by_hand, abs=1e-12) and all(cv.delivered)
+
+
+def test_constant_baseline_guesses_from_the_training_folds_only():
+    # leave-one-out on labels 1, 1, 0, 0, 0: holding out a 1 leaves a majority of 0s; holding out a 0 leaves
+    # two of each, and a tie guesses 1. Every guess is wrong: 0/5, where the majority of all five would get 3/5
+    pla = PLA(all_minterms(3)[:5], np.array([1, 1, 0, 0, 0], np.uint8)[:, None])
+    assert constant_cv(pla, folds=5).accuracy == [0.0] * 5
 
 
 def test_portfolio_estimate_chooses_without_the_scored_fold():
@@ -291,6 +320,29 @@ def test_fringe_features_learn_what_a_tree_of_the_same_depth_cannot(rule):
     Z = all_minterms(12)  # the circuit is the function itself on all 4,096 minterms
     z = (Z[:, 0] ^ Z[:, 1]) & (Z[:, 2] ^ Z[:, 3]) if rule == "xor_and" else Z[:, 0] ^ Z[:, 1] ^ Z[:, 2]
     assert (simulate(g, Z)[:, 0] == z).all()
+
+
+def test_fringe_columns_and_circuit_compute_the_features_as_defined():
+    from sklearn.tree import DecisionTreeClassifier
+
+    # y = (x0 ∧ ¬x1) ∨ (x2 ∧ x3); feature ("and", p, rp, q, rq) is [x_p = rp] ∧ [x_q = rq], ("xor", p, .., q, ..)
+    # is x_p ⊕ x_q, where p and q index the inputs and then the features found before
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 2, (3000, 10), dtype=np.uint8)
+    y = (X[:, 0] & (1 - X[:, 1])) | (X[:, 2] & X[:, 3])
+    tr = PLA(X, y[:, None])
+    feats, cols = fringe_features(tr)
+
+    def widen(X):  # a later round's features may combine earlier ones: column p may be a feature
+        C = X.astype(bool)
+        for op, p, rp, q, rq in feats:
+            C = np.column_stack([C, (C[:, p] == rp) & (C[:, q] == rq) if op == "and" else C[:, p] ^ C[:, q]])
+        return C
+
+    assert {f[0] for f in feats} == {"and", "xor"} and (cols == widen(X)).all()
+    clf = DecisionTreeClassifier(criterion="entropy", max_depth=3, random_state=0).fit(cols, tr.y)
+    Z = all_minterms(10)
+    assert (simulate(learn_fringe(tr, max_depth=3), Z)[:, 0] == clf.predict(widen(Z))).all()
 
 
 def test_small_support_found_exactly_and_refused_for_noise():
@@ -328,6 +380,12 @@ def test_symmetric_learner_is_exact_on_a_generated_function_and_rejects_noise():
     rng = np.random.default_rng(0)
     noise = PLA(tr.X, rng.integers(0, 2, (len(tr), 1), dtype=np.uint8))
     assert learn_symmetric(noise) is None
+    # a popcount the training set never shows takes the majority label: [popcount >= 2] of 4 inputs trained
+    # without 1111 (ten 1s of fifteen), so 1111 gives 1, and popcounts 0 and 1 give 0
+    X = all_minterms(4)
+    y = (X.sum(1) >= 2).astype(np.uint8)
+    g = learn_symmetric(PLA(X[:-1], y[:-1, None]))
+    assert (simulate(g, X)[:, 0] == y).all()
 
 
 @pytest.mark.parametrize("spec,template", [
@@ -348,6 +406,8 @@ def test_arithmetic_template_finds_lsb_first_operands(spec, template):
     a, b = _lsb(X[:, :3].astype(int)), _lsb(X[:, 3:].astype(int))
     small = PLA(X, ((a + b) >> 3 & 1).astype(np.uint8)[:, None])
     assert (simulate(learn_arithmetic(small), X)[:, 0] == small.y).all()
+    inverted = PLA(X, 1 - small.Y)  # the template holds inverted, and so must the circuit
+    assert find_arithmetic(inverted)["inverted"] and (simulate(learn_arithmetic(inverted), X)[:, 0] == inverted.y).all()
 
 
 def test_structure_learners_reject_a_random_function():
@@ -366,6 +426,13 @@ def test_comparator_chain_above_0_9_and_extrapolated():
     order = find_chain(tr)
     assert [p for p, _, _ in order[:-1]] == list(range(39, -1, -1))  # every pair, from the top
     assert accuracy(learn_chain(tr), te.X, te.y) == 1.0  # the unreached pairs extrapolated along the chain
+    # a 2-bit a > b (a = x0 + 2 x1, b = x2 + 2 x3) trained without any a = b minterm and with only 3 of the
+    # 6 minterms a < b: the case 'every pair equal' was never seen and takes the majority label, 1 (6 of 9)
+    X = all_minterms(4)
+    a, b = X[:, 0] + 2 * X[:, 1], X[:, 2] + 2 * X[:, 3]
+    keep = (a > b) | ((a < b) & (np.cumsum(a < b) <= 3))
+    g = learn_chain(PLA(X[keep], (a > b)[keep].astype(np.uint8)[:, None]))
+    assert (simulate(g, X)[:, 0] == np.where(a == b, 1, a > b)).all()
 
 
 def test_portfolio_tie_break_takes_the_fewest_ands():
