@@ -66,6 +66,28 @@ class Induction(torch.nn.Module):
         return out
 
 
+class Lengths(Fixed):
+    "Fixed, and it records the length of every input."
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seen = []
+
+    def forward(self, ids, eod_id=None):
+        self.seen.append(ids.shape[1])
+        return super().forward(ids)
+
+
+def test_the_examples_are_cut_to_leave_room_for_the_query_and_generation_keeps_the_window():
+    m, tok = Lengths(seq_len=16), Tok()
+    classify(m, tok, "1234", [("4567", "bad")] * 10, template="{text}{label}", labels={"good": "7", "bad": "3"},
+             max_len=16)
+    assert m.seen == [16, 16]  # 50 tokens of examples cut to 11, so that with the 5-token query they fill 16
+    m.seen.clear()
+    generate(m, tok, "1" * 20, max_new_tokens=3, stop="")
+    assert m.seen == [16, 16, 16]  # a 20-token prompt: the model sees its last seq_len tokens
+
+
 def test_few_shot_examples_decide_and_truncation_drops_the_oldest():
     m, tok = Induction(), Tok()
     kw = dict(template="{text}{label}", labels={"bad": "3", "good": "7"})

@@ -51,6 +51,7 @@ def test_mcnemar_exact_by_hand():
 def test_sentences_and_next_sentence_items():
     got = sentences("今天的天气非常好。我们去公园散步吧！短句。你觉得这样怎么样？")
     assert got == ["今天的天气非常好。", "我们去公园散步吧！", "你觉得这样怎么样？"]  # under 8 characters: dropped
+    assert sentences("七个字的句子。八个字的一句话。") == ["八个字的一句话。"]  # 8 characters (with 。) is kept
     docs = [f"第{i}篇的第一句话在这里。第{i}篇的第二句话在这里。第{i}篇的第三句话在这里。" for i in range(12)]
     items = next_sentence_items(docs, 20, seed=0)
     assert len(items) == 20
@@ -60,6 +61,12 @@ def test_sentences_and_next_sentence_items():
         nxt = it["candidates"][it["answer"]]
         assert nxt.startswith(f"第{doc}篇") and nxt != it["context"]
         assert all(not c.startswith(f"第{doc}篇") for j, c in enumerate(it["candidates"]) if j != it["answer"])
+    # distractors are of similar length (0.7 to 1.3 times the answer's): length alone does not give it away
+    mixed = [f"第{i}篇的第一句话在这里。第{i}篇的第二句话在这里。" for i in range(6)] + [
+        f"第{i}篇句子很短。第{i}篇这一句比较长很多很多很多很多很多很多很多。" for i in range(6, 12)]
+    for it in next_sentence_items(mixed, 12, seed=1):
+        n = len(it["candidates"][it["answer"]])
+        assert all(0.7 * n <= len(c) <= 1.3 * n for c in it["candidates"])
     assert sorted({it["answer"] for it in items}) == [0, 1, 2, 3]  # the answer's place is shuffled
     with pytest.raises(ValueError, match="no next-sentence items"):
         next_sentence_items(["只有一句话在这里。"], 5)
@@ -128,6 +135,26 @@ def test_shots_are_balanced_and_shuffling_changes_labels_and_truncation_is_count
     assert all(p["truncated"])  # two 9-character examples and a 9-character query do not fit in 14
     p = sentiment_predictions(Keyword(CHARS), CHARS, TEST[:4], TEST, k=2, max_len=64)
     assert not any(p["truncated"])
+
+
+def test_truncation_keeps_the_candidate_and_the_most_recent_examples(monkeypatch):
+    import paperbook.pangu.tasks as tasks
+
+    seen = []
+    monkeypatch.setattr(tasks, "sequence_nll", lambda model, seqs, starts, **kw: seen.append((seqs, starts))
+                        or __import__("numpy").zeros(len(seqs)))
+    digits = type("D", (), {"encode": staticmethod(lambda s: [int(c) for c in s if c.isdigit()])})()
+    item = {"context": "123456", "candidates": ["78", "90", "11", "22"], "answer": 0}
+    next_sentence_predictions(None, digits, [item], max_len=5)
+    assert seen[0][0] == [[4, 5, 6, 7, 8], [4, 5, 6, 9, 0], [4, 5, 6, 1, 1], [4, 5, 6, 2, 2]]  # the context's end cut
+    seen.clear()
+    # one example (the pool has one): its 12 tokens '这是一条好评：很棒很棒\n', then the 11-token query; max_len 14
+    # keeps the example's last 3 tokens, those just before the query
+    ex = CHARS.encode("这是一条好评：很棒很棒\n")
+    sentiment_predictions(Keyword(CHARS), CHARS, TEST[:1], [TEST[0]], k=1, max_len=14)
+    seqs, starts = seen[0]
+    q = CHARS.encode("这是一条好评：很棒很棒")
+    assert seqs[1] == ex[-(14 - len(q)):] + q and starts[1] == 14 - len(q)
 
 
 def test_next_sentence_prefers_the_continuation_a_model_knows():
