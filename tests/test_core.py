@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from paperbook.core import (
-    BaseConfig, Bound, Chapter, Count, PositiveFloat, Result, Share, check_bounds, claim, config_keys, load_runs,
-    pick_device, repro_table, resolve, run_dir, seed_everything, start_run, summarize_runs, write_json,
+    BaseConfig, Bound, Chapter, Count, PositiveFloat, Result, Share, check_bounds, claim, config_keys, get_chapter,
+    load_runs, parse_sets, pick_device, repro_table, resolve, run_dir, seed_everything, start_run, summarize_runs,
+    write_json,
 )
 
 
@@ -86,6 +87,9 @@ def test_overrides_json_string_like_papermill():
     ("cpu-toy", {"seed": -1}, ["override seed must be >= 0, got -1"]),
     ("cpu-toy", {"nproc_per_node": 0}, ["override nproc_per_node must be >= 1, got 0"]),
     ("cpu-toy", "[1, 2]", ["mapping"]),
+    ("cpu-toy", {"lr": True}, ["'lr'", "float", "True"]),
+    ("cpu-toy", {"model": 3, "model.d": 8}, ["override 'model.d' conflicts with a value given for 'model'"]),
+    (["cpu-toy"], {}, ["unknown preset ['cpu-toy']", "cpu-toy, gpu-1"]),
     ("cpu-toy", "{bad json", ["JSON"]),
 ])
 def test_bad_input_names_the_problem(preset, overrides, words):
@@ -130,6 +134,28 @@ def test_bound_text_and_sequence_members():
     with pytest.raises(ValueError, match=r"override shares\[0\] must lie in \(0, 1\), got 0"):
         resolve(ch, "cpu-toy", {"shares": [0, 0.5]})
     assert resolve(ch, "cpu-toy", {"shares": "0.1,0.9"}).shares == (0.1, 0.9)
+    assert resolve(ch, "cpu-toy", {"names": "a, b c"}).names == ["a", "b c"]  # items are stripped at the commas
+    with pytest.raises(ValueError, match=r"override 'pair' expects 2 items, got 3"):
+        resolve(ch, "cpu-toy", {"pair": [3, 0.5, 1]})
+
+
+def test_literal_settings_match_type_and_value():
+    @dataclass(kw_only=True)
+    class Lit(BaseConfig):
+        level: Literal[1, 2] = 1
+
+    ch = Chapter(name="l", title="L", summary="s", paper="p", config=Lit, notebook="l.ipynb",
+                 presets={"cpu-toy": Lit()}, experiment=CH.experiment)
+    assert resolve(ch, "cpu-toy", {"level": "2"}).level == 2 and resolve(ch, "cpu-toy", {"level": 2}).level == 2
+    with pytest.raises(ValueError, match="must be one of 1, 2; got True"):
+        resolve(ch, "cpu-toy", {"level": True})  # True == 1 in Python, but it is not the setting 1
+
+
+def test_parse_sets_splits_at_the_first_equals_sign():
+    assert parse_sets([" steps =3", "name=a=b", "empty="]) == {"steps": "3", "name": "a=b", "empty": ""}
+    for bad in ("steps", "=3", " =3"):
+        with pytest.raises(ValueError, match="--set expects key=value"):
+            parse_sets([bad])
 
 
 def test_unknown_chapter_lists_allowed():
@@ -145,6 +171,31 @@ def test_chapter_needs_cpu_toy():
     with pytest.raises(ValueError, match="cpu-toy"):
         Chapter(name="x", title="", summary="", paper="", config=Cfg, presets={"gpu-1": Cfg()}, notebook="",
                 experiment=CH.experiment)
+    with pytest.raises(TypeError, match="preset 'cpu-toy' of 'x' is not a Cfg"):
+        Chapter(name="x", title="", summary="", paper="", config=Cfg, presets={"cpu-toy": Model()}, notebook="",
+                experiment=CH.experiment)
+
+
+def test_chapters_found_late_and_two_of_one_name(monkeypatch):
+    import sys
+    import types
+
+    import paperbook.core.registry as registry
+
+    for mod in ("fake_a.chapter", "fake_b.chapter"):
+        monkeypatch.setitem(sys.modules, mod, types.SimpleNamespace(CHAPTER=CH))
+    real = registry.chapter_modules()
+    try:
+        registry.chapters(refresh=True)  # the cache without the new chapter ...
+        monkeypatch.setattr(registry, "chapter_modules", lambda: real + ["fake_a.chapter"])
+        assert get_chapter("t") is CH  # ... is looked at again before a name is called unknown
+        monkeypatch.setattr(registry, "chapter_modules", lambda: real + ["fake_a.chapter", "fake_b.chapter"])
+        with pytest.raises(ValueError, match="two chapters are named 't': fake_b.chapter"):
+            registry.chapters(refresh=True)
+    finally:
+        monkeypatch.undo()
+        registry.chapters(refresh=True)
+    assert "t" not in registry.chapters()
 
 
 def test_chapter_run_wraps_the_experiment_in_a_world_of_one():
