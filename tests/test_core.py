@@ -11,8 +11,8 @@ import torch
 
 from paperbook.core import (
     BaseConfig, Bound, Chapter, Count, PositiveFloat, Result, Share, check_bounds, claim, config_keys, get_chapter,
-    load_runs, parse_sets, pick_device, repro_table, resolve, run_dir, seed_everything, start_run, summarize_runs,
-    write_json,
+    jsonable, load_runs, parse_sets, pick_device, repro_table, resolve, run_dir, seed_everything, start_run,
+    summarize_runs, write_json,
 )
 
 
@@ -203,10 +203,12 @@ def test_chapter_run_wraps_the_experiment_in_a_world_of_one():
 
 
 def test_seed_everything_repeats():
+    import random
+
     seed_everything(5)
-    a = (np.random.rand(), torch.rand(1).item())
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
     seed_everything(5)
-    assert a == (np.random.rand(), torch.rand(1).item())
+    assert a == (random.random(), np.random.rand(), torch.rand(1).item())
 
 
 def test_pick_device():
@@ -247,8 +249,38 @@ def test_run_record_contents(tmp_path):
     for key in ("commit", "preset", "device", "torch", "python", "wall_time_s", "peak_rss_mib", "chapter"):
         assert key in env, key
     assert env["preset"] == "cpu-toy" and env["device"] == "cpu" and env["peak_rss_mib"] > 0
-    assert not list((tmp_path / "r").glob(".*tmp"))  # atomic write leaves no temporary file
-    assert "cpu-toy" in run.stamp()
+    assert [f.name for f in (tmp_path / "r").iterdir()] == ["metrics.json"]  # the atomic write leaves nothing else
+    assert "cpu-toy" in run.stamp() and run.stamp().endswith("· data d: generated")  # generated data is said
+
+
+def test_jsonable_gives_strict_json():
+    got = jsonable({1: float("nan"), "s": {3}, "a": np.float32(1.5), "p": Path("x"), "t": (1, torch.tensor([2]))})
+    assert got == {"1": None, "s": [3], "a": 1.5, "p": "x", "t": [1, [2]]}
+    json.dumps(got, allow_nan=False)  # NaN is not JSON: it became null
+
+
+def test_only_rank_0_writes_the_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    start_run(CH, "cpu-toy", resolve(CH)).finish(Result(metrics={"x": 1}), out=tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_the_commit_is_marked_dirty_with_local_changes(monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    import paperbook.core.records as records
+
+    def fake(status):
+        def run(cmd, **kw):
+            out = "0123456789ab\n" if "rev-parse" in cmd else status
+            return SimpleNamespace(returncode=0, stdout=out)
+        return run
+
+    monkeypatch.setattr(subprocess, "run", fake(" M paperbook/x.py\n"))
+    assert records._git_commit() == "0123456789ab-dirty"
+    monkeypatch.setattr(subprocess, "run", fake(""))
+    assert records._git_commit() == "0123456789ab"
 
 
 def test_run_dir_from_environment(monkeypatch, tmp_path):
