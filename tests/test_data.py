@@ -75,10 +75,14 @@ def test_offline_never_downloads(toy, monkeypatch, capsys):
 
 
 def test_a_wrong_download_never_enters_the_cache(toy):
-    (toy["served"] / "a.txt").write_bytes(b"beta\n" * 120)  # same name, other content and size
+    (toy["served"] / "a.txt").write_bytes(b"beta\n" * 120)  # same name and size (600 bytes), other content
     with pytest.raises(ValueError, match=r"a\.txt: SHA-256 [0-9a-f]{16}\.\.\., expected"):
         data.fetch("toy", progress=False)
     assert not (toy["cache"] / "a.txt").exists()
+    toy["cache"].mkdir(parents=True)
+    (toy["cache"] / "a.txt").write_bytes(b"beta\n" * 120)  # a wrong copy already in the cache is not kept
+    with pytest.raises(ValueError, match=r"cache/data/toy/a\.txt: SHA-256"):
+        data.fetch("toy", progress=False)
 
 
 def test_a_truncated_download_is_refused_by_name(toy):
@@ -104,10 +108,29 @@ def test_a_damaged_folder_names_the_file(toy):
     (folder / "sub/b.bin").write_bytes(FILES["sub/b.bin"])
     with pytest.raises(ValueError, match=r"a\.txt: SHA-256 .* expected"):
         data.locate("toy")
+    assert data.where("toy").startswith("damaged: ") and "a.txt" in data.where("toy")  # `paperbook data list`
     (folder / "a.txt").write_bytes(FILES["a.txt"])
     (folder / "sub/b.bin").unlink()
     with pytest.raises(ValueError, match=r"lacks 1 file\(s\) of 'toy': sub/b.bin"):
         data.locate("toy")
+
+
+def test_an_incomplete_cache_or_system_folder_is_passed_over(toy, monkeypatch, tmp_path):
+    import dataclasses
+
+    toy["cache"].mkdir(parents=True)
+    (toy["cache"] / "a.txt").write_bytes(FILES["a.txt"])  # a fetch that stopped after the first file
+    assert data.locate("toy", download=False, quiet=True).source == "generated"
+    assert data.fetch("toy", progress=False) == toy["cache"]  # the fetch completes it
+    assert data.locate("toy", download=False, quiet=True).source == "cache"
+    system = tmp_path / "usr-share-toy"
+    system.mkdir()
+    (system / "a.txt").write_bytes(FILES["a.txt"])  # a system package's folder without sub/b.bin
+    monkeypatch.setitem(data.REGISTRY, "toy", dataclasses.replace(toy["ds"], system_dirs=(str(system),)))
+    assert data.locate("toy", download=False, quiet=True).path == toy["cache"]
+    (system / "sub").mkdir()
+    (system / "sub/b.bin").write_bytes(FILES["sub/b.bin"])
+    assert data.locate("toy", download=False, quiet=True).path == system  # complete: before the cache
 
 
 def test_a_truncated_gzip_is_an_error_not_a_crash(toy):
