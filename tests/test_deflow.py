@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from paperbook.core import resolve
-from paperbook.deflow.data import (Flows, block_partition, calendar_features, fill_missing, hex_partition, load_st_h5,
-                                   make_samples, morans_i, paint, read_sensors, region_sums, self_organised_partition,
-                                   simulate_city, split)
+from paperbook.deflow.data import (Flows, MinMax, block_partition, calendar_features, daily_rate, fill_missing,
+                                   hex_partition, load_st_h5, make_samples, morans_i, paint, read_sensors, region_sums,
+                                   self_organised_partition, sensor_cells, simulate_city, split)
 from paperbook.deflow.deform import DeformConv2d, deform_conv2d
 from paperbook.deflow.model import STResNet, copy_last, historical_average, rmse
 
@@ -80,6 +80,20 @@ def test_morans_i_by_hand():
         morans_i(np.ones((3, 3)))
 
 
+def test_sensor_cells_put_north_at_row_0():
+    coords = np.array([[10.0, 0.0], [0.0, 10.0], [6.0, 6.0]])  # (latitude, longitude): north-west, south-east, inside
+    assert sensor_cells(coords, 4).tolist() == [[0, 0], [3, 3], [1, 2]]
+
+
+def test_missing_counts_are_filled_from_the_training_weeks_only():
+    counts = np.ones((2 * 168, 1))
+    counts[168:] = 100.0  # the second week is the test period, and much busier
+    counts[2] = counts[171] = np.nan  # hour 2 of week 1 (no other count at that hour in training); hour 3 of week 2
+    filled = fill_missing(counts, train_until=168)
+    assert filled[2, 0] == 1.0 and filled[171, 0] == 1.0  # the training mean, never a test-period count
+    assert np.array_equal(filled[~np.isnan(counts)], counts[~np.isnan(counts)])
+
+
 def test_regions_painted_and_summed_back():
     regions = block_partition(4, 2)
     cells = np.array([[0, 0], [0, 1], [2, 3]])
@@ -120,8 +134,27 @@ def test_samples_lags_and_errors():
     with pytest.raises(ValueError, match="needs 336 intervals"):
         make_samples(flows, lq=2)
     flows.rasters[-24:] = 1e6  # the test day: the scaler must not see it
-    _, _, test, scaler = split(flows, s, test_days=1)
+    train, val, test, scaler = split(flows, s, test_days=1)
     assert scaler.hi == T - 25 and len(test) == 24
+    # chronological and disjoint: 24 test samples at the end, the last 10% of the rest for validation
+    assert len(train) + len(val) + len(test) == len(s) and len(val) == int(0.1 * (len(s) - 24))
+    assert train.t.max() < val.t.min() and val.t.max() < test.t.min()
+
+
+def test_min_max_scaling_by_hand():
+    sc = MinMax.fit(np.array([2.0, 3.0, 6.0]))
+    assert sc(np.array([2.0, 4.0, 6.0])).tolist() == [-1.0, 0.0, 1.0]
+    assert sc.inverse(np.array([-1.0, 0.5])).tolist() == [2.0, 5.0]
+    with pytest.raises(ValueError, match="constant training data"):
+        MinMax.fit(np.ones(4))
+
+
+def test_the_simulated_day_has_rush_hours_weekends_and_holidays():
+    hours = np.arange(7 * 24)
+    r = daily_rate(hours).reshape(7, 24)  # day 0 a Monday
+    assert r[:5].argmax(1).tolist() == [8] * 5 and r[5:].argmax(1).tolist() == [13, 13]  # morning peak; midday
+    assert r[0, 8] > 3 * r[5, 8]
+    assert np.allclose(daily_rate(hours, holidays=[2]).reshape(7, 24), r * np.where(np.arange(7) == 2, 0.5, 1)[:, None])
 
 
 def test_calendar_features():
