@@ -42,6 +42,12 @@ def test_scores_reader_and_its_refusals(tmp_path):
         read_scores(tmp_path / "app.txt")
     with pytest.raises(ValueError, match="unknown apparatus 'Rope'"):
         r.of("Rope")
+    hoop = r.of("Hoop")  # every array of the routine, penalty included
+    assert (hoop.names, hoop.D.tolist(), hoop.E.tolist(), hoop.P.tolist(), hoop.length.tolist()) == (
+        ("Hoop_002",), [7.2], [4.2], [0.6], [93.0])
+    (tmp_path / "short.txt").write_text(HEADER + rows + "Ball_003\t1\t1\n")
+    with pytest.raises(ValueError, match=r"line\(s\) \[4\] do not have 6 fields"):  # the header is line 1
+        read_scores(tmp_path / "short.txt")
 
 
 def test_generated_elements_are_adjacent_pairs_and_the_mean_hides_them():
@@ -57,6 +63,9 @@ def test_generated_elements_are_adjacent_pairs_and_the_mean_hides_them():
     # the same number of halves in every routine: the mean over clips does not grow with difficulty
     halves = lambda i: (np.abs(f.dynamic[i] @ np.concatenate([a, b]).T) > 20).any(1).sum()
     assert halves(0) == halves(1) == 16
+    # execution errors: one per half point below 10 (8.0: four), in distinct frames
+    assert [len(e) for e in f.errors] == [4, 4] and all(len(set(e)) == len(e) for e in f.errors)
+    assert [len(e) for e in generate_features(_routines([2.4, 2.4], [10.0, 7.5]), seed=0).errors] == [0, 5]
 
 
 def test_random_crops_are_each_routines_own_window():
@@ -135,6 +144,9 @@ def test_feature_loader_round_trip_and_errors(tmp_path):
             np.save(tmp_path / sub / f"{name}.npy", np.full((t, d), i, np.float32))
     f = load_features(r, tmp_path, clips=18, frames=36)
     assert f.dynamic.shape == (2, 18, 4) and f.static.shape == (2, 36, 3) and f.static[1].max() == 1
+    np.save(tmp_path / "dynamic" / "Ball_0.npy", np.arange(20 * 4, dtype=np.float32).reshape(20, 4))
+    assert np.array_equal(load_features(r, tmp_path, clips=18, frames=36).dynamic[0],
+                          np.arange(18 * 4).reshape(18, 4))  # the first 18 steps
     with pytest.raises(ValueError, match="expected \\(50 or more steps"):
         load_features(r, tmp_path, clips=50, frames=36)
     np.save(tmp_path / "static" / "Ball_1.npy", np.zeros((40, 5), np.float32))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from paperbook.core import resolve
-from paperbook.weight_info.data import Split, corrupt, load_images, make_model, read_cifar_batch
+from paperbook.weight_info.data import Split, corrupt, load_cifar10, load_images, make_model, read_cifar_batch
 from paperbook.weight_info.measures import (calibrate, distance_stop, flat_params, invert, kl_bits,
                                             layer_distances, prequential_bits, sharpness_sigma, train_recording,
                                             validation_stop)
@@ -132,6 +132,34 @@ def test_the_cifar_reader_refuses_code(tmp_path):
     (tmp_path / "wrong").write_bytes(pickle.dumps({b"x": 1}))
     with pytest.raises(ValueError, match="not a CIFAR-10 batch"):
         read_cifar_batch(tmp_path / "wrong")
+    (tmp_path / "flat").write_bytes(pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(ValueError, match=r"data of shape \(2, 1024\), expected \(n, 3072\)"):
+        read_cifar_batch(tmp_path / "flat")
+
+
+def test_cifar_folder_splits_batches_1_to_4_train_5_validation(tmp_path):
+    for i, name in enumerate([f"data_batch_{b}" for b in range(1, 6)] + ["test_batch"]):
+        data = np.full((2, 3072), 51 * (i % 6), np.uint8)  # batch i holds pixels 51·i and labels i
+        (tmp_path / name).write_bytes(pickle.dumps({b"data": data, b"labels": [i, i]}))
+    s = load_cifar10(tmp_path)
+    assert s["train"].y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and s["val"].y.tolist() == [4, 4]
+    assert s["test"].y.tolist() == [5, 5] and s["train"].X.shape == (8, 3, 32, 32)
+    assert s["val"].X.max().item() == pytest.approx(204 / 255) and s["test"].X.max().item() == 1.0  # in [0, 1]
+
+
+def test_image_splits_are_disjoint_and_sized():
+    s = load_images("digits", n_train=300, n_val=100, n_test=50, seed=3)
+    assert [len(s[k]) for k in ("train", "val", "test")] == [300, 100, 50]
+    assert float(s["train"].X.max()) == 1.0 and float(s["train"].X.min()) == 0.0  # 16 grey levels scaled to [0, 1]
+    # asking for all 1,797 images: the three splits are the data set, each image once
+    from sklearn.datasets import load_digits
+
+    full = load_images("digits", n_train=1000, n_val=400, n_test=397, seed=3)
+    got = np.concatenate([np.c_[full[k].X.reshape(-1, 64).numpy() * 16, full[k].y.numpy()] for k in full])
+    want = np.c_[load_digits().data, load_digits().target]
+    assert np.array_equal(got[np.lexsort(got.T)], want[np.lexsort(want.T)])
+    with pytest.raises(ValueError, match=r"1000 \+ 400 \+ 398 images asked for, digits has 1797"):
+        load_images("digits", n_train=1000, n_val=400, n_test=398)
 
 
 def test_models_and_bad_names():
