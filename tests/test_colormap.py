@@ -232,6 +232,23 @@ def test_histogram_bins_by_hand():
     h = lab_histogram(img)
     assert h.shape == (BINS,) * 3 and h.sum() == 4
     assert h[17, 26, 24] == 2 and h[10, 25, 2] == 1 and h[31, 16, 16] == 1
+    # bin i covers 8-bit values 8i .. 8i + 7, centred at 8i + 3.5: L = that / 2.55, a and b = that - 128
+    c = data.bin_centres(BINS)
+    assert np.allclose(c[0], [3.5 / 2.55, 3.5 - 128, 3.5 - 128])
+    assert np.allclose(c[(17 * BINS + 26) * BINS + 24], [139.5 / 2.55, 211.5 - 128, 195.5 - 128])
+
+
+def test_applying_a_table_rounds_to_the_nearest_entry():
+    lut = np.arange(256)[:, None].repeat(3, 1)
+    got = data.apply_lut(lut, np.array([0.0, 0.003, 0.5 + 0.6 / 255, 1.0, 1.2]))[:, 0]
+    assert got.tolist() == [0, 1, 128, 255, 255]  # 0.765 -> 1, 128.1 -> 128; beyond 1: the last entry
+
+
+def test_catalogue_distance_ignores_direction():
+    maps = [c for c in catalog() if c.name in ("viridis", "magma")]
+    flipped = [data.Colormap(c.name + "_r", c.source, c.kind, c.lut[::-1]) for c in maps]
+    D = data.catalog_distances(maps, flipped)
+    assert np.allclose(np.diag(D), 0) and D[0, 1] > 10  # a map and its reverse are one map; two maps differ
 
 
 def test_corpus_histograms_are_each_images_own_lab_histogram(tiny):
