@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from paperbook.core import resolve
-from paperbook.layout_transfer.embed import (cheb_coefficients, graphwave, heat_cheb_columns, heat_dense,
-                                             normalized_laplacian)
+from paperbook.layout_transfer.embed import (cheb_coefficients, default_scales, degree_embedding, graphwave,
+                                             heat_cheb_columns, heat_dense, normalized_laplacian)
 from paperbook.layout_transfer.retrieve import (Match, greedy_mapping, plant_motifs, precision_recall,
                                                 read_matrix_market, retrieve, wl_kernel)
 from paperbook.layout_transfer.transfer import (apply_edit, blend, match_nodes, mean_edge_length, procrustes_residual,
@@ -40,6 +40,31 @@ def test_graphwave_structural_equivalence():
     assert np.linalg.norm(emb[0] - emb[6]) > 0.5  # a clique node and a path node
     with pytest.raises(ValueError, match="'auto', 'dense' or 'cheb'"):
         graphwave(G, method="exact")
+
+
+def test_graphwave_and_its_scales_by_hand():
+    # the path 0 - 1 - 2: normalised Laplacian eigenvalues 0, 1, 2; the scales run from −ln 0.95 / √(1·2) to
+    # −ln 0.85 / √2 (the smallest and largest non-zero eigenvalue's geometric mean)
+    L = normalized_laplacian(nx.path_graph(3))
+    assert np.allclose(default_scales(L, 2), [-np.log(0.95) / np.sqrt(2), -np.log(0.85) / np.sqrt(2)])
+    # two nodes: Ψ = [[p, q], [q, p]] with p = (1 + e^{−2s}) / 2, q = (1 − e^{−2s}) / 2; φ_a(t) = mean_m e^{i t Ψ_ma}
+    s, t = 0.5, 3.0
+    p, q = (1 + np.exp(-2 * s)) / 2, (1 - np.exp(-2 * s)) / 2
+    emb = graphwave(nx.path_graph(2), scales=[s], t=[t], method="dense")
+    want = [(np.cos(t * p) + np.cos(t * q)) / 2, (np.sin(t * p) + np.sin(t * q)) / 2]
+    assert np.allclose(emb, [want, want])
+    # with `sample`, φ averages over that many seeded random rows
+    G = nx.barbell_graph(5, 3)
+    sampled = [graphwave(G, sample=4, seed=k) for k in (0, 1)]
+    assert not np.allclose(*sampled) and np.allclose(graphwave(G, sample=99), graphwave(G))
+
+
+def test_degree_embedding_by_hand():
+    # a hub 0 with leaves 1..8; 2 also joined to 1, 3 and 4; 9 hangs off 8. Degrees: 0: 8, 2: 4, 1, 3, 4, 8: 2
+    G = nx.Graph([(0, k) for k in range(1, 9)] + [(1, 2), (2, 3), (2, 4), (8, 9)])
+    emb = degree_embedding(G, bins=2)  # bins of degree [1, 3) and [3, 9]: log-spaced up to 8 + 1
+    # node 1: own degree 2; 1-hop {0, 2} (degrees 8, 4); 2-hop {3, 4, 5, 6, 7, 8} (2, 2, 1, 1, 1, 2)
+    assert np.allclose(emb[list(G).index(1)], [np.log1p(2), 0, 2, 6, 0])
 
 
 def test_wl_kernel_by_hand():
