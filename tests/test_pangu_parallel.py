@@ -230,6 +230,14 @@ def test_memory_plan_by_hand():
     assert m["states_GiB"] * GiB == 16_000_000
     acts = 2 * 4 * (2 * s * b * h / 2) + 34 * s * b * h / 2  # 2 micro-batches in flight × 4 layer inputs + one layer
     assert abs(m["activations_GiB"] * GiB - acts) < 1
+    logits = 3 * 4 * s * b * 1000 / 2  # fp32 logits, softmax and gradient, vocabulary split over tp = 2
+    gathered = 2 * 2 * (12 * h * h + 13 * h) / 2  # FSDP: one layer's bf16 weights and gradients gathered
+    assert m["logits_GiB"] * GiB == pytest.approx(logits) and m["gathered_GiB"] * GiB == pytest.approx(gathered)
+    assert m["total_GiB"] * GiB == pytest.approx(16_000_000 + gathered + acts + logits)
+    z = memory_plan(cfg, ParallelPlan(dp_replicate=4, zero1=True), batch_size=16, local_params=1_000_000)
+    assert z["states_GiB"] * GiB == pytest.approx((8 + 8 / 4) * 1_000_000) and z["gathered_GiB"] == 0
+    big = memory_plan(cfg, plan, batch_size=16, local_params=3_000_000_000)  # 48 GB of states
+    assert (big["fits_32GB"], big["fits_80GB"]) == (False, True)
     with pytest.raises(ValueError, match="batch_size 4 gives no sequence to each of dp × microbatches = 2 × 4"):
         memory_plan(cfg, plan, batch_size=4, local_params=1)
 
