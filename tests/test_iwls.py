@@ -118,6 +118,11 @@ def test_gates_truth_tables():
     A, B, C = X.T
     want = np.stack([A & B, A | B, A ^ B, np.where(A == 1, B, C), (A + B + C >= 2)], 1)
     assert (simulate(g, X) == want).all()
+    assert (g.AND_all([]), g.OR_all([])) == (1, 0)  # empty: TRUE and FALSE (a cube with every input free)
+    h = AIG(2)
+    h.outputs = [h.AND_all([h.input(0), h.input(1), h.input(0)]), h.OR_all([h.input(1)])]
+    assert (simulate(h, all_minterms(2)) == np.stack([all_minterms(2)[:, 0] & all_minterms(2)[:, 1],
+                                                       all_minterms(2)[:, 1]], 1)).all()
 
 
 def test_pack_layout():
