@@ -226,6 +226,15 @@ def test_scenes_and_proposals():
     assert rois.shape == (16, 4) and 0 < (labels > 0).sum() <= 4
     with pytest.raises(ValueError, match="no objects"):
         make_scenes(np.array([], int), cats, base.X_train, base.y_train, canvas=48, obj_size=20, per_image=3, rng=rng)
+    for sc in scenes:  # over every scene (a jittered box misses IoU 0.7 about one time in eight)
+        P, L = eval_proposals(sc, rng, n_background=5)
+        k = len(sc.labels)
+        assert (box_iou(P[:k], sc.boxes).diagonal() >= 0.7).all() and (box_iou(P[k:], sc.boxes) < 0.5).all()
+        P, _ = train_pool(sc, rng)
+        assert (P[:, 2] - P[:, 0] >= 4).all() and (P[:, 3] - P[:, 1] >= 4).all()  # no sliver proposals
+    # the IoU threshold is inclusive: a proposal twice the height of its box (IoU exactly 0.5) is labelled
+    one = type(s)(image=s.image, boxes=np.array([[0.0, 0.0, 10.0, 10.0]]), labels=np.array([4]))
+    assert label_proposals(np.array([[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 21.0]]), one).tolist() == [4, 0]
 
 
 def _lvis_file(tmp_path, **change):
@@ -360,6 +369,8 @@ def test_budget_free_evaluation_and_background_share():
     assert tight["bg_share"] == 1.0 and tight["APr"] == 0.0  # the budget goes to category 2's background boxes
     free = evaluate(scores, labels, image, ["-", "r", "f"], max_dets=None)
     assert free["APr"] == 100.0 and free["bg_share"] == pytest.approx(4 / 6)
+    # category 2 has no ground truth here: its AP is undefined and left out of the mean, not counted as 0
+    assert np.isnan(free["per_class"][1]) and free["mAP"] == 100.0 and np.isnan(free["APf"])
 
 
 def test_draw_rois_respects_the_quota_per_image():
