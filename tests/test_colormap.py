@@ -487,6 +487,31 @@ def test_continuous_refinement_and_principal_axis_move_towards_the_map():
         refine(line, np.zeros((BINS,) * 3), discrete=False)
 
 
+def test_nearest_neighbour_ignores_the_white_background():
+    # the query is a blue patch on white; training image 0 is a red patch on as much white, image 1 all blue
+    def item(img):
+        h = lab_histogram(img).reshape(-1)
+        return {"image": img, "lut": np.zeros((256, 3), np.float32), "discrete": False, "name": "x",
+                "chart": "heatmap", "bins": np.flatnonzero(h).astype(np.int32), "counts": h[h > 0].astype(np.int32)}
+
+    white = np.full((8, 8, 3), 255, np.uint8)
+    red, blue, query = white.copy(), np.zeros_like(white), white.copy()
+    red[:2, :2] = (255, 0, 0)
+    blue[...] = (0, 0, 255)
+    query[:2, :2] = (0, 0, 255)
+    train, q = data._corpus_of([item(red), item(blue)]), data._corpus_of([item(query)])
+    assert model.nearest_neighbour(train, q).tolist() == [1]
+
+
+def test_principal_axis_follows_the_heavy_colours():
+    counts = np.zeros((BINS,) * 3)
+    counts[4:28, 16, 16] = 1000  # a grey ramp in L, heavy
+    counts[16, 2, 16] = counts[16, 30, 16] = 1  # two light colours far out along a
+    path = model.principal_axis_path(counts)
+    dL, da = np.abs(path[-1] - path[0])[:2]
+    assert dL > 50 and da < 0.05 * dL  # unweighted, the two outliers tilt the axis towards a
+
+
 def test_nearest_neighbour_finds_the_same_image(tiny):
     idx = nearest_neighbour(tiny, tiny)
     same = [np.array_equal(tiny.histogram(i), tiny.histogram(j)) for i, j in enumerate(idx)]
@@ -562,6 +587,12 @@ def test_recover_values_transfer_and_remap_round_trip():
     img = data.apply_lut(lut, z)
     v = recover_values(img, lut)
     assert np.nanmax(np.abs(v - z)) <= 1.5 / 255 + 1e-9
+    strip = lut[None]  # the table itself as a 1 × 256 image: entry i is the value i / 255, exactly
+    assert np.array_equal(recover_values(strip, lut)[0], np.arange(256) / 255)
+    grey = np.asarray(__import__("matplotlib").colormaps["gray"](np.linspace(0, 1, 256)))[:, :3]
+    assert np.array_equal(transfer(strip, lut, "gray")[0], grey)  # value i / 255 -> target entry i
+    quarter = remap(strip, lut, "gray", vmin=0, vmax=4)[0]  # values i / 1020: entry i / 4, to the nearest
+    assert np.array_equal(quarter[[3, 7, 9]], grey[[1, 2, 2]])
     import matplotlib
 
     magma = np.asarray(matplotlib.colormaps["magma"](np.linspace(0, 1, 256)))[:, :3]
