@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from paperbook.action_net.data import Routines, crop, generate_features, load_features, read_scores
-from paperbook.action_net.model import (ActionNet, Ensemble, Stream, fisher_mean, spearman, temporal_graph,
-                                        train_ensemble)
+from paperbook.action_net.model import (ActionNet, Ensemble, Stream, fisher_mean, predict, spearman,
+                                        temporal_graph, train_ensemble)
 from paperbook.core import resolve
 
 from helpers import cli, one_and_two_processes
@@ -103,6 +103,28 @@ def test_ablations_do_what_they_say():
     assert torch.allclose(f, (a.unsqueeze(-1) * h).sum(1), atol=1e-6)
     with pytest.raises(ValueError, match="streams"):
         ActionNet(8, 8, 6, 6, streams=("audio",))
+    # the graph context, two graph convolutions over the clips: c = ReLU(W2 Â ReLU(W1 Â x)), h = [x; c]
+    g = Stream(8, 6, 4)
+    x = g.embed(v)
+    A = temporal_graph(6)
+    c = torch.relu(g.W2(A @ torch.relu(g.W1(A @ x))))
+    f, a = g(v)
+    assert torch.allclose(f, (a.unsqueeze(-1) * torch.cat([x, c], -1)).sum(1), atol=1e-6)
+
+
+def test_scores_lie_in_0_to_25_and_mean_pooling_ignores_the_order():
+    torch.manual_seed(0)
+    net = ActionNet(8, 8, 6, 6, 4, dropout=0.0).eval()
+    d, s = torch.randn(3, 6, 8) * 100, torch.randn(3, 6, 8) * 100
+    with torch.no_grad():
+        net.reg[-1].bias.fill_(50.0)
+        high = net(d, s)
+        net.reg[-1].bias.fill_(-50.0)
+        low = net(d, s)
+    assert (high > 24.9).all() and (high <= 25).all() and (low >= 0).all() and (low < 0.1).all()  # 25·sigmoid
+    mean = ActionNet(8, 8, 6, 6, pooling="mean", dropout=0.0).eval()
+    perm = torch.randperm(6)
+    assert torch.allclose(mean(d, s), mean(d[:, perm], s[:, perm]), atol=1e-5)
 
 
 def test_ensemble_copies_are_independent():
@@ -112,6 +134,8 @@ def test_ensemble_copies_are_independent():
     d, s = torch.randn(3, 2, 6, 8), torch.randn(3, 2, 6, 8)
     out = ens(d, s)
     assert torch.allclose(out, torch.stack([copies[i](d[i], s[i]) for i in range(3)]), atol=1e-5)
+    member = ens.member(2)(d[2], s[2])  # copy 2 as an ordinary module
+    assert torch.allclose(member, copies[2].eval()(d[2], s[2]), atol=1e-5)
     out[0].sum().backward()  # a loss of copy 0 only
     assert all(p.grad[1:].abs().max() == 0 for p in ens.parameters() if p.grad is not None)
     assert any(p.grad[0].abs().max() > 0 for p in ens.parameters() if p.grad is not None)
@@ -131,9 +155,34 @@ def test_training_fits_the_training_routines():
                        optimizer="lbfgs")
 
 
+def test_sgd_settings_loss_scale_and_centre_windows(monkeypatch):
+    rng = np.random.default_rng(1)
+    r = _routines(rng.uniform(3, 12, 8).round(1), rng.uniform(4, 9, 8).round(2))
+    f = generate_features(r, clips=16, frames=32, seed=0)
+    torch.manual_seed(0)
+    ens = Ensemble([ActionNet(32, 32, 16, 32, 16, dropout=0.0)])
+    made, real = [], torch.optim.SGD
+    monkeypatch.setattr(torch.optim, "SGD", lambda groups, **kw: made.append(real(groups, **kw)) or made[-1])
+    with torch.no_grad():  # the score before any step: windows as long as the sequences, so no crop choice
+        want = (((ens(torch.as_tensor(f.dynamic)[None], torch.as_tensor(f.static)[None]) - torch.as_tensor(f.y))
+                 / 25) ** 2).mean().item()
+    losses = train_ensemble(ens, [(f.dynamic, f.static, f.y)], epochs=4, batch=8, lr=1e-3, clips=16, frames=32)
+    assert losses[0] == pytest.approx(want, rel=1e-5)  # MSE of score / 25, one batch of all eight
+    opt = made[0]  # the paper's SGD: momentum 0.9, weight decay 1e-4, the regressor at 5 × lr; ÷10 at 50%, 75%
+    assert [g["initial_lr"] for g in opt.param_groups] == [1e-3, 5e-3]
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-5, 5e-5])
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
+    long = [(np.tile(f.dynamic, (1, 2, 1)), f.static, f.y)]  # 32 clips: predict takes the centre 16 (8 .. 23)
+    got = predict(ens, long, clips=16, frames=32)
+    with torch.no_grad():
+        centre = ens.member(0)(torch.as_tensor(long[0][0][:, 8:24]), torch.as_tensor(f.static))
+    assert np.allclose(got[0], centre.numpy(), atol=1e-5)
+
+
 def test_spearman_and_fisher_by_hand():
     assert spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 30, 20, 40])) == pytest.approx(0.8)
     assert fisher_mean([0.2, 0.6]) == pytest.approx(math.tanh((math.atanh(0.2) + math.atanh(0.6)) / 2))
+    assert fisher_mean([1.0, -1.0]) == 0.0 and 0.99 < fisher_mean([1.0, 0.5]) < 1.0  # ±1 clipped: finite z
 
 
 def test_feature_loader_round_trip_and_errors(tmp_path):
