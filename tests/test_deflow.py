@@ -13,7 +13,7 @@ from paperbook.deflow.data import (Flows, MinMax, block_partition, calendar_feat
                                    hex_partition, load_st_h5, make_samples, morans_i, paint, read_sensors, region_sums,
                                    self_organised_partition, sensor_cells, simulate_city, split)
 from paperbook.deflow.deform import DeformConv2d, deform_conv2d
-from paperbook.deflow.model import STResNet, copy_last, historical_average, rmse
+from paperbook.deflow.model import ResUnit, STResNet, copy_last, historical_average, predict, rmse, train
 
 from helpers import cli, one_and_two_processes
 
@@ -244,6 +244,35 @@ def test_network_shapes_and_dropped_branches():
         assert torch.equal(m(xc, xp, None, ext), m(xc, torch.randn(2, 1, 4, 4), None, ext))
         m.ext[-2].weight.zero_(), m.ext[-2].bias.zero_()  # no external input: tanh of the closeness branch alone
         assert torch.allclose(m(xc, xp, None, ext), torch.tanh(m.branches[0](xc)), atol=1e-6)
+
+
+def test_residual_units_add_their_input():
+    torch.manual_seed(0)
+    u = ResUnit(3, deformable=True).eval()
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(u(x), x + u.f(x))
+        for conv in (u.f[2], u.f[5]):
+            conv.weight.zero_(), conv.bias.zero_()
+        assert torch.equal(u(x), x)  # a unit whose convolutions are off passes its input through
+
+
+def test_training_keeps_the_best_validation_epoch_and_predicts_on_the_data_scale():
+    flows = simulate_city("straight", size=6, days=10, corridors=2, seed=0)
+    s = make_samples(flows, lc=2, lp=1, lq=1)
+    tr, va, te, scaler = split(flows, s, test_days=1, val_share=0.2)
+    torch.manual_seed(0)
+    m = STResNet(2, 6, 6, lc=2, ch=4, units=1)
+    res = train(m, tr, va, scaler, epochs=6, lr=0.05, batch=8)
+    best = int(np.argmin(res["val"]))
+    assert res["best_epoch"] == best != len(res["val"]) - 1  # at this learning rate the last epoch is not the best
+    assert rmse(predict(m, va, scaler), va.y) == pytest.approx(res["val"][best])  # its weights are restored
+
+    class Zero(torch.nn.Module):  # predicts 0 on the scaled range [-1, 1]: the middle of the data's range
+        def forward(self, xc, xp, xq, ext):
+            return torch.zeros(len(xc), 2, 6, 6)
+
+    assert np.allclose(predict(Zero(), te, scaler), (scaler.lo + scaler.hi) / 2)
 
 
 @pytest.mark.parametrize("overrides, words", [
