@@ -19,6 +19,9 @@ def test_formula_equals_meta_count_and_table1():
     assert abs(num_params(SIZES["200B"]) / TABLE1["200B"] - 1) < 0.01
     assert num_params(SIZES["13B"]) == 12_800_870_400  # the 2.3 % gap the chapter explains
     assert abs(num_params(SIZES["13B"], tied=False) / TABLE1["13B"] - 1) < 0.01
+    # Table 1's layers, hidden size, FFN size and heads (the head count does not change the parameter count)
+    assert {k: (c.num_layers, c.d, c.d_ff, c.num_heads) for k, c in SIZES.items()} == {
+        "2.6B": (32, 2560, 10240, 32), "13B": (40, 5120, 20480, 40), "200B": (64, 16384, 65536, 128)}
 
 
 def test_small_model_count_by_hand():
