@@ -92,3 +92,20 @@ def test_a_chapters_thread_count_never_exceeds_omp_num_threads(monkeypatch):
         with threads(2):
             pass
     assert torch.get_num_threads() == before
+
+
+def test_batch_shares_blocks_and_generators_by_hand():
+    import torch
+
+    from paperbook.dist import DistInfo, block_generator, my_blocks, rank_slice, share_of_mean
+
+    info = lambda r, w: DistInfo(rank=r, world_size=w, local_rank=r, device=torch.device("cpu"), backend="gloo")
+    # 10 items over 3 ranks: 0-2, 3-5, 6-9; together every item once
+    assert [rank_slice(10, info(r, 3)) for r in range(3)] == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert rank_slice(10, None) == slice(0, 10)
+    # a rank's sum of 6 over a global batch of 3: 2, times the world of 2 that DDP's average divides by
+    six = torch.tensor(6.0)
+    assert share_of_mean(six, 3, info(0, 2)).item() == 4.0 and share_of_mean(six, 3, None).item() == 2.0
+    assert [list(my_blocks(7, info(r, 3))) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
+    draw = lambda seed, block: torch.rand(3, generator=block_generator(seed, block)).tolist()
+    assert draw(1, 2) == draw(1, 2) and draw(1, 2) != draw(1, 3) and draw(1, 2) != draw(2, 2)
