@@ -252,7 +252,7 @@ def test_choice_prefers_accuracy_then_size_and_limit_scores_zero():
     assert over.valid_accuracy == 0 and "over 3 ANDs" in over.note
     with pytest.raises(ValueError, match="unknown method 'svm'"):
         fit_candidate("svm", {}, tr, va)
-    n = learn_tree(tr, max_depth=4).num_ands  # the limit is inclusive: n ANDs are allowed under n, not under n - 1
+    n = learn_tree(tr, max_depth=4).num_ands  # the limit is inclusive: n ANDs pass a limit of n, not one of n - 1
     assert fit_candidate("tree", {"max_depth": 4}, tr, va, max_ands=n, optimize=False).valid_accuracy > 0.5
     assert fit_candidate("tree", {"max_depth": 4}, tr, va, max_ands=n - 1, optimize=False).valid_accuracy == 0
     cv = cross_validate("tree", {"max_depth": 12}, data, folds=4, max_ands=3)
