@@ -581,6 +581,8 @@ def test_extractor_save_load_extract(tmp_path, tiny):
 
 
 def test_recover_values_transfer_and_remap_round_trip():
+    import matplotlib
+
     rng = np.random.default_rng(0)
     z = data.make_field("blobs", 40, rng)
     lut = viridis()
@@ -589,12 +591,10 @@ def test_recover_values_transfer_and_remap_round_trip():
     assert np.nanmax(np.abs(v - z)) <= 1.5 / 255 + 1e-9
     strip = lut[None]  # the table itself as a 1 × 256 image: entry i is the value i / 255, exactly
     assert np.array_equal(recover_values(strip, lut)[0], np.arange(256) / 255)
-    grey = np.asarray(__import__("matplotlib").colormaps["gray"](np.linspace(0, 1, 256)))[:, :3]
+    grey = np.asarray(matplotlib.colormaps["gray"](np.linspace(0, 1, 256)))[:, :3]
     assert np.array_equal(transfer(strip, lut, "gray")[0], grey)  # value i / 255 -> target entry i
     quarter = remap(strip, lut, "gray", vmin=0, vmax=4)[0]  # values i / 1020: entry i / 4, to the nearest
     assert np.array_equal(quarter[[3, 7, 9]], grey[[1, 2, 2]])
-    import matplotlib
-
     magma = np.asarray(matplotlib.colormaps["magma"](np.linspace(0, 1, 256)))[:, :3]
     assert np.abs(transfer(img, lut, "magma") - data.apply_lut(magma, z)).max() < 0.02
     half = data.apply_lut(lut, 0.25 + 0.5 * z)  # a chart that used the middle half of the map

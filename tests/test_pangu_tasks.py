@@ -3,6 +3,7 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,8 +143,13 @@ def test_truncation_keeps_the_candidate_and_the_most_recent_examples(monkeypatch
 
     seen = []
     monkeypatch.setattr(tasks, "sequence_nll", lambda model, seqs, starts, **kw: seen.append((seqs, starts))
-                        or __import__("numpy").zeros(len(seqs)))
-    digits = type("D", (), {"encode": staticmethod(lambda s: [int(c) for c in s if c.isdigit()])})()
+                        or np.zeros(len(seqs)))
+
+    class Digits:
+        def encode(self, text):
+            return [int(c) for c in text if c.isdigit()]
+
+    digits = Digits()
     item = {"context": "123456", "candidates": ["78", "90", "11", "22"], "answer": 0}
     next_sentence_predictions(None, digits, [item], max_len=5)
     assert seen[0][0] == [[4, 5, 6, 7, 8], [4, 5, 6, 9, 0], [4, 5, 6, 1, 1], [4, 5, 6, 2, 2]]  # the context's end cut
