@@ -490,9 +490,8 @@ def test_continuous_refinement_and_principal_axis_move_towards_the_map():
 def test_nearest_neighbour_ignores_the_white_background():
     # the query is a blue patch on white; training image 0 is a red patch on as much white, image 1 all blue
     def item(img):
-        h = lab_histogram(img).reshape(-1)
         return {"image": img, "lut": np.zeros((256, 3), np.float32), "discrete": False, "name": "x",
-                "chart": "heatmap", "bins": np.flatnonzero(h).astype(np.int32), "counts": h[h > 0].astype(np.int32)}
+                "chart": "heatmap"} | data.histogram_entries(img)
 
     white = np.full((8, 8, 3), 255, np.uint8)
     red, blue, query = white.copy(), np.zeros_like(white), white.copy()

@@ -20,8 +20,8 @@ __all__ = ['FIELDS', 'CHARTS', 'CHART_WEIGHTS', 'BINS', 'CORPUS_VERSION', 'Color
            'lab_to_rgb', 'catalog', 'catalog_distances', 'families', 'split_catalog', 'nearest_training_distance',
            'sample_fields', 'make_field', 'apply_lut', 'render', 'check_image', 'lab_histogram', 'bin_centres',
            'background_bins', 'network_input', 'histogram_colours', 'sub_range', 'binned', 'make_item', 'Corpus',
-           'make_corpus', 'cache_dir', 'corpus_key', 'save_corpus', 'read_corpus', 'load_corpus', 'read_rgb',
-           'legend_lut', 'load_pairs']
+           'histogram_entries', 'make_corpus', 'cache_dir', 'corpus_key', 'save_corpus', 'read_corpus', 'load_corpus',
+           'read_rgb', 'legend_lut', 'load_pairs']
 
 # %% ../../nbs/04a_colormap_data.ipynb #af98e52b
 @dataclass(frozen=True)
@@ -442,15 +442,19 @@ class Corpus:
         return rgb_to_lab(self.luts if idx is None else self.luts[np.asarray(idx)])
 
 
+def histogram_entries(image) -> dict:
+    "An image's sparse Lab histogram as corpus entries: {'bins': the occupied bins, 'counts': their pixels}."
+    h = lab_histogram(image, min_chroma=0).reshape(-1)  # a grey image (a grey sub-range) is rare but allowed here
+    bins = np.flatnonzero(h).astype(np.int32)
+    return {"bins": bins, "counts": h[bins].astype(np.int32)}
+
+
 def _render_chunk(args) -> list[dict]:
     cmaps, lo, hi, seed, kw = args
     items = []
     for i in range(lo, hi):
         it = make_item(cmaps, i, seed, **kw)
-        h = lab_histogram(it["image"], min_chroma=0).reshape(-1)  # a grey sub-range is rare but allowed here
-        it["bins"] = np.flatnonzero(h).astype(np.int32)
-        it["counts"] = h[it["bins"]].astype(np.int32)
-        items.append(it)
+        items.append(it | histogram_entries(it["image"]))
     return items
 
 
@@ -591,11 +595,9 @@ def load_pairs(list_file: str | Path, px: int = 64, max_discrete_colours: int = 
             img, lut = read_rgb(chart), legend_lut(read_rgb(legend))
         except ValueError as e:
             raise ValueError(f"{list_file}:{k}: {e}") from None
-        h = lab_histogram(img, min_chroma=0).reshape(-1)
         idx = np.linspace(0, np.array(img.shape[:2]) - 1, px).astype(int)
         items.append({"image": np.round(img[np.ix_(idx[:, 0], idx[:, 1])] * 255).astype(np.uint8),
-                      "lut": lut.astype(np.float32), "bins": np.flatnonzero(h).astype(np.int32),
+                      "lut": lut.astype(np.float32),
                       "discrete": len(np.unique(np.round(lut * 255), axis=0)) <= max_discrete_colours,
-                      "name": legend.stem, "chart": "file"})
-        items[-1]["counts"] = h[items[-1]["bins"]].astype(np.int32)
+                      "name": legend.stem, "chart": "file"} | histogram_entries(img))  # of the full-size chart
     return _corpus_of(items)
