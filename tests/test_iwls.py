@@ -585,3 +585,22 @@ def test_boosted_trees_as_a_circuit_agree_with_sklearn():
     gb = GradientBoostingClassifier(n_estimators=16, max_depth=3, learning_rate=0.2, random_state=0).fit(tr.X, tr.y)
     circ = boosted_aig(gb, tr.n, 16, 8, tr.X, tr.y)  # 8-bit leaves: the quantisation is fine enough to agree
     assert (simulate(circ, te.X)[:, 0] == gb.predict(te.X)).mean() >= 0.99
+
+
+def test_leaf_quantisation_and_the_boosting_fallbacks():
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from paperbook.iwls.ensemble import learn_boost, quantise
+
+    tr, _, _ = generate("comparator-8", seed=1, size=800)
+    gb = GradientBoostingClassifier(n_estimators=6, max_depth=3, learning_rate=0.2, random_state=0).fit(tr.X, tr.y)
+    q, step = quantise(gb, 6, bits=5)
+    scaled = [gb.learning_rate * e[0].tree_.value[:, 0, 0] for e in gb.estimators_]
+    # 5 bits: integers in -15..15, the largest |η v| at ±15; each leaf within half a step of η v
+    assert max(int(np.abs(qt).max()) for qt in q) == 15
+    assert all(np.abs(qt * step - s).max() <= step / 2 + 1e-12 for qt, s in zip(q, scaled))
+    ones = PLA(tr.X, np.ones((len(tr), 1), np.uint8))  # one label only: boosting cannot fit, the constant
+    assert (simulate(learn_boost(ones), tr.X)[:, 0] == 1).all()
+    full = learn_boost(tr, trees=32)
+    small = learn_boost(tr, trees=32, max_ands=full.num_ands // 3)  # a shorter prefix of the trees fits
+    assert small.num_ands <= full.num_ands // 3 and not small.description.startswith("32 of")
