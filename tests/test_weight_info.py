@@ -156,7 +156,8 @@ def test_image_splits_are_disjoint_and_sized():
 
     full = load_images("digits", n_train=1000, n_val=400, n_test=397, seed=3)
     got = np.concatenate([np.c_[full[k].X.reshape(-1, 64).numpy() * 16, full[k].y.numpy()] for k in full])
-    want = np.c_[load_digits().data, load_digits().target]
+    digits = load_digits()
+    want = np.c_[digits.data, digits.target]
     assert np.array_equal(got[np.lexsort(got.T)], want[np.lexsort(want.T)])
     with pytest.raises(ValueError, match=r"1000 \+ 400 \+ 398 images asked for, digits has 1797"):
         load_images("digits", n_train=1000, n_val=400, n_test=398)
