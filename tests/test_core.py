@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from paperbook.core import (
     BaseConfig, Bound, Chapter, Count, PositiveFloat, Result, Share, check_bounds, claim, config_keys, get_chapter,
-    jsonable, load_runs, parse_sets, pick_device, repro_table, resolve, run_dir, seed_everything, start_run,
-    summarize_runs, write_json,
+    jsonable, load_runs, markdown_table, parse_sets, pick_device, repro_table, resolve, run_dir, seed_everything,
+    start_run, summarize_runs, text_table, write_json,
 )
 
 
@@ -313,6 +314,17 @@ def test_claim_judges_every_seed_and_needs_a_computed_boolean():
         claim("c", paper="p", values={}, rule=lambda v: True)
     with pytest.raises(ValueError, match="need"):
         claim("c", paper="p", values={0: 1}, rule=lambda v: True, need=2)
+    with pytest.raises(ValueError, match="need must lie in 1..1"):  # need=0 would make any claim hold
+        claim("c", paper="p", values={0: 1}, rule=lambda v: False, need=0)
+    assert claim("c", paper="p", values={0: 1, 1: 0}, rule=lambda v: v == 1, need=1)["need"] == 1
+    assert "need" not in claim("c", paper="p", values={0: 1, 1: 0}, rule=lambda v: v == 1)
+
+
+def test_claim_summary_of_one_value_and_of_non_numbers():
+    assert claim("c", paper="p", values={0: 0.123456}, rule=lambda v: True)["ours"] == "0.1235"  # 4 significant
+    flags = claim("c", paper="p", values={0: True, 1: False}, rule=lambda v: v)  # booleans are not averaged
+    assert flags["ours"] == "seed 0: True; seed 1: False" and flags["k_of_n"] == "1/2"
+    assert claim("c", paper="p", values={3: "AND"}, rule=lambda v: True)["ours"] == "AND"
 
 
 def test_mean_interval_by_hand():
@@ -331,6 +343,15 @@ def test_paired_claim_holds_only_when_the_interval_excludes_zero():
     row = paired_claim("A lower", paper="p", a=a, b=b, better="lower", names=("A", "B"))
     assert row["holds"] and row["k_of_n"] == "3/3" and row["difference"]["high"] < 0
     assert [p["difference"] for p in row["per_seed"]] == pytest.approx([-3.9, -4.2, -3.4])
+    # by hand: mean -3.8333, sd 0.40415, t(0.975, 2) = 4.302653, half-width 4.302653 * 0.40415 / sqrt(3) = 1.00395
+    assert row["difference"]["low"] == pytest.approx(-4.83728, abs=1e-4)
+    assert row["difference"]["high"] == pytest.approx(-2.82938, abs=1e-4)
+    assert row["ours"] == "A 20.53 vs B 24.37; Δ -3.83 [-4.84, -2.83] over 3 seeds"  # means 61.6/3 and 73.1/3
+    tiny = paired_claim("x", paper="p", a={0: 0.001, 1: 0.002}, b={0: 0.0, 1: 0.0}, better="higher")
+    # below 10^-digits a difference is written in exponent form, not rounded to +0.00; t(0.975, 1) = 12.7062
+    assert tiny["ours"] == "ours 1.50e-03 vs baseline 0.00; Δ +1.50e-03 [-4.85e-03, +7.85e-03] over 2 seeds"
+    tie = paired_claim("A higher", paper="p", a={0: 1.0, 1: 2.0}, b={0: 1.0, 1: 1.0}, better="higher")
+    assert [p["holds"] for p in tie["per_seed"]] == [False, True]  # a tie is not a win
     assert not paired_claim("A higher", paper="p", a=a, b=b, better="higher")["holds"]
     mixed = paired_claim("A lower", paper="p", a={0: 20.0, 1: 26.0}, b={0: 24.0, 1: 23.0}, better="lower")
     assert not mixed["holds"] and mixed["k_of_n"] == "1/2"
@@ -351,6 +372,11 @@ def test_repro_table_columns_and_our_thresholds():
     assert df["holds"].tolist() == [True, False] and df["k/n"].tolist() == ["1/1", "0/1"]
     assert df["claim"][0] == "a (threshold ours: exactly 1)"
     assert list(repro_table(rows[:1]).columns) == ["claim", "paper", "ours", "k/n", "holds"]
+    text = text_table(rows).splitlines()
+    assert text[0] == "[holds, 1/1 seeds] a (threshold ours: exactly 1)"
+    assert text[3] == "[DOES NOT HOLD, 0/1 seeds] b" and text[-1].split() == ["note", "toy", "scale"]
+    md = markdown_table(pd.DataFrame({"a|b": ["x\ny"]}))
+    assert md.splitlines() == ["| a\\|b |", "|---|", "| x y |"]
 
 
 def test_load_and_summarize_runs_pool_every_seed(tmp_path):
