@@ -83,6 +83,10 @@ def test_eql_drops_tail_negatives_of_foreground_samples_only():
     grad = z.grad * 2
     assert torch.allclose(grad[0], torch.tensor([0.5, 0.0, 0.0, -0.5, 0.5]))
     assert torch.allclose(grad[1], torch.tensor([-0.5, 0.5, 0.5, 0.5, 0.5]))
+    # a foreground sample of a tail category keeps its own positive column; only its other tail columns drop
+    z = torch.zeros(1, 5, requires_grad=True)
+    eql_loss(z, torch.tensor([1]), tail=tail).backward()
+    assert torch.allclose(z.grad[0], torch.tensor([0.5, -0.5, 0.0, 0.5, 0.5]))
 
 
 def test_acsl_bce_and_eql_differ_as_computed_by_hand():
@@ -136,6 +140,22 @@ def test_loss_errors_name_the_problem():
         acsl_loss(z, torch.tensor([0, 1, 2]), background="code", groups=["-", "r", "x", "f"])
     with pytest.raises(ValueError, match="tail"):
         class_loss("eql", z, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"shape \(samples, C \+ 1\) with C >= 1, got \(3, 1\)"):
+        bce_loss(torch.zeros(3, 1), torch.tensor([0, 0, 0]))  # a background column alone
+    with pytest.raises(ValueError, match="'-' for background"):
+        acsl_loss(z, torch.tensor([0, 1, 2]), background="code", groups=["r", "r", "c", "f"])
+    with pytest.raises(ValueError, match=r"tail\[0\] \(background\) False"):
+        eql_loss(z, torch.tensor([0, 1, 2]), tail=torch.tensor([True, False, True, False]))
+
+
+def test_class_loss_passes_its_settings_on():
+    pz, y = torch.logit(torch.tensor([[0.2, 0.9, 0.6], [0.8, 0.1, 0.75]])), torch.tensor([1, 0])
+    # xi = 0.7 suppresses column 2 of sample 2 (0.75 >= 0.7); xi = 0.8 does not
+    for xi in (0.7, 0.8):
+        assert torch.equal(class_loss("acsl", pz, y, xi=xi), acsl_loss(pz, y, xi=xi))
+    assert class_loss("acsl", pz, y, xi=0.8) < class_loss("acsl", pz, y, xi=0.7)
+    # gamma = 0 and alpha = 0.5: half the BCE
+    assert class_loss("focal", pz, y, gamma=0.0, alpha=0.5).item() == pytest.approx(0.5 * bce_loss(pz, y).item())
 
 
 # ---- data -----------------------------------------------------------------------------------------
