@@ -66,6 +66,37 @@ def test_sharpness_sigma_brackets_the_tolerance():
     assert torch.isclose(nn.functional.cross_entropy(m(X), y), torch.tensor(base))  # weights restored
 
 
+class _Probe(nn.Module):
+    "Zero logits (loss log 2 for two classes); records the spread of its weights at each call."
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(20000))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(float(self.w.detach().std()))
+        return torch.zeros(len(x), 2) + 0 * self.w[:1]
+
+
+def test_perturbation_scale_and_geometric_bisection(monkeypatch):
+    from paperbook.weight_info import measures
+
+    probe, X, y = _Probe(), torch.zeros(4, 1), torch.zeros(4, dtype=torch.long)
+    assert measures.perturbed_loss(probe, X, y, sigma=0.1, draws=2) == pytest.approx(math.log(2))
+    assert probe.seen == pytest.approx([0.1, 0.1], rel=0.02)  # N(0, σ²): sd σ = 0.1 (σ² would give 0.01)
+    assert float(probe.w.detach().abs().max()) == 0.0  # restored
+    # a loss that rises as (σ / 0.003)² · 0.1: the tolerance 0.1 is reached at σ* = 0.003 exactly. Bisection in log σ
+    # over [1e-4, 1] for 12 steps narrows the bracket to a factor 1e4^(1/4096) = 1.0023; an arithmetic one would be
+    # 2.4e-4 wide (8% of σ*)
+    monkeypatch.setattr(measures, "perturbed_loss", lambda m, X, y, s, seed=0: math.log(2) + 0.1 * (s / 0.003) ** 2)
+    sigma = measures.sharpness_sigma(probe, X, y, tolerance=0.1)
+    assert 0.003 / 1.0023 <= sigma <= 0.003
+    monkeypatch.setattr(measures, "perturbed_loss", lambda m, X, y, s, seed=0: 9.0)  # sharp beyond the bracket
+    probe.train()
+    assert measures.sharpness_sigma(probe, X, y, lo=1e-3) == 1e-3 and probe.training  # its mode restored
+
+
 def test_training_records_and_fits_small_data():
     d = load_images("digits", n_train=200, n_val=50, n_test=50, seed=0)
     y, redrawn = corrupt(d["train"].y, 0.3, seed=0)
@@ -75,6 +106,20 @@ def test_training_records_and_fits_small_data():
     rows = rec["rows"]
     assert rec["fitted"] and rows[-1]["memorised"] == 1.0 and rows[-1]["train_acc"] == 1.0
     assert all(r["path"] >= r["distance"] - 1e-9 for r in rows)  # a path is never shorter than the chord
+    assert [r["path"] for r in rows] == pytest.approx(np.cumsum([r["step"] for r in rows]).tolist())
+    assert rows[0]["step"] == pytest.approx(rows[0]["distance"])  # epoch 1 starts from θ(0)
+    assert any(r["step"] < r["distance"] - 1e-6 for r in rows[1:])  # later steps are from the previous epoch
+    # one epoch, then the records against the returned model: memorised counts the redrawn labels only
+    model = make_model("mlp", (1, 8, 8), width=8)
+    row = train_recording(model, Split(d["train"].X, y), d["val"], d["test"], redrawn=redrawn, max_epochs=1,
+                          seed=0)["rows"][0]
+    with torch.no_grad():
+        pred = model(d["train"].X).argmax(1)
+        hand = {"memorised": (pred[redrawn] == y[redrawn]).float().mean().item(),
+                "train_acc": (pred == y).float().mean().item(),
+                "val_acc": (model(d["val"].X).argmax(1) == d["val"].y).float().mean().item()}
+    assert {k: row[k] for k in hand} == pytest.approx(hand)
+    assert row["memorised"] != pytest.approx(row["train_acc"])  # the two differ after one epoch of this seed
     with pytest.raises(ValueError, match="empty"):
         train_recording(make_model("mlp", (1, 8, 8)), Split(d["train"].X[:0], y[:0]), d["val"], d["test"],
                         redrawn=redrawn[:0])
@@ -87,6 +132,10 @@ def test_stopping_rules_by_hand():
     # rises past it, so the stop is the centre of that window, epoch 5
     assert distance_stop([5, 4, 3, 2, 1, 1, 1, 2, 3, 4], window=3, rise=0.15) == 5
     assert validation_stop([0.1, 0.7, 0.7, 0.6]) == 1
+    # the burst ends at the first fall (epoch 2, after the flat start), not at epoch 0: stop at the minimum 1.0
+    assert distance_stop([1, 1, 3, 2, 1.5, 1.2, 1.0, 1.0, 1.1, 1.3, 1.6], window=1, rise=0.2) == 6
+    # the rise is relative: 11 is within 20% of 10, so training goes on to the new minimum 9 (epoch 5)
+    assert distance_stop([10, 30, 20, 10, 11, 9, 20], window=1, rise=0.2) == 5
 
 
 def test_prequential_code_separates_structure_from_noise():
@@ -107,12 +156,32 @@ def test_prequential_code_separates_structure_from_noise():
     # the first block is sent with the uniform code (100 labels × log2 10), then each later block costs the same
     bits = prequential_bits(uniform, X, (X[:, 0] > 0).long(), blocks=(0.25, 0.5, 1.0), epochs=1, lr=0.0)
     assert bits == pytest.approx(400 * math.log2(10), rel=1e-6)
+    with pytest.raises(ValueError, match="ending at 1.0"):
+        prequential_bits(make, X, X[:, 0].long(), blocks=(0.5, 0.9))
+
+    seen = []
+
+    class Spy(nn.Module):  # uniform, and notes the rows it is trained on (x = the row's index)
+        def __init__(self):
+            super().__init__()
+            self.lin = uniform()
+
+        def forward(self, x):
+            if torch.is_grad_enabled():
+                seen.append(set(x[:, 0].long().tolist()))
+            return self.lin(x)
+
+    rows = torch.arange(10.0)[:, None].repeat(1, 3)
+    # ends round(3.5) = 4 and 10: rows 0-3 sent with the uniform code, a model trained on them alone codes 4-9
+    bits = prequential_bits(Spy, rows, torch.zeros(10, dtype=torch.long), blocks=(0.35, 1.0), epochs=2, lr=0.0)
+    assert set().union(*seen) == {0, 1, 2, 3} and bits == pytest.approx(10 * math.log2(10))
 
 
 def test_calibration_by_hand():
     curve = calibrate([0, 0.5, 1, 0, 0.5, 1], [10, 20, 18, 12, 22, 22])  # means 11, 21, 20 -> monotone 11, 21, 21
     assert curve[1].tolist() == [11, 21, 21]
     assert invert(curve, 16) == pytest.approx(0.25) and invert(curve, 5) == 0.0
+    assert invert(curve, 21) == 0.5 and invert(curve, 30) == 0.5  # the first level that reaches the value
 
 
 def test_the_cifar_reader_refuses_code(tmp_path):
