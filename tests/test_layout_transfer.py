@@ -1,6 +1,7 @@
 """Chapter 10 (layout transfer): GraphWave, retrieval, WL kernel, correspondence, transfer, blending, metrics."""
 
 import json
+from itertools import combinations
 
 import networkx as nx
 import numpy as np
@@ -9,10 +10,11 @@ import pytest
 from paperbook.core import resolve
 from paperbook.layout_transfer.embed import (cheb_coefficients, default_scales, degree_embedding, graphwave,
                                              heat_cheb_columns, heat_dense, normalized_laplacian)
-from paperbook.layout_transfer.retrieve import (Match, greedy_mapping, plant_motifs, precision_recall,
+from paperbook.layout_transfer.retrieve import (MOTIFS, Match, cosine, greedy_mapping, plant_motifs, precision_recall,
                                                 read_matrix_market, retrieve, wl_kernel)
-from paperbook.layout_transfer.transfer import (apply_edit, blend, match_nodes, mean_edge_length, procrustes_residual,
-                                                readability, similarity_fit, transfer_edit)
+from paperbook.layout_transfer.transfer import (apply_edit, blend, edge_agreement, improve_by_swaps, match_nodes,
+                                                mean_edge_length, procrustes_residual, readability, similarity_fit,
+                                                stress_majorize, transfer_edit)
 
 from helpers import cli
 
@@ -78,6 +80,26 @@ def test_wl_kernel_by_hand():
     f_self = 9 + (4 + 1)  # {x:3}² + h=1 {(x,(x,)):2, (x,(x,x)):1}
     f_lab = 5 + 5  # {x:2, y:1} + h=1 {(x,(y,)):2, (y,(x,x)):1}
     assert wl_kernel(path, other, path, labels) == pytest.approx(6 / np.sqrt(f_self * f_lab))
+    # neighbours' labels are a multiset: the order in which edges were added must not matter
+    a, b = nx.Graph([(0, 1), (0, 2)]), nx.Graph([(0, 2), (0, 1)])
+    star_labels = {0: "c", 1: "a", 2: "b"}
+    assert wl_kernel(a, star_labels, b, star_labels) == pytest.approx(1.0)
+
+
+def test_cosine_standardises_columns_then_rows():
+    # columns as z-scores (mean 2, sd sqrt(2/3); mean 200, sd 81.6): (-1.22, -1.22), (0, 1.22), (1.22, 0); the
+    # constant column is dropped; then each row has length 1
+    emb = np.array([[1.0, 100, 5], [2, 300, 5], [3, 200, 5]])
+    r = np.sqrt(0.5)
+    assert np.allclose(cosine(emb), [[-r, -r], [0, 1], [1, 0]])
+    assert np.allclose(cosine(emb, standardize=False)[0], np.array([1, 100, 5]) / np.sqrt(1 + 100 ** 2 + 25))
+
+
+def test_planted_copies_hang_on_the_backbone_by_one_edge():
+    G, inst = plant_motifs(backbone=30, copies=2, kinds=("wheel", "ladder"), m=2, seed=1)
+    motif_edges = 2 * (MOTIFS["wheel"]().number_of_edges() + MOTIFS["ladder"]().number_of_edges())
+    assert G.number_of_edges() == (30 - 2) * 2 + motif_edges + 4  # BA: (n - m)·m edges; one link per copy
+    assert nx.is_connected(G) and [k for k, _ in inst] == ["wheel", "wheel", "ladder", "ladder"]
 
 
 def test_greedy_mapping_and_scores():
@@ -86,6 +108,8 @@ def test_greedy_mapping_and_scores():
     found = [Match([1, 2, 3], {}, 1.0), Match([7, 8], {}, 0.5)]
     assert precision_recall(found, [[1, 2, 3, 4], [10, 11]]) == (0.5, 0.5)
     assert precision_recall([], [[1]]) == (0.0, 0.0)
+    assert precision_recall([Match([1, 2], {}, 1.0)], [[1, 2, 3, 4]]) == (1.0, 1.0)  # Jaccard 2/4 = 0.5 is a hit
+    assert precision_recall([Match([1], {}, 1.0)], []) == (0.0, 1.0)  # nothing to find: recall 1
 
 
 def test_retrieval_finds_planted_copies_better_than_chance():
@@ -95,10 +119,31 @@ def test_retrieval_finds_planted_copies_better_than_chance():
     assert p >= 0.5 and r == 1.0
     with pytest.raises(ValueError, match="connected"):
         retrieve(G, graphwave(G), [inst[0][1][1], inst[0][1][5]])
+    with pytest.raises(ValueError, match="non-empty set of nodes"):
+        retrieve(G, graphwave(G), [])
     with pytest.raises(ValueError, match="not in it: \\[9999\\]"):
         retrieve(G, graphwave(G), [0, 9999])
     with pytest.raises(ValueError, match="unknown motif"):
         plant_motifs(kinds=("clique",))
+
+
+def test_retrieval_candidates_sizes_order_and_the_index_path():
+    from sklearn.neighbors import NearestNeighbors
+
+    G, inst = plant_motifs(backbone=80, copies=3, kinds=("wheel", "tree"), seed=0)
+    emb, ex = graphwave(G), inst[0][1]
+    found = retrieve(G, emb, ex, eps=0.9, size=(3, 40))
+    assert [round(m.score, 3) for m in found] == [0.778, 0.556]
+    G1, inst1 = plant_motifs(backbone=80, copies=3, kinds=("wheel", "tree"), seed=1)
+    scores = [round(m.score, 3) for m in retrieve(G1, graphwave(G1), inst1[0][1], eps=0.9, size=(3, 40))]
+    assert scores == [0.778, 0.471]  # best first (the components come out as 0.471, 0.778)
+    assert all(not set(m.nodes) & set(ex) for m in found)  # the exemplar is not retrieved as its own match
+    assert retrieve(G, emb, ex, eps=0.9, size=(3, 9)) == []  # both have 9 nodes: size's upper end is excluded
+    assert len(retrieve(G, emb, ex, eps=0.9, size=(3, 10))) == 2
+    # through a nearest-neighbour index over the unit rows: cosine = 1 - d²/2 for Euclidean d, the same matches
+    index = NearestNeighbors().fit(cosine(emb))
+    via = retrieve(G, emb, ex, eps=0.9, size=(3, 40), index=index)
+    assert [sorted(m.nodes) for m in via] == [sorted(m.nodes) for m in found]
 
 
 def test_similarity_fit_recovers_a_transform():
@@ -108,6 +153,11 @@ def test_similarity_fit_recovers_a_transform():
     s, Rf, t = similarity_fit(x, 3 * x @ R.T + [1, 2])
     assert s == pytest.approx(3) and np.allclose(Rf, R) and np.allclose(t, [1, 2])
     assert procrustes_residual(x, x[::-1]) > 0.1  # a permutation is not a similarity
+    # a centred square plus e_i = ε·(-1)^i·a_i: e is orthogonal to a, to a turned by 90° and to both shifts, so the
+    # best similarity is the identity and the residual is ‖e_i‖ = ε at every point (RMS ε; a sum would give 2ε)
+    a = np.array([[1.0, 0], [0, 1], [-1, 0], [0, -1]])
+    e = 0.1 * a * np.array([1, -1, 1, -1])[:, None]
+    assert procrustes_residual(a, a + e) == pytest.approx(0.1)
 
 
 def test_isomorphic_copy_takes_the_exemplars_edited_shape_exactly():
@@ -123,6 +173,66 @@ def test_isomorphic_copy_takes_the_exemplars_edited_shape_exactly():
     moved = transfer_edit(G, pos, {v: pos[v] for v in ex}, after, tg, m, unit=unit)
     assert procrustes_residual(np.array([after[m[v]] for v in tg]), np.array([moved[v] for v in tg])) < 1e-9
     assert readability(G, moved, tg)["crosslessness"] == 1.0
+
+
+
+def test_transfer_places_the_edit_in_the_targets_frame():
+    G = nx.disjoint_union(nx.wheel_graph(7), nx.wheel_graph(7))
+    rng = np.random.default_rng(2)
+    pos = {v: rng.normal(size=2) for v in range(7)}
+    pos |= {v + 7: pos[v] + [10.0, 0.0] for v in range(7)}  # the target: the exemplar shifted by (10, 0)
+    ex, tg = list(range(7)), list(range(7, 14))
+    after = apply_edit("radial", G, pos, ex, 1.0)
+    m = {v + 7: v for v in ex}
+    moved = transfer_edit(G, pos, {v: pos[v] for v in ex}, after, tg, m, unit=1.0)
+    assert all(np.allclose(moved[v + 7], after[v] + [10.0, 0.0]) for v in ex)
+    # node 13 has no partner: it is placed by stress among the matched nodes, not left out
+    partial = transfer_edit(G, pos, {v: pos[v] for v in ex}, after, tg, {k: v for k, v in m.items() if k != 13},
+                            unit=1.0)
+    assert sorted(partial) == tg and np.isfinite(partial[13]).all()
+    with pytest.raises(ValueError, match="two matched nodes to align, got 1"):
+        transfer_edit(G, pos, {v: pos[v] for v in ex}, after, tg, {7: 0}, unit=1.0)
+
+
+def test_stress_majorization_by_hand():
+    # path p - x - m - q with x free, p and q held: d(x, p) = 1, d(x, q) = 2 (through m, which is neither). On the
+    # line each held node pulls x to its ideal spot (p + 2 and q - 4 at unit 2) with weight 1/D²: (2/4 + 8/16) / (1/4
+    # + 1/16) = 3.2
+    G = nx.path_graph(["p", "x", "m", "q"])
+    pos = {"p": np.zeros(2), "x": np.array([5.0, 0]), "m": np.array([7.0, 3]), "q": np.array([12.0, 0])}
+    out = stress_majorize(G, pos, ["x"], ["p", "q"], unit=2.0)
+    assert np.allclose(out["x"], [3.2, 0.0])
+
+
+def test_matching_prefers_similar_partners_among_isomorphisms():
+    G = nx.disjoint_union(nx.path_graph(3), nx.path_graph(3))
+    sim = np.zeros((3, 3))
+    sim[0, 2] = sim[2, 0] = 1.0  # target 3 looks like exemplar 2 and 5 like 0: the reversed path
+    assert match_nodes(G, sim, [0, 1, 2], [3, 4, 5]) == {3: 2, 4: 1, 5: 0}
+    # not isomorphic (a path and two isolated nodes against a path and three): ties in kept edges keep the
+    # embedding's choice, a swap must gain an edge
+    G = nx.Graph([(0, 1), (1, 2), (10, 11), (11, 12)])
+    G.add_nodes_from([3, 4, 5, 13, 14])
+    ex, tg = [0, 1, 2, 3, 4, 5], [10, 11, 12, 13, 14]
+    sim = np.eye(5, 6)
+    assert match_nodes(G, sim, ex, tg) == {10: 0, 11: 1, 12: 2, 13: 3, 14: 4}
+    best = {10: 0, 11: 1, 12: 2, 13: 3, 14: 4}  # every edge kept: one round of swaps must change nothing
+    assert improve_by_swaps(G.subgraph(tg), G.subgraph(ex), best, tg, rounds=1) == best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_swaps_stop_at_a_local_optimum(seed):
+    "After improve_by_swaps no exchange of two target nodes' partners keeps more edges (it runs to that point)."
+    rng = np.random.default_rng(seed)
+    Ge = nx.gnm_random_graph(8, 10, seed=seed)
+    Gt = nx.relabel_nodes(nx.gnm_random_graph(9, 11, seed=seed + 100), lambda v: v + 100)
+    tg = list(Gt)
+    m = improve_by_swaps(Gt, Ge, dict(zip(rng.permutation(tg)[:8].tolist(), Ge)), tg)
+    best = edge_agreement(Gt, Ge, m)
+    for a, b in combinations(tg, 2):
+        other = {k: v for k, v in m.items() if k not in (a, b)} | ({a: m[b]} if b in m else {}) | (
+            {b: m[a]} if a in m else {})
+        assert edge_agreement(Gt, Ge, other) <= best
 
 
 def test_non_isomorphic_target_gets_an_edge_preserving_match():
@@ -148,6 +258,18 @@ def test_readability_by_hand():
     tee = {0: np.zeros(2), 1: np.array([1.0, 0]), 2: np.array([0, 1.0]), 3: np.array([-2.0, 0])}
     r = readability(nx.star_graph(3), tee, [0, 1, 2, 3])
     assert r["minimum angle"] == pytest.approx(0.75) and r["edge uniformity"] == pytest.approx(1 - np.sqrt(2) / 4)
+    # edges sharing an end are not a pair that can cross: (0,1)×(2,3) is the only pair, and it crosses
+    assert readability(nx.Graph([(0, 1), (2, 3), (0, 2)]), crossing, [0, 1, 2, 3])["crosslessness"] == 0.0
+    # c and d lie on both sides of the line through a, b, but the segments do not meet
+    apart = {0: np.array([0.0, 0]), 1: np.array([1.0, 0]), 2: np.array([2.0, 1]), 3: np.array([2.0, -1])}
+    assert readability(G, apart, [0, 1, 2, 3])["crosslessness"] == 1.0
+    # every node's nearest node is not its neighbour: shape-based 0 (Jaccard of 1-nearest and the one neighbour)
+    far = {0: np.array([0.0, 0]), 1: np.array([5.0, 0]), 2: np.array([1.0, 0]), 3: np.array([6.0, 0])}
+    assert readability(G, far, [0, 1, 2, 3])["shape-based"] == 0.0
+    # lengths 1, 1, 1, 10: std / mean = 3.897 / 3.25 > 1, so the uniformity is clipped at 0
+    spiky = {0: np.zeros(2), 1: np.array([1.0, 0]), 2: np.array([0, 1.0]), 3: np.array([-1.0, 0]),
+             4: np.array([0, -10.0])}
+    assert readability(nx.star_graph(4), spiky, range(5))["edge uniformity"] == 0.0
 
 
 def test_blending_moves_only_the_neighbourhood():
@@ -157,6 +279,9 @@ def test_blending_moves_only_the_neighbourhood():
     out = blend(G, moved, {0}, hops=2, unit=1.0)
     assert np.allclose(out[0], [-3, 0]) and all(np.allclose(out[v], pos[v]) for v in range(3, 12))
     assert out[1][0] < 1.0  # node 1 followed node 0
+    # nodes 1 and 2 relax between the modified node 0 (at -3) and node 3, held because it borders them: by symmetry
+    # x2 = -x1, and x2 = (2.75 + x1) / 2.25 (the majorization step, weights 1/d²) gives 11/13
+    assert out[2] == pytest.approx([11 / 13, 0.0], abs=1e-6) and out[1] == pytest.approx([-11 / 13, 0.0], abs=1e-6)
 
 
 def test_edits_and_errors():
@@ -167,6 +292,35 @@ def test_edits_and_errors():
     assert np.allclose(r, r[0]) and readability(W, radial, list(W))["crosslessness"] == 1.0
     with pytest.raises(ValueError, match="unknown edit 'spiral'"):
         apply_edit("spiral", W, pos, list(W), 1.0)
+    assert r[0] == pytest.approx(8 / (2 * np.pi))  # 8 nodes on ring 1: the radius grows to keep them 1 apart
+
+
+def test_radial_straighten_and_mirror_by_hand():
+    # a path 0-1-2-3 with a leaf 4 on node 1: nodes 1 and 2 both have eccentricity 2; 1 has the higher degree
+    G = nx.Graph([(0, 1), (1, 2), (2, 3), (1, 4)])
+    pos = {v: np.random.default_rng(v).normal(size=2) for v in G}
+    assert np.allclose(apply_edit("radial", G, pos, list(G), 1.0)[1], pos[1])  # the centre stays
+    # a spider: three legs of two nodes. Ring 1 at radius 1, angles 0°, 120°, 240°; ring 2 at radius 2, shifted
+    # half a step: 60°, 180°, 300°
+    S = nx.Graph([(0, 1), (1, 4), (0, 2), (2, 5), (0, 3), (3, 6)])
+    spos = {0: np.zeros(2), **{v: np.random.default_rng(v).normal(size=2) for v in range(1, 7)}}
+    out = apply_edit("radial", S, spos, list(S), 1.0)
+    polar = {v: (np.hypot(*out[v]), np.degrees(np.arctan2(out[v][1], out[v][0])) % 360) for v in range(1, 7)}
+    assert sorted(round(a) for r, a in (polar[v] for v in (1, 2, 3))) == [0, 120, 240]
+    assert sorted(round(a) for r, a in (polar[v] for v in (4, 5, 6))) == [60, 180, 300]
+    assert [round(polar[v][0], 9) for v in range(1, 7)] == [1, 1, 1, 2, 2, 2]
+    # straighten: nodes in the order of their projection on the main axis, `unit` apart, about the same centroid
+    P = nx.path_graph(4)
+    ppos = {0: np.array([2.0, 0.1]), 1: np.array([0.0, 0.0]), 2: np.array([3.0, -0.1]), 3: np.array([1.0, 0.0])}
+    line = apply_edit("straighten", P, ppos, list(P), 2.0)
+    offset = {v: line[v] - [1.5, 0.0] for v in P}  # from the centroid (1.5, 0)
+    axis = offset[2] / np.linalg.norm(offset[2])  # node 2 is at one end (the axis' sign is arbitrary)
+    along = {v: float(offset[v] @ axis) for v in P}
+    assert sorted(P, key=along.get) == [1, 3, 0, 2] and sorted(along.values()) == pytest.approx([-3, -1, 1, 3])
+    assert all(np.allclose(offset[v], along[v] * axis) for v in P) and abs(axis[0]) > 0.99  # on the near-x axis
+    # mirror about the vertical line through the centroid (x = 1.5)
+    mirror = apply_edit("mirror", P, ppos, list(P), 1.0)
+    assert np.allclose(mirror[1], [3.0, 0.0]) and np.allclose(mirror[2], [0.0, -0.1])
 
 
 def test_matrix_market_reader(tmp_path):
@@ -177,6 +331,9 @@ def test_matrix_market_reader(tmp_path):
     (tmp_path / "bad.mtx").write_text("not a matrix\n")
     with pytest.raises(ValueError, match="not a readable Matrix Market file"):
         read_matrix_market(tmp_path / "bad.mtx")
+    (tmp_path / "wide.mtx").write_text("%%MatrixMarket matrix coordinate real general\n2 3 1\n1 2 1.0\n")
+    with pytest.raises(ValueError, match=r"square matrix, got \(2, 3\)"):
+        read_matrix_market(tmp_path / "wide.mtx")
 
 
 @pytest.mark.parametrize("overrides, words", [
