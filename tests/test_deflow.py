@@ -50,6 +50,34 @@ def test_fractional_offsets_by_hand():
     assert torch.allclose(deform_conv2d(x, off, centre_only(), mask=mask), 0.5 * deform_conv2d(x, off, centre_only()))
     with pytest.raises(ValueError, match="offset must have shape"):
         deform_conv2d(x, off[:, :10], centre_only())
+    with pytest.raises(ValueError, match=r"mask must have shape \(1, 9, 2, 3\)"):
+        deform_conv2d(x, off, centre_only(), mask=mask[:, :8])
+    with pytest.raises(ValueError, match="weight expects 2 input channels, x has 1"):
+        deform_conv2d(x, off, torch.zeros(1, 2, 3, 3))
+
+
+def test_the_mask_weighs_each_tap():
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 3, 5, 4, generator=g), torch.randn(4, 3, 3, 3, generator=g)
+    mask = torch.ones(2, 9, 5, 4)
+    mask[:, 4] = 0.0  # the centre tap switched off: a convolution without its centre weight
+    w0 = w.clone()
+    w0[..., 1, 1] = 0.0
+    assert torch.allclose(deform_conv2d(x, torch.zeros(2, 18, 5, 4), w, mask=mask), F.conv2d(x, w0, padding=1),
+                          atol=1e-5)
+
+
+def test_layer_initialisation_and_offset_layout():
+    layer = DeformConv2d(2, 2000, modulated=False)
+    bound = 1 / 18 ** 0.5  # nn.Conv2d's: 1/sqrt(fan_in), fan_in = 2 channels × 3 × 3
+    for t in (layer.weight, layer.bias):
+        assert 0.95 * bound < t.detach().abs().max() <= bound
+    # the offsets come from a 3×3 convolution of the input with 'same' padding (DCN), 2 per tap
+    assert layer.offset.kernel_size == (3, 3) and layer.offset.padding == (1, 1) and layer.offset.out_channels == 18
+    with torch.no_grad():
+        layer.offset.bias.copy_(torch.tensor([[k, -k] for k in range(9)], dtype=torch.float).flatten())
+    off = layer.offsets(torch.zeros(1, 2, 4, 4))  # (B, K, 2, H, W): tap k reads k rows down and k columns left
+    assert off.shape == (1, 9, 2, 4, 4) and off[0, 5, 0, 2, 3] == 5 and off[0, 5, 1, 2, 3] == -5
 
 
 def test_agrees_with_torchvision_where_it_works():
