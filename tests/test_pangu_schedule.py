@@ -30,6 +30,34 @@ def test_an_order_that_waits_on_itself_is_refused():
     order = [[("B", 0, 0), ("F", 0, 0)], [("F", 1, 0), ("B", 1, 0)]]
     with pytest.raises(ValueError, match="cannot run"):
         replay(order, 2)
+    with pytest.raises(ValueError, match="cannot run"):  # one stage: its backward needs its own forward first
+        replay([[("B", 0, 0), ("F", 0, 0)]], 1)
+
+
+def test_bubble_and_orders_of_a_timeline_that_starts_late():
+    # two ranks from t = 10 to 12: busy 2 + 1 of 2 × 2 rank-units, idle 1/4
+    timeline = [[{"kind": "F", "stage": 0, "mb": 0, "start": 10.0, "end": 12.0}],
+                [{"kind": "F", "stage": 1, "mb": 0, "start": 11.0, "end": 12.0}]]
+    assert bubble(timeline) == pytest.approx(0.25)
+    events = [[{"kind": "B", "stage": 0, "mb": 0, "start": 5.0}, {"kind": "F", "stage": 0, "mb": 1, "start": 3.0},
+               {"kind": "F", "stage": 0, "mb": 0, "start": 1.0}]]
+    assert orders(events) == [[("F", 0, 0), ("F", 0, 1), ("B", 0, 0)]]  # by start time, not as recorded
+
+
+def test_the_recorder_times_each_chunk(monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    from torch.distributed.pipelining.stage import _PipelineStageBase
+
+    monkeypatch.setattr(_PipelineStageBase, "forward_one_chunk", lambda self, chunk_id, *a, **k: time.sleep(0.02))
+    monkeypatch.setattr(_PipelineStageBase, "backward_one_chunk", lambda self, chunk_id, *a, **k: None)
+    stage = SimpleNamespace(stage_index=2)
+    with recording_schedule([]) as events:
+        _PipelineStageBase.forward_one_chunk(stage, 3)
+        _PipelineStageBase.backward_one_chunk(stage, 3)
+    assert [(e["stage"], e["kind"], e["mb"]) for e in events] == [(2, "F", 3), (2, "B", 3)]
+    assert events[0]["end"] - events[0]["start"] >= 0.02 and events[1]["start"] >= events[0]["end"]
 
 
 def test_the_recorder_puts_torchs_methods_back():
