@@ -1,5 +1,6 @@
 """Chapter 3 (CTNAS): graph encodings, loaders and their refusals, Kendall's τ, the comparator, the searches."""
 
+import builtins
 import io
 import json
 import pickle
@@ -280,6 +281,9 @@ def test_unpickler_refuses_code():
     payload = pickle.dumps(print)
     with pytest.raises(pickle.UnpicklingError, match="refused to load builtins.print"):
         _AllowListUnpickler(io.BytesIO(payload)).load()
+    for name in ("eval", "exec", "getattr", "__import__"):
+        with pytest.raises(pickle.UnpicklingError, match=f"refused to load builtins.{name}"):
+            _AllowListUnpickler(io.BytesIO(pickle.dumps(getattr(builtins, name)))).load()
     ok = pickle.dumps({(0, 1): [1.5, np.float64(2.0)]})
     assert _AllowListUnpickler(io.BytesIO(ok)).load() == {(0, 1): [1.5, 2.0]}
 
@@ -299,8 +303,12 @@ def test_nasbench101_json_loader_and_its_refusals(tmp_path):
         p.write_text(json.dumps(records))
         with pytest.raises(ValueError, match=words):
             load_nasbench101_json(p)
-    with pytest.raises(ValueError):
-        check_nb101(np.triu(np.ones((8, 8)), 1).tolist(), ["input"] + ["conv1x1-bn-relu"] * 6 + ["output"])
+    with pytest.raises(ValueError, match="2..7 nodes"):  # a chain of 8 nodes: 7 edges, too many nodes
+        check_nb101(np.eye(8, k=1).tolist(), ["input"] + ["conv1x1-bn-relu"] * 6 + ["output"])
+    with pytest.raises(ValueError, match="ops must be input, then"):
+        check_nb101(good["matrix"], ["input", "conv3x3-bn-relu", "maxpool3x3"])  # no output node
+    p.write_text(json.dumps([good | {"valid_accuracy": 88.0}]))
+    assert load_nasbench101_json(p, key="valid_accuracy")[1].tolist() == [88.0]
     ops5 = ["input"] + ["conv3x3-bn-relu", "maxpool3x3", "conv1x1-bn-relu"] + ["output"]
     chain = np.eye(5, k=1)
     with pytest.raises(ValueError, match="strictly upper triangular"):
@@ -328,6 +336,8 @@ def test_macro_loader_reads_and_checks_a_small_file(tmp_path):
     p.write_text(json.dumps({"0120": {"mean_acc": 91.0}}))
     with pytest.raises(ValueError, match="8-character keys"):
         load_nasbench_macro(p)
+    with pytest.raises(ValueError, match="0 architectures but 0 accuracies"):
+        Space("empty", [], np.array([]), (3,), 3)
 
 
 @pytest.mark.parametrize("overrides, words", [
