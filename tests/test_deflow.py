@@ -303,6 +303,34 @@ def test_training_keeps_the_best_validation_epoch_and_predicts_on_the_data_scale
     assert np.allclose(predict(Zero(), te, scaler), (scaler.lo + scaler.hi) / 2)
 
 
+def _cities(deflow_curved, deflow_straight, ha=1.0, copy=0.9):
+    "Crafted RMSEs per seed: ST-ResNet 0.70 (curved) and 0.50 (straight), plus a little seed noise."
+    out = {}
+    for s, e in enumerate((0.0, 0.004, -0.003)):
+        out[s] = {"curved": {"rmse": {"DeFlow-Net": deflow_curved + e, "ST-ResNet": 0.70 + e / 2,
+                                      "historical average": ha, "copy last": copy}},
+                  "straight": {"rmse": {"DeFlow-Net": deflow_straight + e, "ST-ResNet": 0.50,
+                                        "historical average": ha, "copy last": copy}}}
+    return out
+
+
+def test_claims_follow_the_crafted_rmses():
+    from paperbook.deflow.chapter import make_claims
+
+    cfg = resolve("deflow-net", "cpu-toy")  # the control's tolerance: ±5%
+    rows = make_claims(_cities(0.60, 0.505), cfg)
+    assert [r["holds"] for r in rows] == [True] * 5, [r["claim"] for r in rows if not r["holds"]]
+    assert rows[0]["per_seed"][1]["value"] == {"DeFlow-Net": pytest.approx(0.604), "ST-ResNet": pytest.approx(0.702)}
+    assert rows[1]["per_seed"][0]["value"] == pytest.approx(0.01)  # 0.505 / 0.50 - 1
+    # the curved gain is gone (+3%) and the straight city gains 8%: the first three rows fail
+    rows = make_claims(_cities(0.72, 0.46), cfg)
+    assert [r["holds"] for r in rows] == [False, False, False, True, True]
+    # the better baseline (copy-last 0.65) beats the worse network on the curved city (ST-ResNet 0.70) only
+    rows = make_claims(_cities(0.60, 0.505, ha=1.0, copy=0.65), cfg)
+    assert [r["holds"] for r in rows][3:] == [False, True]
+    assert rows[3]["per_seed"][0]["value"] == {"worse network": 0.70, "better baseline": 0.65}
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"melbourne.partitions": ["voronoi:3"]}, "unknown partition 'voronoi:3'"),
     ({"seeds": 1}, "seeds must be >= 2"),
