@@ -206,6 +206,39 @@ def test_feature_loader_round_trip_and_errors(tmp_path):
         load_features(r, tmp_path, clips=18, frames=36)
 
 
+def test_claims_follow_crafted_correlations():
+    from paperbook.action_net.chapter import make_claims
+
+    cfg = resolve("action-net", "cpu-toy")
+    apparatus = ("Ball", "Clubs", "Hoop", "Ribbon")
+    others = ("mean pooling", "dynamic stream only", "static stream only", "no graph", "no attention")
+
+    def results(full):  # ρ per apparatus and seed; each ablation its own level, the same on every apparatus
+        out = {"full": {"rho": {a: {s: full + e for s, e in enumerate((0.0, 0.02, -0.01))} for a in apparatus}}}
+        return out | {o: {"rho": {a: {s: 0.40 + i / 100 for s in range(3)} for a in apparatus}}
+                      for i, o in enumerate(others)}
+
+    rows = make_claims(results(0.6), {a: 0.2 for a in apparatus}, cfg)
+    assert [list(r["per_seed"][0]["value"]) for r in rows] == [
+        ["full ρ", "mean pooling ρ"], ["full ρ", "length ρ"], ["full ρ", "dynamic stream only ρ"],
+        ["full ρ", "static stream only ρ"], ["full ρ", "no graph ρ"], ["full ρ", "no attention ρ"]]
+    # the Fisher-z mean of four equal ρ is that ρ: seed 1's pairs by hand
+    assert [list(r["per_seed"][1]["value"].values()) for r in rows] == [
+        pytest.approx([0.62, b]) for b in (0.40, 0.2, 0.41, 0.42, 0.43, 0.44)]
+    assert all(r["holds"] for r in rows)
+    rows = make_claims(results(0.38), {a: 0.5 for a in apparatus}, cfg)  # below every ablation and the length
+    assert not any(r["holds"] for r in rows)
+    # uneven ρ are averaged in Fisher's z: tanh((atanh 0.9 + atanh 0.1) / 2) = 0.6562 (the arithmetic mean is 0.5)
+    from paperbook.action_net.chapter import fisher_by_seed
+
+    assert fisher_by_seed({"Ball": {0: 0.9}, "Clubs": {0: 0.1}}) == {0: pytest.approx(0.6562, abs=1e-4)}
+    uneven = {"Ball": 0.9, "Clubs": 0.1, "Hoop": 0.9, "Ribbon": 0.1}
+    assert make_claims(results(0.6), uneven, cfg)[1]["per_seed"][0]["value"]["length ρ"] == pytest.approx(0.6562,
+                                                                                                         abs=1e-4)
+    fewer = {k: v for k, v in results(0.6).items() if k != "no graph"}
+    assert len(make_claims(fewer, {a: 0.2 for a in apparatus}, cfg)) == 5  # a variant not run has no row
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"train.apparatus": "Ball,Rope"}, "unknown apparatus \\['Rope'\\]"),
     ({"train.variants": "mean pooling"}, "must include 'full'"),
