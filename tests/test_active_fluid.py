@@ -212,6 +212,41 @@ def test_local_coupling_sees_a_planted_link():
 
 
 # ---- the chapter -----------------------------------------------------------------------------------------
+def _results(poisson, disordered, ordered, beta_err, piv_err, piv_beta, boot, gamma, beta, r, boxes):
+    "Crafted per-seed results of the four studies (three seeds, a little seed noise)."
+    noise = (0.0, 0.004, -0.004)
+    sims = {s: {"poisson": {"gamma": poisson + e}, "disordered": {"gamma": disordered + e},
+                "ordered": {"gamma": ordered + e}} for s, e in enumerate(noise)}
+    spectra = {s: {1.0: 1.0 + beta_err, 5 / 3: 5 / 3 - beta_err / 2, 3.0: 3.0} for s in range(3)}
+    pivs = {s: {"rel_rms_error": piv_err, "beta_piv": 3.0 + piv_beta, "beta_true": 3.0} for s in range(3)}
+    real = {"boot": {s: 0.5 + boot + e for s, e in enumerate(noise)}, "control": {s: 0.5 for s in range(3)},
+            "gamma": gamma, "beta": beta, "coupling": {"r": [r, 0.6], "boxes": [boxes, 100], "l": [16, 32]}}
+    return sims, spectra, pivs, real
+
+
+def test_claims_follow_crafted_results():
+    from paperbook.active_fluid.chapter import make_claims
+
+    cfg = resolve("ecoli-gnf", "cpu-toy")
+    rows = make_claims(*_results(0.5, 0.52, 0.8, 0.05, 0.05, 0.1, 0.3, 0.8, 3.2, 0.5, 28), cfg)
+    assert len(rows) == 10 and all(r["holds"] for r in rows), [r["claim"] for r in rows if not r["holds"]]
+    assert rows[2]["per_seed"][1]["value"] == pytest.approx({"γ ordered": 0.804, "γ disordered": 0.524})
+    assert rows[3]["per_seed"][0]["value"] == pytest.approx(0.05)  # the worst of the three β
+    # each just past its threshold: γ 0.535 and 0.56 off 0.5, ordered only 0.1 above, β off by 0.12, PIV 11% off,
+    # its β 0.25 off, frames 0.04 above the control, γ 0.69, β 2.4; and r = 0.5 over 7 boxes: the lower end of
+    # its interval, tanh(atanh 0.5 - 1.96/2) = -0.41, is below 0 (over 28 boxes it is +0.16)
+    rows = make_claims(*_results(0.535, 0.56, 0.66, 0.12, 0.11, -0.25, 0.04, 0.69, 2.4, 0.5, 7), cfg)
+    assert [r["holds"] for r in rows] == [False] * 10
+    below = make_claims(*_results(0.465, 0.44, 0.8, -0.12, 0.05, 0.25, 0.3, 0.91, 3.6, 0.5, 28), cfg)
+    assert [r["holds"] for r in below][:6] == [False, False, True, False, True, False]  # misses on the low side
+    assert [r["holds"] for r in below][7:9] == [False, False]
+    from paperbook.active_fluid.chapter import _r_low
+
+    assert _r_low(0.5, 28) == pytest.approx(0.15602, abs=1e-5)  # tanh(atanh 0.5 - 1.96 / sqrt(28 - 3))
+    rows = make_claims(*_results(0.5, 0.52, 0.8, 0.05, 0.05, 0.1, 0.3, 0.8, 3.2, 0.5, 28)[:3], None, cfg)
+    assert len(rows) == 7 and not rows[-1]["holds"] and rows[-1]["ours"] == "not on this machine"
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"sim.snapshots": 200}, "must be below sim.vicsek_steps"),
     ({"sim.snapshots": 1}, "sim.snapshots must be >= 2, got 1"),
