@@ -241,6 +241,45 @@ def test_models_and_bad_names():
         load_images("svhn")
 
 
+def _runs(slope=20.0, val=0.81, fit=0.70, probe=0.05, kl=None):
+    "Crafted runs, levels 0..1, six seeds: D = 10 + slope·p (+ a seed offset), probe accuracy 1 - p/2 ± `probe`."
+    out = []
+    for s, e in enumerate((0.0, 0.1, -0.1, 0.0, 0.0, 0.0)):
+        for p in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+            d = 10 + slope * p + e
+            out.append({"seed": s, "p": p, "distance": d, "kl_bits": d ** 2 / 2 if kl is None else kl(p),
+                        "probe_train_acc": 1 - p / 2 + probe * (-1) ** s,
+                        # the stopping rows average the levels with both clean and corrupted labels only
+                        "test_at": {"distance": 0.80 if 0 < p < 1 else 0.5, "validation": val, "fit": fit}})
+    return out
+
+
+def test_claims_follow_crafted_runs():
+    from paperbook.weight_info.chapter import estimation_errors, make_claims
+
+    cfg = resolve("weight-info", "cpu-toy")
+    preq = {p: 100 + 500 * p for p in cfg.train.levels}
+    rows = make_claims(_runs(), preq, cfg)
+    assert all(r["holds"] for r in rows), [r["claim"] for r in rows if not r["holds"]]
+    # p̂ of seed 1 from the other five seeds (mean offset -0.02): its D is 0.12 above that curve, so p̂ - p = 0.006
+    # at p = 0..0.8 (at p = 1 the curve's end clips it): mean 0.005
+    assert estimation_errors(_runs(), "distance", [1])[1] == pytest.approx(0.005)
+    # the probe: seed 1 is 0.06 below the others' mean accuracy, on a curve of slope -1/2: p̂ higher by 0.12, clipped
+    # at p = 1: mean 0.1; the row pairs it with the distance's 0.005
+    assert rows[3]["per_seed"][1]["value"] == pytest.approx({"distance |p̂ − p|": 0.005, "probe |p̂ − p|": 0.1})
+    # validation stopping 3 points better than the distance rule; trained to fit better than it; D falling with p
+    assert [r["holds"] for r in make_claims(_runs(val=0.83), preq, cfg)][4] is False
+    assert [r["holds"] for r in make_claims(_runs(fit=0.81), preq, cfg)][5] is False
+    falling = make_claims(_runs(slope=-20.0), preq, cfg)
+    assert [r["holds"] for r in falling][:2] == [False, False] and falling[0]["k_of_n"] == "0/6"
+    assert make_claims(_runs(probe=0.0), preq, cfg)[3]["holds"] is False  # a probe as good as the distance
+    # the bound ranks the levels backwards: row 2 needs both Spearman ρ ≥ 0.9; then the code length backwards
+    backwards = make_claims(_runs(kl=lambda p: 1 - p), preq, cfg)[1]
+    assert backwards["per_seed"][0]["value"] == pytest.approx([1.0, -1.0]) and not backwards["holds"]
+    reversed_code = make_claims(_runs(), {p: 600 - 500 * p for p in cfg.train.levels}, cfg)[1]
+    assert reversed_code["per_seed"][0]["value"] == pytest.approx([-1.0, -1.0])
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"train.levels": "0,1.5,0.5"}, r"train.levels\[1\] must lie in \[0, 1\], got 1.5"),
     ({"train.levels": "0,0.5"}, "at least 3 probabilities"),
