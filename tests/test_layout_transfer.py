@@ -336,6 +336,46 @@ def test_matrix_market_reader(tmp_path):
         read_matrix_market(tmp_path / "wide.mtx")
 
 
+def _per_seed(gw=(0.9, 0.85), deg=(0.5, 0.6), kept=(5.0, 3.0), moves=(0.1, 0.1, -0.05), cv=(0.10, 0.30, 0.12)):
+    "Crafted results of three seeds: retrieval P/R per kind, two targets, boundary edge-length CVs."
+    ex = ({"crosslessness": 0.5, "minimum angle": 0.4, "edge uniformity": 0.9},
+          {"crosslessness": 0.9, "minimum angle": 0.6, "edge uniformity": 0.89})  # uniformity moves < 0.02: ignored
+    target = lambda: {"edges kept (ours)": kept[0], "edges kept (embedding only)": kept[1], "exemplar": ex,
+                      "before": {"crosslessness": 0.4, "minimum angle": 0.3, "edge uniformity": 0.8},
+                      "after": {"crosslessness": 0.4 + moves[0], "minimum angle": 0.3 + moves[1],
+                                "edge uniformity": 0.8 + moves[2]}}
+    out = {}
+    for s, e in enumerate((0.0, 0.01, -0.01)):
+        pr = lambda p, r, e=e: {k: {"precision": p + e, "recall": r} for k in ("wheel", "tree")}
+        out[s] = {"retrieval": {"GraphWave": pr(*gw), "degree histogram": pr(*deg)}, "targets": [target(), target()],
+                  "boundary_cv": {"transferred and blended": cv[0] + e / 10, "transferred, not blended": cv[1],
+                                  "before the edit": cv[2]}}
+    return out
+
+
+def test_claims_follow_crafted_results():
+    from paperbook.layout_transfer.chapter import direction_share, make_claims
+
+    cfg = resolve("layout-transfer", "cpu-toy")
+    rows = make_claims(_per_seed(), cfg)
+    assert len(rows) == 6 and all(r["holds"] for r in rows), [r["claim"] for r in rows if not r["holds"]]
+    assert rows[0]["per_seed"][1]["value"] == pytest.approx([0.91, 0.85])  # mean P and R over the kinds
+    # F1 by hand: 2·0.9·0.85/1.75 = 0.87429 against 2·0.5·0.6/1.1 = 0.54545
+    assert rows[1]["per_seed"][0]["value"] == pytest.approx({"GraphWave F1": 0.87429, "degree F1": 0.54545},
+                                                            abs=1e-5)
+    assert rows[2]["per_seed"][0]["value"] == {"ours": 5.0, "embedding only": 3.0}
+    assert rows[5]["per_seed"][0]["value"] == pytest.approx(0.10 / 0.12)
+    # the exemplar's crossings and angles rose (its uniformity moved less than 0.02): the targets' angles fall
+    assert direction_share(_per_seed(moves=(0.1, -0.1, 0.0))[0]["targets"]) == 0.5
+    falling = [t | {"exemplar": t["exemplar"][::-1]} for t in _per_seed(moves=(-0.1, -0.1, 0.0))[0]["targets"]]
+    assert direction_share(falling) == 1.0  # the exemplar's metrics fell, and so did the targets'
+    assert rows[4]["per_seed"][0]["value"] == {"blended CV": 0.10, "not blended CV": 0.30}
+    assert make_claims(_per_seed(cv=(0.126, 0.30, 0.12)), cfg)[5]["holds"] is False  # 5% more varied than before
+    bad = make_claims(_per_seed(gw=(0.9, 0.75), deg=(0.9, 0.75), kept=(3.0, 3.0), moves=(0.1, -0.1, 0.0),
+                                cv=(0.31, 0.30, 0.12)), cfg)
+    assert [r["holds"] for r in bad] == [False] * 6
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"graph.kinds": ["clique"]}, "unknown motif"),
     ({"edit.kind": "spiral"}, "unknown edit 'spiral'"),
