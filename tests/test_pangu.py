@@ -165,6 +165,55 @@ def test_chapter_claims_at_cpu_toy():
     assert row["holds"] == (gain > 0 and p < 0.05) and "correct" not in run["next_overlap"]
 
 
+def _answers(n_correct: int, n: int = 400) -> tuple[list[str], list[str]]:
+    "Predictions right on the first `n_correct` of n balanced items, and the truth."
+    truth = ["pos", "neg"] * (n // 2)
+    flip = {"pos": "neg", "neg": "pos"}
+    return [t if i < n_correct else flip[t] for i, t in enumerate(truth)], truth
+
+
+def _pangu_run(seed, ppl=(300.0, 200.0, 150.0), next_acc=(0.40, 0.45, 0.50), overlap=120, k0=240, k2=280,
+               shuffled=220, no_reviews=200, clean=100.0):
+    "One crafted seed of the pangu study: correct items nest (first n right), so McNemar's discordant pairs are known."
+    top = 400 * next_acc[-1]
+    nxt = [{"accuracy": a, "ci": (a - 0.05, a + 0.05), "n": 400, "correct": [i < 400 * a for i in range(400)]}
+           for a in next_acc]
+    sentiment = {k: {"raw": ["pos"] * 400, "calibrated": _answers(c + 2 * seed)[0], "truth": _answers(0)[1],
+                     "truncated": [False] * 400} for k, c in ((0, k0), (1, k0), (2, k2))}
+    return {"seed": seed, "valid_ppl": list(ppl), "params": [1e6, 2e6, 4e6], "next_sentence": nxt,
+            "next_overlap": {"accuracy": overlap / 400, "correct": [i < min(overlap, top) for i in range(400)]},
+            "sentiment": sentiment,
+            "shuffled": dict(zip(("calibrated", "truth"), _answers(shuffled + 2 * seed))),
+            "no_reviews": dict(zip(("calibrated", "truth"), _answers(no_reviews))),
+            "clean_ppl": clean + seed, "raw_ppl": 120.0}
+
+
+def test_claims_follow_crafted_runs():
+    from paperbook.pangu.chapter import make_claims
+
+    cfg = resolve("pangu-alpha", "cpu-toy")
+    table = table1_rows()
+    rows = make_claims(table, [_pangu_run(s) for s in range(3)], cfg)
+    assert [r["holds"] for r in rows] == [True, True, False] + [True] * 9, [r["claim"] for r in rows]
+    # by hand: the model right on 200 items, overlap on 120 of them (80 discordant pairs, all the model's)
+    gain, p = rows[5]["per_seed"][0]["value"]
+    assert gain == pytest.approx(0.2) and p == pytest.approx(2 * 0.5 ** 80)
+    assert rows[8]["per_seed"][1]["value"][0] == pytest.approx(0.1)  # 282 vs 242 right of 400
+    assert rows[9]["per_seed"][2]["value"][0] == pytest.approx(0.15)  # 284 vs 224
+    assert rows[10]["per_seed"][0]["value"] == {"with reviews": 0.6, "without": 0.5}
+    assert rows[11]["per_seed"][1]["value"] == {"cleaned": 101.0, "raw": 120.0}
+    bad = [_pangu_run(s, ppl=(300.0, 310.0, 150.0), next_acc=(0.45, 0.40, 0.25), overlap=100, k0=200, k2=200,
+                      shuffled=200, no_reviews=260, clean=130.0) for s in range(3)]
+    assert [r["holds"] for r in make_claims(table, bad, cfg)][3:] == [False] * 9
+    # 28% right but its interval reaches below 25%; 5 more items right than the overlap baseline: p = 2·0.5⁵ = 0.0625
+    assert not make_claims(table, [_pangu_run(s, next_acc=(0.2, 0.25, 0.28)) for s in range(3)], cfg)[4]["holds"]
+    close = make_claims(table, [_pangu_run(s, overlap=195) for s in range(3)], cfg)[5]
+    assert close["per_seed"][0]["value"][1] == pytest.approx(0.0625) and not close["holds"]
+    # a one-point dip between sizes is allowed, a larger one is not
+    assert make_claims(table, [_pangu_run(s, next_acc=(0.40, 0.39, 0.5)) for s in range(3)], cfg)[6]["holds"]
+    assert not make_claims(table, [_pangu_run(s, next_acc=(0.40, 0.38, 0.5)) for s in range(3)], cfg)[6]["holds"]
+
+
 def test_perplexity_by_hand():
     from paperbook.pangu.train import perplexity
 
