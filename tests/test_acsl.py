@@ -449,6 +449,32 @@ def test_claims_follow_the_paired_differences():
     assert all(r["k_of_n"].endswith("/6") for r in rows.values())
 
 
+def test_each_claim_pairs_the_right_methods_metrics_and_budget():
+    from paperbook.acsl.chapter import make_claims, summary
+
+    # every method, metric and budget its own number: method + metric (+ 100 without a budget) + unit / 10
+    method = {"ce": 0, "bce": 1, "focal": 2, "eql": 3, "acsl xi=0": 4, "acsl (paper bg rule)": 5, "acsl": 6}
+    metric = {"mAP": 10, "APr": 20, "APc": 30, "APf": 40, "auc_lookalike": 50}
+    units = {}
+    for u in range(3):
+        units[f"0/{u}"] = {m: {k: o + q + u / 10 for k, q in metric.items()}
+                           | {"budget": {"none": {k: o + q + 100 + u / 10 for k, q in metric.items()}}}
+                           for m, o in method.items()}
+    runs = [{"seed": 0, "units": units}]
+    rows = make_claims(runs, resolve("acsl", "cpu-toy", {}))  # background 'code': the other rule is 'paper'
+    first = [r["per_seed"][0]["value"] for r in rows]
+    assert first == [{"acsl APr": 26, "ce APr": 20}, {"acsl APr": 26, "bce APr": 21}, {"acsl mAP": 16, "ce mAP": 10},
+                     {"acsl APf": 46, "ce APf": 40}, {"eql APr": 23, "ce APr": 20},
+                     {"acsl APr": 26, "acsl xi=0 APr": 24}, {"acsl APr": 26, "eql APr": 23},
+                     {"acsl auc_lookalike": 56, "eql auc_lookalike": 53}, {"acsl APr": 126, "ce APr": 120},
+                     {"acsl (paper bg rule) APr": 25, "ce APr": 20}]
+    assert summary(runs, "none").loc["bce", ("APr", "mean")] == pytest.approx(121.1)  # units 0, 0.1, 0.2
+    for missing in ("bce", "eql"):
+        short = [{"seed": 0, "units": {u: {m: r for m, r in res.items() if m != missing} for u, res in units.items()}}]
+        (only,) = make_claims(short, resolve("acsl", "cpu-toy", {}))
+        assert not only["holds"] and "needs the losses ce, bce, eql and acsl" in only["note"]
+
+
 def test_stage1_ddp_two_processes_equal_one(tmp_path):
     a, b = one_and_two_processes(Path(__file__).parent / "dist_scripts" / "acsl_ddp.py", tmp_path)
     assert np.allclose(a["losses"], b["losses"], atol=1e-5)
