@@ -674,6 +674,24 @@ def test_claims_follow_the_paired_numbers():
     assert len(chapter.make_claims(no_ablation, cfg)) == 9  # no ablation run, no ablation rows
 
 
+def test_each_claim_pairs_the_right_methods():
+    cfg = resolve("colormap", "cpu-toy")
+    # every method its own error (seen; the networks 1 ΔE00 worse on unseen colormaps), no seed noise
+    err = dict(zip(NAMES + CONTROLS, (20.0, 21.0, 30.0, 18.0, 26.0, 25.0, 22.0, 23.0, 24.0, 27.0)))
+    runs = fake_runs(err, dict(zip(NAMES[3:], (0.9, 0.6, 0.7))), 0.95, gap=1.0, noise=0.0)
+    first = [r["per_seed"][0]["value"] for r in chapter.make_claims(runs, cfg)]
+    assert first[:5] + first[9:] == [
+        {"network ΔE00": 21, "NN ΔE00": 30}, {"pipeline": 19, "NN + refinement": 26},
+        {"pipeline": 19, "principal axis + refinement": 25}, {"unseen": 21, "seen": 20}, {"refined": 19, "raw": 21},
+        {"with ASPP": 21, "without": 22}, {"ASPP": 21, "plain block": 23}, {"16 knots": 21, "K = 2": 24},
+        {"3-D histogram": 21, "2-D histogram": 25}, {"3-D histogram": 21, "pixels": 28}]
+    assert first[7] == pytest.approx({"pipeline |ρ|": 0.9, "NN + refinement |ρ|": 0.6}, abs=0.05)
+    assert first[8] == pytest.approx({"pipeline |ρ|": 0.9, "principal axis + refinement |ρ|": 0.7}, abs=0.05)
+    # unseen 2.5 ΔE00 worse than seen: beyond the 2 the row allows
+    assert not chapter.make_claims(fake_runs(err, dict(zip(NAMES[3:], (0.9, 0.6, 0.7))), 0.95, gap=2.5,
+                                             noise=0.0), cfg)[3]["holds"]
+
+
 def test_cli_run_small(tmp_path):
     out = tmp_path / "run"
     r = cli("run", "colormap", "--set", "seeds=2", "--set", "n_train=120", "--set", "n_test=24", "--set", "steps=5",
