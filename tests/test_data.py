@@ -167,6 +167,27 @@ def test_cli_list_shows_missing_sets_with_size_and_licence(tmp_path):
     assert bad.returncode == 2 and "unknown data set 'nope'" in bad.stderr
 
 
+def test_cli_fetch_path_and_verify(toy, capsys):
+    from paperbook.cli import main
+
+    assert main(["data", "path", "toy"]) == 2 and "not on this machine" in capsys.readouterr().err
+    assert main(["data", "verify", "toy"]) == 0 and capsys.readouterr().out == "toy: missing (not checked)\n"
+    assert main(["data", "fetch"]) == 2 and "needs data set names" in capsys.readouterr().err
+    assert main(["data", "fetch", "toy"]) == 0 and capsys.readouterr().out == f"toy: {toy['cache']}\n"
+    assert main(["data", "path", "toy"]) == 0 and capsys.readouterr().out == f"{toy['cache']}\n"
+    assert main(["data", "verify", "toy"]) == 0
+    assert capsys.readouterr().out == f"toy: ok (2 files in {toy['cache']}, sizes and SHA-256 as recorded)\n"
+    (toy["cache"] / "a.txt").write_bytes(FILES["a.txt"][:-1] + b"!")  # damaged after the fetch
+    assert main(["data", "verify", "toy"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("toy: ") and "a.txt" in out and "ok (" not in out
+    assert main(["data", "verify"]) == 1  # no names: every registered set, each on its own line
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == list(data.REGISTRY)
+    assert main(["data", "list"]) == 0
+    toy_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("toy "))
+    assert toy_line.split()[1:3] == ["2", "kB"]  # 600 + 1,792 bytes
+
+
 # ---- the real files, where this repository has them ----------------------------------------------------
 needs_shared = pytest.mark.skipif(not (SHARED / "iwls2020").is_dir(), reason="no PAPERBOOK_DATA with the real data")
 
