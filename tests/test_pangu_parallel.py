@@ -139,6 +139,25 @@ def test_trainers_keep_freed_memory_on_the_cpu_unless_told_not_to(monkeypatch, r
     assert calls == (["train_lm", "train_parallel"] if reuse else [])
 
 
+def test_both_trainers_build_adamw_with_the_table5_settings(monkeypatch):
+    seen = []
+
+    class Spy(torch.optim.AdamW):  # records what the trainers ask for
+        def __init__(self, params, **kw):
+            seen.append({k: kw[k] for k in ("lr", "betas", "eps")})
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    rows = synthetic_rows(16, 16, 96)
+    kw = dict(eod_id=0, train=TrainConfig(steps=1, batch_size=2, warmup=0, lr=5e-5, beta2=0.98))  # 13B's β2
+    train_lm(PanguAlpha(SMALL), rows, **kw)
+    train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, **kw)
+    assert seen == [{"lr": 5e-5, "betas": (0.9, 0.98), "eps": 1e-8}] * 2
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"train.beta2 must lie in \\(0, 1\\), got {bad}"):
+            TrainConfig(beta2=bad)
+
+
 def test_compiled_forward_and_loss_train_like_eager_and_refuse_a_pipeline():
     rows = synthetic_rows(64, 16, 96, mean_doc=6)
     torch.manual_seed(0)
