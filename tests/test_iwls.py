@@ -47,6 +47,43 @@ def test_pla_dont_cares_and_missing_end():
     assert pla.X.tolist() == [[0, 2, 1], [1, 1, 1]] and pla.y.tolist() == [1, 0]
 
 
+def test_pla_type_end_compact_rows_and_gzip_by_content(tmp_path):
+    pla = parse_pla(".i 2\n.o 1\n.type fd\n011\n1- ~\n.e\nanything after .e is not read\n")
+    assert pla.type == "fd" and pla.X.tolist() == [[0, 1], [1, 2]] and pla.y.tolist() == [1, 2]  # ~: don't care
+    assert format_pla(pla).splitlines()[3] == ".type fd"
+    (tmp_path / "plain.pla.gz").write_text(".i 1\n.o 1\n1 1\n")  # named .gz, not compressed
+    (tmp_path / "packed.pla").write_bytes(gzip.compress(b".i 1\n.o 1\n0 1\n"))  # compressed, no .gz
+    assert read_pla(tmp_path / "plain.pla.gz").X.tolist() == [[1]]
+    assert read_pla(tmp_path / "packed.pla").X.tolist() == [[0]]
+
+
+def test_benchmark_folder_lists_each_function_once(tmp_path):
+    pla = PLA(np.array([[0, 1]], np.uint8), np.array([[1]], np.uint8))
+    for name in ("ex00.train.pla", "ex00.valid.pla", "ex07.train.pla.gz", "ex07.valid.pla.gz"):
+        write_pla(pla, tmp_path / name)
+    assert benchmark_names(tmp_path) == ["ex00", "ex07"]
+    train, valid = load_benchmark("ex07", tmp_path)
+    assert train.name == "ex07.train.pla.gz" and valid.X.tolist() == [[0, 1]]
+
+
+def test_minterms_are_distinct_and_digits_split_shuffled():
+    from sklearn.datasets import load_digits
+
+    from paperbook.iwls.data import sample_minterms
+
+    rows = sample_minterms(6, 60, np.random.default_rng(0))  # 60 of the 64 minterms: repeats certain if allowed
+    assert len({r.tobytes() for r in rows}) == 60
+    with pytest.raises(ValueError, match="cannot draw 65 distinct minterms from 2\\^6"):
+        sample_minterms(6, 65, np.random.default_rng(0))
+    tr, va, te = generate("symmetric-6-3", size=20)  # 60 distinct rows over the three splits
+    assert len({r.tobytes() for r in np.vstack([tr.X, va.X, te.X])}) == 60
+    d = load_digits()
+    d_tr = generate("digits-0_1", seed=0)[0]
+    pixels = (d.data >= 8).astype(np.uint8)  # a pixel of intensity 8 of 16 is on
+    assert (d.data == 8).any() and not np.array_equal(d_tr.X, pixels[:len(d_tr)])  # shuffled before the split
+    assert {r.tobytes() for r in d_tr.X} <= {r.tobytes() for r in pixels}
+
+
 @pytest.mark.parametrize("text, words", [
     (".i 3\n.o 1\n0101 1\n", ["line 3", "expected 3 input bits, got 4"]),
     (".i 3\n.o 1\n01x 1\n", ["line 3", "'x'", "not 0, 1 or -"]),
