@@ -230,8 +230,9 @@ def test_swaps_stop_at_a_local_optimum(seed):
     m = improve_by_swaps(Gt, Ge, dict(zip(rng.permutation(tg)[:8].tolist(), Ge)), tg)
     best = edge_agreement(Gt, Ge, m)
     for a, b in combinations(tg, 2):
-        other = {k: v for k, v in m.items() if k not in (a, b)} | ({a: m[b]} if b in m else {}) | (
-            {b: m[a]} if a in m else {})
+        other = dict(m)  # a and b exchange partners (either may have none)
+        pa, pb = other.pop(a, None), other.pop(b, None)
+        other |= {k: v for k, v in ((a, pb), (b, pa)) if v is not None}
         assert edge_agreement(Gt, Ge, other) <= best
 
 
