@@ -47,6 +47,8 @@ def test_round_trip_keeps_everything(tok):
 
 def test_eod_token_and_save_load(tok, tmp_path):
     assert tok.sp.id_to_piece(tok.eod_id) == "<eod>"
+    # <eod>, ▂ and ▃ are user-defined pieces: ids 3, 4, 5, after SentencePiece's <unk>, <s>, </s>
+    assert [tok.sp.id_to_piece(i) for i in (3, 4, 5)] == ["<eod>", SPACE, NEWLINE]
     assert tok.decode(tok.encode("人民") + [tok.eod_id]) == "人民"
     back = Tokenizer.load(tok.save(tmp_path / "t.model"))
     assert back.encode("中国人民") == tok.encode("中国人民") and back.vocab_size == tok.vocab_size == 400
@@ -59,3 +61,32 @@ def test_vocab_too_small_names_the_limit():
         Tokenizer.train(TEXTS[:5], vocab_size=100_000)
     with pytest.raises(ValueError, match="no text"):
         Tokenizer.train([], vocab_size=400)
+
+
+def test_a_large_corpus_is_sampled_by_seed_from_all_of_it():
+    # SentencePiece unshuffled reads only the first max_sentences texts: a corpus whose two halves use
+    # disjoint characters would give a vocabulary of the first half alone. Sampled, both halves are seen.
+    first, second = COMMON[:30], COMMON[30:]
+    half = [["".join(rng.choice(chars) for _ in range(60)) for _ in range(100)] for chars in (first, second)]
+    corpus = half[0] + half[1]
+
+    def pieces(t):
+        return {t.sp.id_to_piece(i) for i in range(t.vocab_size)}
+
+    a, b = (Tokenizer.train(corpus, vocab_size=400, max_sentences=100, seed=s) for s in (0, 1))
+    for t in (a, b):
+        assert set(first) <= pieces(t) and set(second) <= pieces(t)
+    assert a.model_proto != b.model_proto  # another seed draws other texts
+    assert Tokenizer.train(corpus, vocab_size=400, max_sentences=100, seed=0).model_proto == a.model_proto
+    whole = Tokenizer.train(corpus, vocab_size=400, max_sentences=200, seed=0)
+    assert whole.model_proto == Tokenizer.train(corpus, vocab_size=400, max_sentences=200, seed=5).model_proto
+    with pytest.raises(ValueError, match="max_sentences must be at least 1, got 0"):
+        Tokenizer.train(corpus, vocab_size=400, max_sentences=0)
+
+
+def test_a_character_below_the_coverage_is_spelled_in_bytes():
+    # character_coverage 0.995: a character seen once in ~40,000 is no piece of its own; byte fallback spells it
+    t = Tokenizer.train(TEXTS + ["的一是鑫在不"], vocab_size=400)
+    assert t.sp.piece_to_id("鑫") == t.sp.unk_id()
+    assert t.sp.encode(segment("鑫"), out_type=str) == ["▁", "<0xE9>", "<0x91>", "<0xAB>"]  # UTF-8 of 鑫
+    assert t.decode(t.encode("鑫")) == "鑫"

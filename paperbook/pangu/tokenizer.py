@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import random
 from pathlib import Path
 
 SPACE, NEWLINE = "\u2582", "\u2583"
@@ -39,11 +40,20 @@ class Tokenizer:
     @classmethod
     def train(cls, texts, vocab_size: int, *, max_sentences: int = 200_000, seed: int = 0,
               model_type: str = "bpe") -> "Tokenizer":
-        "Train the SentencePiece model on segmented texts (BPE as the report, or unigram; byte fallback)."
+        """Train the SentencePiece model on segmented texts (BPE as the report, or unigram; byte fallback).
+
+        A corpus of more than `max_sentences` texts is sampled: `max_sentences` of them drawn by `seed`, kept in
+        their order (SentencePiece itself, unshuffled, would read only the first ones)."""
         import sentencepiece as spm
 
         if model_type not in ("bpe", "unigram"):
             raise ValueError(f"unknown model_type {model_type!r}; allowed: bpe, unigram")
+        if max_sentences < 1:
+            raise ValueError(f"max_sentences must be at least 1, got {max_sentences}")
+        texts = list(texts)
+        if len(texts) > max_sentences:
+            keep = sorted(random.Random(seed).sample(range(len(texts)), max_sentences))
+            texts = [texts[i] for i in keep]
         lines = [segment(t) for t in texts]
         if not lines:
             raise ValueError("no text to train the tokenizer on")
@@ -56,7 +66,7 @@ class Tokenizer:
                 sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type=model_type,
                 character_coverage=0.995, byte_fallback=True, normalization_rule_name="identity",
                 user_defined_symbols=["<eod>", SPACE, NEWLINE],
-                input_sentence_size=max_sentences, shuffle_input_sentence=False,
+                input_sentence_size=0,  # all of `lines`: sampled above
                 max_sentence_length=1 << 16, num_threads=2, minloglevel=2)
         except RuntimeError as e:
             raise ValueError(f"SentencePiece could not build a {vocab_size}-entry vocabulary: {e}") from None
