@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paperbook.active_fluid.data import read_frames, read_piv_csv
+from paperbook.active_fluid.data import normalise_frames, read_frames, read_piv_csv
 from paperbook.active_fluid.measures import (box_fluctuations, count_fluctuations, energy_spectrum, fit_exponent,
                                              gnf_exponent, local_coupling, piv, spectral_exponent)
 from paperbook.active_fluid.models import (advect, poisson_particles, random_dots, random_velocity_field,
@@ -181,6 +181,28 @@ def test_frame_reader_round_trip_and_refusals(tmp_path):
         read_frames([tmp_path / "a.tif"])
 
 
+def test_frame_reader_other_formats_missing_frames_and_non_numeric_pixels(tmp_path):
+    from PIL import Image
+
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    Image.fromarray(a).save(tmp_path / "a.png")  # not a TIFF: read by Pillow
+    Image.fromarray(a[::-1].copy()).save(tmp_path / "b.png")
+    assert read_frames([tmp_path / "a.png", tmp_path / "b.png"]).tolist() == [a.tolist(), a[::-1].tolist()]
+    with pytest.raises(FileNotFoundError, match="no frame at .*missing.tif"):
+        read_frames([tmp_path / "a.png", tmp_path / "missing.tif"])
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "mask.tif", np.zeros((3, 4), bool))  # a boolean mask is no grey level
+    with pytest.raises(ValueError, match="2-D numeric grey-level image, got shape .3, 4., bool"):
+        read_frames([tmp_path / "a.png", tmp_path / "mask.tif"])
+
+
+def test_normalise_frames_divides_each_frame_by_its_own_mean():
+    frames = np.array([[[1.0, 3.0]], [[10.0, 30.0]]])  # means 2 and 20
+    assert normalise_frames(frames).tolist() == [[[0.5, 1.5]], [[0.5, 1.5]]]
+    with pytest.raises(ValueError, match="zero or negative mean intensity"):
+        normalise_frames(np.array([[[1.0, 3.0]], [[0.0, 0.0]]]))
+
+
 def test_piv_csv_reader(tmp_path):
     rows = ["x,y,u,v"] + [f"{x},{y},{x / 10},{-y / 10}" for y in (5, 10, 15, 20) for x in (5, 10, 15, 20)]
     (tmp_path / "ok.csv").write_text("\n".join(rows) + "\n")
@@ -192,6 +214,15 @@ def test_piv_csv_reader(tmp_path):
     (tmp_path / "hole.csv").write_text("\n".join(rows[:-1]) + "\n")
     with pytest.raises(ValueError, match="do not fill a regular grid"):
         read_piv_csv(tmp_path / "hole.csv")
+    assert f["x"][0].tolist() == [5, 10, 15, 20] and f["y"][:, 0].tolist() == [5, 10, 15, 20]  # x along columns
+    small = ["x,y,u,v"] + [f"{x},{y},0,0" for y in (5, 10, 15) for x in (5, 10, 15)]
+    (tmp_path / "small.csv").write_text("\n".join(small) + "\n")
+    with pytest.raises(ValueError, match="9 rows do not fill a regular grid of 3 × 3 points"):
+        read_piv_csv(tmp_path / "small.csv")  # too few points for a spectrum
+    uneven = ["x,y,u,v"] + [f"{x},{y},0,0" for y in (5, 10, 15, 20) for x in (5, 10, 15, 25)]
+    (tmp_path / "uneven.csv").write_text("\n".join(uneven) + "\n")
+    with pytest.raises(ValueError, match=r"grid spacing is not uniform \(5 to 10\)"):
+        read_piv_csv(tmp_path / "uneven.csv")
 
 
 def test_local_coupling_sees_a_planted_link():
