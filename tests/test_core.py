@@ -393,3 +393,69 @@ def test_load_and_summarize_runs_pool_every_seed(tmp_path):
     (tmp_path / "bad" / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a paperbook run record"):
         load_runs(tmp_path)
+
+
+# ---- display -----------------------------------------------------------------------------------------------
+def test_progress_is_off_when_asked_on_other_ranks_and_by_the_caller(monkeypatch):
+    from paperbook.core.display import progress
+
+    monkeypatch.delenv("PAPERBOOK_PROGRESS", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    assert progress(range(3)).disable is False and list(progress(range(3))) == [0, 1, 2]
+    assert progress(range(3), disable=True).disable is True
+    for env, value in (("PAPERBOOK_PROGRESS", "0"), ("RANK", "1")):
+        monkeypatch.setenv(env, value)
+        assert progress(range(3)).disable is True and list(progress(range(3))) == [0, 1, 2]
+        monkeypatch.delenv(env)
+    monkeypatch.setenv("PAPERBOOK_PROGRESS", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert progress(range(3)).disable is False
+
+
+ROWS = [{"claim": "a | b", "paper": "Table 1", "ours": "0.5", "k_of_n": "3/3", "holds": True}]
+
+
+def test_tables_and_stamps_print_plain_text_outside_a_notebook(capsys):
+    from paperbook.core.display import show_stamp, show_table
+
+    show_table(ROWS)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["claim", "paper", "ours", "k/n", "holds"] and out[1].split() == [
+        "a", "|", "b", "Table", "1", "0.5", "3/3", "True"]
+
+    class Run:
+        def stamp(self):
+            return "paperbook x · preset `cpu-toy`"
+
+    show_stamp(Run())
+    assert capsys.readouterr().out == "*paperbook x · preset cpu-toy*\n"  # no Markdown backticks in a terminal
+
+
+def test_tables_and_stamps_are_markdown_in_a_notebook(monkeypatch):
+    import IPython
+    import IPython.display
+
+    from paperbook.core import display
+
+    assert display._plain() is True  # no IPython shell under pytest
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    assert display._plain() is False
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    display.show_table(ROWS)
+    display.show_stamp(type("Run", (), {"stamp": lambda self: "preset `cpu-toy`"})())
+    assert [type(x).__name__ for x in shown] == ["Markdown", "Markdown"]
+    assert shown[0].data.splitlines() == ["| claim | paper | ours | k/n | holds |", "|---|---|---|---|---|",
+                                          "| a \\| b | Table 1 | 0.5 | 3/3 | True |"]
+    assert shown[1].data == "*preset `cpu-toy`*"
+
+
+def test_plot_style_sets_the_books_defaults():
+    import matplotlib as mpl
+
+    from paperbook.core.display import plot_style
+
+    with mpl.rc_context():
+        plot_style()
+        assert mpl.rcParams["figure.figsize"] == [6.4, 3.6] and mpl.rcParams["axes.grid"] is True
+        assert mpl.rcParams["axes.spines.top"] is False and mpl.rcParams["savefig.bbox"] == "tight"
