@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from paperbook.pangu.fewshot import classify, generate, query_nll
+import paperbook.pangu.fewshot as fewshot
+from paperbook.pangu.fewshot import classify, few_shot_accuracy, generate, query_nll
 
 
 class Fixed(torch.nn.Module):
@@ -105,3 +106,50 @@ def test_generate_greedy_and_stop():
     m.logits[9] = 10.0  # EOD is now the most likely token
     assert generate(m, tok, "12", max_new_tokens=4, stop="") == ""
     assert math.isfinite(query_nll(m, [1], [2]))
+
+
+def test_few_shot_accuracy_counts_right_answers_with_k_examples_each(monkeypatch):
+    class Words(Tok):  # 好 (pos) is token 7, which Fixed favours; 差 (neg) is 3
+        def encode(self, text):
+            return super().encode(text.replace("好", "7").replace("差", "3"))
+
+    test = [("1", "pos")] * 3 + [("2", "neg")]
+    pool = [("4", "pos"), ("5", "neg")]
+    assert few_shot_accuracy(Fixed(), Words(), test, pool, k=0) == 0.75  # always 好: 3 of 4
+    seen = []
+    monkeypatch.setattr(fewshot, "classify",
+                        lambda m, t, text, shots, max_len: seen.append((text, shots, max_len)) or "neg")
+    assert few_shot_accuracy(None, None, test, pool, k=2, max_len=8) == 0.25
+    assert [(text, n) for text, _, n in seen] == [("1", 8), ("1", 8), ("1", 8), ("2", 8)]
+    assert all(sorted(shots) == pool for _, shots, _ in seen)  # k = 2: one example of each label per query
+
+
+def test_each_example_ends_its_line_and_a_query_may_fill_the_model():
+    class LineTok(Tok):  # a newline is token 8
+        def encode(self, text):
+            return [8 if c == "\n" else int(c) for c in text if c.isdigit() or c == "\n"]
+
+    m, labels = Lengths(seq_len=16), {"good": "7", "bad": "3"}
+    classify(m, LineTok(), "12", [("45", "bad")] * 2, template="{text}{label}", labels=labels)
+    assert m.seen == [11, 11]  # two examples "453\n" (4 tokens each) and the query "127" / "123"
+    assert classify(m, Tok(), "1" * 15, [], template="{text}{label}", labels=labels, max_len=16) == "good"
+
+
+class Counting(Fixed):
+    "Next token: the last one plus 1 (mod 9)."
+
+    def forward(self, ids, eod_id=None):
+        out = torch.zeros(*ids.shape, 10)
+        out.scatter_(-1, ((ids + 1) % 9)[..., None], 5.0)
+        return out
+
+
+def test_generation_stops_once_the_stop_text_appears_and_samples_among_the_top_k():
+    assert generate(Counting(), Tok(), "1", max_new_tokens=6, stop="4") == "234"  # "4" ends "234"
+    assert generate(Counting(), Tok(), "1", max_new_tokens=6, stop="") == "234567"
+    m = Fixed()
+    m.logits[2] = 3.0  # tokens 2 and 7 equally likely, the rest e^3 times less
+    drawn = [generate(m, Tok(), "1", max_new_tokens=1, top_k=2, seed=s, stop="") for s in range(30)]
+    assert set(drawn) == {"2", "7"}  # both of the top two, nothing else
+    assert drawn == [generate(m, Tok(), "1", max_new_tokens=1, top_k=2, seed=s, stop="") for s in range(30)]
+    assert generate(m, Tok(), "1", max_new_tokens=1, stop="") == "2"  # greedy: the first of the tied maxima

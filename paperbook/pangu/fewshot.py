@@ -8,6 +8,8 @@ import random
 import torch
 import torch.nn.functional as F
 
+from .tasks import draw_shots
+
 # %% auto #0
 __all__ = ['SENTIMENT_TEMPLATE', 'SENTIMENT_LABELS', 'query_nll', 'classify', 'few_shot_accuracy', 'generate']
 
@@ -49,13 +51,9 @@ def few_shot_accuracy(model, tok, test: list[tuple[str, str]], pool: list[tuple[
                       seed: int = 0, max_len: int | None = None) -> float:
     "Accuracy on `test` (text, label) pairs with k examples per query drawn from `pool` (balanced when k >= 2)."
     rng = random.Random(seed)
-    by = {lab: [p for p in pool if p[1] == lab] for lab in {p[1] for p in pool}}
     correct = 0
     for text, label in test:
-        shots = [rng.choice(by[lab]) for lab in sorted(by)][:k] if k >= 2 else [rng.choice(pool) for _ in range(k)]
-        shots += [rng.choice(pool) for _ in range(k - len(shots))]
-        rng.shuffle(shots)
-        correct += classify(model, tok, text, shots, max_len=max_len) == label
+        correct += classify(model, tok, text, draw_shots(pool, k, rng), max_len=max_len) == label
     return correct / len(test)
 
 # %% ../../nbs/01e_pangu_fewshot.ipynb #3dc9cb84
