@@ -140,6 +140,36 @@ def test_bad_input_names_the_limit():
         ModelConfig(d=30, num_heads=4)
     with pytest.raises(ValueError, match="model.d \\(30\\) must be divisible|d \\(30\\)"):
         resolve("pangu-alpha", overrides={"model.d": 30})
+    with pytest.raises(ValueError, match="num_layers must be >= 1 .the query layer is one of them., got 0"):
+        ModelConfig(num_layers=0)
+    for field in ("vocab_size", "seq_len", "d"):
+        with pytest.raises(ValueError, match="vocab_size, seq_len and d must be positive"):
+            ModelConfig(**{field: 0}, num_heads=1)
+
+
+def test_reset_parameters_reinitialises_what_to_empty_left_behind():
+    # after meta init + to_empty every tensor holds whatever memory it got; reset_parameters must set them all
+    m = PanguAlpha(TINY)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(7.0)
+    m.reset_parameters()
+    assert m.ln_f.bias.eq(0).all() and m.blocks[0].ln1.bias.eq(0).all() and m.ln_f.weight.eq(1).all()
+    assert m.blocks[0].ffn.fc.bias.eq(0).all() and not m.tok.weight.eq(7).any()
+
+
+def test_dropout_acts_in_training_only_on_attention_weights_and_on_each_residual_branch():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, seq_len=32, num_layers=2, d=16, num_heads=4, dropout=0.5)
+    attn = PanguAlpha(cfg).blocks[0].attn
+    x, mask = torch.randn(1, 8, 16), torch.ones(1, 1, 8, 8, dtype=torch.bool).tril()
+    attn.eval()
+    torch.testing.assert_close(attn(x, x, mask), attn(x, x, mask))  # eval: no dropout anywhere
+    attn.train()
+    branch_only, attn.p = attn.p, 0.0  # the attention weights kept, the branch's output dropped
+    assert not torch.equal(attn(x, x, mask), attn(x, x, mask))
+    attn.p, attn.drop = branch_only, torch.nn.Identity()  # the attention weights dropped, nothing else
+    assert not torch.equal(attn(x, x, mask), attn(x, x, mask))
 
 
 def test_chapter_claims_at_cpu_toy():
