@@ -170,6 +170,10 @@ def test_dropout_acts_in_training_only_on_attention_weights_and_on_each_residual
     assert not torch.equal(attn(x, x, mask), attn(x, x, mask))
     attn.p, attn.drop = branch_only, torch.nn.Identity()  # the attention weights dropped, nothing else
     assert not torch.equal(attn(x, x, mask), attn(x, x, mask))
+    m = PanguAlpha(cfg).train()
+    assert not torch.equal(m.blocks[0].ffn(x), m.blocks[0].ffn(x))  # the FFN branch
+    ids, pos = torch.tensor([[1, 2, 3]]), torch.tensor([[0, 1, 2]])
+    assert not torch.equal(m.embed(ids, pos), m.embed(ids, pos))  # and the embeddings
 
 
 def test_chapter_claims_at_cpu_toy():
