@@ -45,6 +45,30 @@ def test_invalid_plans_name_the_constraint(plan, world, needle):
     assert needle in str(e.value)
 
 
+@pytest.mark.parametrize("plan, needle", [
+    (ParallelPlan(tp=True), "tp must be a positive integer, got True"),  # a bool is no count
+    (ParallelPlan(pp=2.0), "pp must be a positive integer, got 2.0"),
+    (ParallelPlan(zero1="yes"), "zero1 must be true or false, got 'yes'"),
+    (ParallelPlan(tp=2), "vocab_size (95) must be divisible by tp (2)"),
+    (ParallelPlan(schedule="interleaved-1f1b", stages_per_rank=2), "microbatches and stages_per_rank > 1 need pp > 1"),
+    (ParallelPlan(zero1=True), "zero1 (ZeroRedundancyOptimizer over DDP) needs dp_replicate > 1"),
+    (ParallelPlan(dp_replicate=2, tp=2, zero1=True), "zero1 (ZeroRedundancyOptimizer over DDP) needs dp_replicate > 1"),
+])
+def test_more_invalid_plans(plan, needle):
+    odd_vocab = ModelConfig(vocab_size=95, seq_len=16, num_layers=4, d=32, num_heads=4)
+    with pytest.raises(ValueError) as e:
+        plan.check(odd_vocab)
+    assert needle in str(e.value)
+
+
+def test_the_sequence_checked_for_tp_is_the_one_trained():
+    with pytest.raises(ValueError, match=r"sequence length \(15\) must be divisible by tp \(2\)"):
+        ParallelPlan(tp=2).check(SMALL, seq_len=15)
+    assert ParallelPlan(tp=2).check(SMALL, seq_len=8)  # the model's table holds 16 positions
+    assert ParallelPlan(schedule="interleaved-1f1b").check(SMALL)  # one rank: the schedule has nothing to interleave
+    assert ParallelPlan(dp_replicate=2, zero1=True).check(SMALL, world_size=2)
+
+
 def test_batch_must_split_over_data_parallel_ranks_and_microbatches():
     with pytest.raises(ValueError, match=r"batch_size \(10\) must be divisible by dp_replicate × dp_shard × "
                                          r"microbatches \(1 × 2 × 2\)"):
