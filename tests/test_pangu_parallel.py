@@ -14,7 +14,7 @@ from paperbook.core import resolve
 from paperbook.pangu.cluster import GiB, dry_run, memory_plan
 from paperbook.pangu.distributed import build_parallel, latest_checkpoint, synthetic_rows, train_parallel
 from paperbook.pangu.model import SIZES, ModelConfig, PanguAlpha
-from paperbook.pangu.parallel import ParallelPlan, split_stages, stage_layers
+from paperbook.pangu.parallel import ParallelPlan, apply_remat, split_stages, stage_layers
 from paperbook.pangu.train import TrainConfig, next_token_targets, train_lm
 
 from helpers import ENV, cli, torchrun
@@ -202,6 +202,38 @@ def test_rematerialisation_changes_no_number(remat):
     again = train_parallel(build_parallel(SMALL, ParallelPlan(remat=remat), eod_id=0), rows, **kw)["losses"]
     assert len(plain) == len(again) == 3
     assert max(abs(a - b) for a, b in zip(plain, again)) < 1e-6
+
+
+def test_rematerialisation_recomputes_every_layer_and_selective_keeps_the_matmuls():
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    ids = synthetic_rows(4, 16, 96)[:, :16]
+    sdpa, recomputed = "_scaled_dot_product_flash_attention_for_cpu", {}
+    for remat in ("off", "full", "selective"):
+        (stage,) = build_parallel(SMALL, ParallelPlan(remat=remat), eod_id=0).modules
+        loss = stage(ids, ids=ids).logsumexp(-1).sum()
+        with Count() as backward:
+            loss.backward()
+        recomputed[remat] = {k: backward.n[k] for k in ("native_layer_norm", "gelu", sdpa, "addmm")}
+    assert recomputed["off"] == {"native_layer_norm": 0, "gelu": 0, sdpa: 0, "addmm": 0}
+    # 3 blocks and the query layer, each with 2 layer norms, 1 GeLU and 1 attention: all are run again ...
+    full = recomputed["full"]
+    assert (full["native_layer_norm"], full["gelu"], full[sdpa]) == (8, 4, 4) and full["addmm"] > 0
+    # ... and selective remat keeps the matmuls' and attention's outputs
+    assert recomputed["selective"] == {"native_layer_norm": 8, "gelu": 4, sdpa: 0, "addmm": 0}
+    with pytest.raises(ValueError, match="remat 'some' is not one of off, full, selective"):
+        apply_remat(stage, "some")
 
 
 @pytest.mark.parametrize("remat", ["full", "selective"])
