@@ -204,6 +204,21 @@ def test_rematerialisation_changes_no_number(remat):
     assert max(abs(a - b) for a, b in zip(plain, again)) < 1e-6
 
 
+def test_clip_grads_returns_the_norm_and_scales_down_only():
+    from paperbook.pangu.parallel import clip_grads
+
+    par = build_parallel(SMALL, ParallelPlan(), eod_id=0)
+    ids = synthetic_rows(4, 16, 96)[:, :16]
+    par.modules[0](ids, ids=ids).logsumexp(-1).sum().backward()
+    grads = [p.grad.clone() for p in par.parameters()]  # the tied matrix once
+    norm = float(torch.cat([g.flatten() for g in grads]).double().norm())
+    assert clip_grads(par, 10 * norm) == pytest.approx(norm, rel=1e-6)
+    assert all(torch.equal(p.grad, g) for p, g in zip(par.parameters(), grads))  # below the limit: untouched
+    assert clip_grads(par, norm / 4) == pytest.approx(norm, rel=1e-6)  # the norm before clipping
+    for p, g in zip(par.parameters(), grads):
+        torch.testing.assert_close(p.grad, g / 4, rtol=1e-5, atol=0)
+
+
 def test_rematerialisation_recomputes_every_layer_and_selective_keeps_the_matmuls():
     import collections
 
