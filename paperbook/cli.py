@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import shlex
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,12 +41,13 @@ def plan_info(chapter: str, preset: str, sets: dict | None = None) -> dict:
     "What a preset will use and the command lines that launch it (nothing is run or allocated)."
     ch = get_chapter(chapter)
     cfg = resolve(ch, preset, sets)
-    extra = "".join(f" --set {k}={v}" for k, v in (sets or {}).items())
+    extra = "".join(f" --set {shlex.quote(f'{k}={v}')}" for k, v in (sets or {}).items())
     info = {"chapter": ch.name, "preset": preset, "device": cfg.device, "nnodes": cfg.nnodes,
             "nproc_per_node": cfg.nproc_per_node, "world_size": cfg.world_size}
     if cfg.world_size == 1:
         info["launch"] = f"paperbook run {ch.name} --preset {preset}{extra}"
-        info["papermill"] = f"papermill nbs/{ch.notebook} out.ipynb -p preset {preset}"
+        info["papermill"] = f"papermill nbs/{ch.notebook} out.ipynb -p preset {preset}" + (
+            f" -p overrides {shlex.quote(json.dumps(sets, ensure_ascii=False))}" if sets else "")
     else:
         info |= launch_lines(cfg, f"-m {ch.torchrun_module.format(name=ch.name)} --preset {preset}{extra}")
     if ch.plan is not None:

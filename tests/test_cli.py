@@ -1,10 +1,16 @@
 """The `paperbook` command: list, run, plan, batch, and bad arguments."""
 
 import json
+import shlex
+import subprocess
+import sys
 
 import pytest
 
-from helpers import cli
+from paperbook.cli import plan_info
+from paperbook.core import parse_sets
+
+from helpers import ENV, cli
 
 
 def test_list():
@@ -29,6 +35,27 @@ def test_plan_prints_launch_lines():
     assert "torchrun --standalone --nproc_per_node=8 -m paperbook.cli run example --preset node-8" in r.stdout
     r = cli("plan", "example", "--set", "nnodes=4", "--set", "nproc_per_node=8")
     assert "srun --nodes=4" in r.stdout and "--nnodes=4" in r.stdout and "world_size       32" in r.stdout
+
+
+def test_the_planned_command_lines_run_with_the_overrides(root, tmp_path):
+    # a value with a space and brackets must reach the run whole; the papermill line must carry the overrides
+    info = plan_info("example", "cpu-toy", parse_sets(["repeats=7", "sizes=[64, 256]"]))
+    assert info["launch"] == "paperbook run example --preset cpu-toy --set repeats=7 --set 'sizes=[64, 256]'"
+    launch = shlex.split(info["launch"])
+    r = cli(*launch[1:], "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    want = {"repeats": 7, "sizes": [64, 256]}.items()
+    assert want <= json.loads((tmp_path / "run/metrics.json").read_text())["config"].items()
+    papermill = shlex.split(info["papermill"])
+    assert papermill[:4] == ["papermill", "nbs/00b_example.ipynb", "out.ipynb", "-p"]
+    out = tmp_path / "pm"
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-m", "papermill", papermill[1], str(out / "out.ipynb"), *papermill[3:],
+                        "--cwd", "nbs", "--no-progress-bar"], cwd=root, capture_output=True, text=True,
+                       env={**ENV, "PAPERBOOK_RUN_DIR": str(out)}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert want <= json.loads((out / "metrics.json").read_text())["config"].items()
+    assert "overrides" not in plan_info("example", "cpu-toy")["papermill"]
 
 
 @pytest.mark.parametrize("args, words", [
@@ -92,3 +119,74 @@ def test_papermill_bad_override_fails_before_compute(root, tmp_path):
     ran = [c for c in nb["cells"] if c["cell_type"] == "code" and c.get("execution_count")]
     # it stops at the cell right after the parameters: no experiment cell ran
     assert ran and all("result = experiment(" not in "".join(c["source"]) for c in ran)
+
+
+def test_run_refuses_an_out_that_is_a_file_and_prints_on_rank_0_only(tmp_path, capsys, monkeypatch):
+    from paperbook.cli import main
+
+    (tmp_path / "f").write_text("x")
+    assert main(["run", "example", "--set", "repeats=5", "--out", str(tmp_path / "f")]) == 2
+    assert "--out " in capsys.readouterr().err and (tmp_path / "f").read_text() == "x"
+    monkeypatch.setenv("RANK", "1")
+    assert main(["run", "example", "--set", "repeats=5", "--out", str(tmp_path / "r1")]) == 0
+    assert capsys.readouterr().out == ""  # rank 1 prints nothing (rank 0 prints the table)
+    monkeypatch.setenv("RANK", "0")
+    assert main(["run", "example", "--set", "repeats=5", "--out", str(tmp_path / "r0")]) == 0
+    out = capsys.readouterr().out
+    assert "holds" in out and f"wrote {tmp_path / 'r0' / 'metrics.json'}" in out and "`" not in out
+
+
+def test_plan_batch_expands_all_splits_the_cores_and_names_a_missing_notebook(tmp_path, monkeypatch, root):
+    import os
+
+    from paperbook.cli import plan_batch
+    from paperbook.core import chapters
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    todo = plan_batch(["all"], ["cpu-toy"], [0, 1], out=tmp_path, nbs=root / "nbs", sets={"seed": 5}, jobs=3,
+                      timeout=77)
+    assert [j["chapter"] for j in todo] == [c for c in chapters() for _ in (0, 1)]
+    j = todo[1]
+    assert (j["seed"], j["overrides"], j["threads"], j["timeout"]) == (1, {"seed": 1}, 2, 77)  # 8 cores // 3 jobs
+    assert j["out"] == str(tmp_path / j["chapter"] / "cpu-toy" / "seed1")
+    assert plan_batch(["example"], ["cpu-toy"], [0], out=tmp_path, nbs=root / "nbs", jobs=16)[0]["threads"] == 1
+    with pytest.raises(ValueError, match="notebook .*00b_example.ipynb of chapter 'example' not found; pass --nbs"):
+        plan_batch(["example"], ["cpu-toy"], [0], out=tmp_path, nbs=tmp_path)
+
+
+def test_a_failed_job_is_reported_and_the_batch_exits_1(tmp_path, capsys, monkeypatch):
+    import paperbook.cli as pcli
+
+    def fake(job):  # the first seed writes its metrics, the second fails
+        if job["seed"] == 0:
+            return job | {"status": "ok", "error": ""}
+        return job | {"status": "failed", "error": "boom"}
+
+    monkeypatch.setattr(pcli, "run_batch", lambda todo, **kw: [fake(j) for j in todo])
+    code = pcli.main(["batch", "--chapters", "example", "--seeds", "0", "1", "--out", str(tmp_path / "b")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "1 of 2 jobs ok" in out and "FAILED example cpu-toy seed1: boom" in err
+    (tmp_path / "file").write_text("x")
+    assert pcli.main(["batch", "--chapters", "example", "--out", str(tmp_path / "file")]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_a_notebook_that_writes_no_metrics_or_raises_is_a_failed_job(tmp_path, monkeypatch):
+    import papermill
+
+    from paperbook.cli import _execute
+
+    for key in ("PAPERBOOK_RUN_DIR", "PAPERBOOK_PROGRESS", "OMP_NUM_THREADS"):  # _execute sets them: restored after
+        monkeypatch.setenv(key, "")
+    job = {"notebook": str(tmp_path / "nb.ipynb"), "out": str(tmp_path / "o"), "preset": "cpu-toy",
+           "overrides": {}, "threads": 1, "timeout": 10}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: None)
+    assert _execute(job) == job | {"status": "failed", "error": "no metrics.json written"}
+
+    def boom(*a, **k):
+        raise RuntimeError("Traceback ...\nValueError: unknown override 'x'\n")
+
+    monkeypatch.setattr(papermill, "execute_notebook", boom)
+    assert _execute(job)["error"] == "ValueError: unknown override 'x'"  # the last line of the error
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: (tmp_path / "o/metrics.json").write_text("{}"))
+    assert _execute(job)["status"] == "ok"
