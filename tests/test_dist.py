@@ -109,3 +109,39 @@ def test_batch_shares_blocks_and_generators_by_hand():
     assert [list(my_blocks(7, info(r, 3))) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
     draw = lambda seed, block: torch.rand(3, generator=block_generator(seed, block)).tolist()
     assert draw(1, 2) == draw(1, 2) and draw(1, 2) != draw(1, 3) and draw(1, 2) != draw(2, 2)
+
+
+def test_a_world_of_one_needs_no_process_group(monkeypatch, capsys):
+    import torch
+
+    from paperbook.dist import (DistInfo, all_reduce_mean, all_reduce_sum, distributed, init_distributed, print0,
+                                wrap_ddp)
+
+    for name in ("WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = init_distributed("cpu")
+    assert (info.rank, info.world_size, info.local_rank, info.device, info.backend) == (0, 1, 0,
+                                                                                        torch.device("cpu"), None)
+    assert info.is_main and not DistInfo(1, 2, 1, torch.device("cpu"), "gloo").is_main
+    with distributed("cpu") as again:
+        assert again == info
+    x = {"loss": 2.5, "grad": torch.tensor([1.0, -1.0])}
+    assert all_reduce_sum(x) == x and all_reduce_mean(3.0) == 3.0  # nothing to reduce over
+    model = torch.nn.Linear(2, 2)
+    assert wrap_ddp(model, info) is model  # no DistributedDataParallel around a world of one
+    print0("only", "me")
+    assert capsys.readouterr().out == "only me\n"
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="environment variable WORLD_SIZE='two' is not an integer"):
+        init_distributed("cpu")
+
+
+def test_thread_ceiling_by_hand(monkeypatch):
+    from paperbook.dist import thread_ceiling
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert (thread_ceiling(4), thread_ceiling(0)) == (4, 1)  # at least one thread
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # not a positive ceiling: ignored
+    assert thread_ceiling(4) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert (thread_ceiling(4), thread_ceiling(2)) == (3, 2)
