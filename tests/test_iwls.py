@@ -574,6 +574,64 @@ def test_cli_bad_input(tmp_path):
     assert r.returncode == 2 and "--folds must be between 2 and 4" in r.stderr and not (tmp_path / "o.aig").exists()
 
 
+def test_cli_plan_by_hand():
+    from paperbook.iwls.__main__ import plan
+
+    assert plan("tree", 5.0) == [("tree", {"max_depth": d}) for d in (6, 8, 10, 14, 20)]
+    assert plan("symmetric", 5.0) == [("symmetric", {})]  # no settings: one candidate
+    full = plan("portfolio", 7.0, seed=3)
+    assert [m for m, _ in full] == ["tree"] * 5 + ["forest", "espresso", "lut", "fringe", "fringe", "support",
+                                                    "boost", "symmetric", "arith", "chain"]
+    assert dict(full[5:8]) == {"forest": {"seed": 3}, "espresso": {"timeout_s": 7.0}, "lut": {"seed": 3}}
+    assert full[8:11] == [("fringe", {"max_depth": 10, "seed": 3}), ("fringe", {"max_depth": 14, "seed": 3}),
+                          ("support", {"timeout_s": 7.0, "seed": 3}), ("boost", {"seed": 3})]
+
+
+def test_cli_refuses_a_test_set_of_another_width_and_several_outputs_before_learning(tmp_path, capsys, monkeypatch):
+    import paperbook.iwls.__main__ as iwls_cli
+
+    monkeypatch.setattr(iwls_cli, "_cv", lambda *a, **k: pytest.fail("nothing is learned from bad input"))
+    (tmp_path / "ok.pla").write_text(format_pla(PLA(np.zeros((2, 4), np.uint8), np.zeros((2, 1), np.uint8))))
+    (tmp_path / "ok3.pla").write_text(".i 3\n.o 1\n010 1\n")
+    (tmp_path / "two.pla").write_text(".i 4\n.o 2\n0101 10\n")
+    args = ["learn", "--train", str(tmp_path / "ok.pla"), "--out", str(tmp_path / "o.aig")]
+    assert iwls_cli.learn_cli([*args, "--valid", str(tmp_path / "ok.pla"), "--test", str(tmp_path / "ok3.pla")]) == 2
+    assert "--train has 4 inputs (.i) but --test has 3" in capsys.readouterr().err
+    assert iwls_cli.learn_cli([*args, "--valid", str(tmp_path / "two.pla")]) == 2
+    assert "output" in capsys.readouterr().err and not (tmp_path / "o.aig").exists()
+    assert iwls_cli.learn_cli([*args, "--valid", str(tmp_path / "ok.pla"), "--folds", "5"]) == 2  # 4 minterms
+    assert "--folds must be between 2 and 4 (the minterms), got 5" in capsys.readouterr().err
+
+
+def test_cli_reports_the_portfolio_estimate_and_exits_1_when_nothing_is_delivered(tmp_path, capsys, monkeypatch):
+    import paperbook.iwls.__main__ as iwls_cli
+
+    tr, va, _ = generate("comparator-10", seed=0, size=200)
+    write_pla(tr, tmp_path / "t.pla")
+    write_pla(va, tmp_path / "v.pla")
+    args = ["learn", "--train", str(tmp_path / "t.pla"), "--valid", str(tmp_path / "v.pla"), "--out",
+            str(tmp_path / "o.aig"), "--folds", "3"]
+    seen = []
+    monkeypatch.setattr(iwls_cli, "plan", lambda method, t, seed: [("tree", {"max_depth": 4})])
+    real_cv = iwls_cli._cv
+    monkeypatch.setattr(iwls_cli, "_cv", lambda *a, **k: seen.append(k) or real_cv(*a, **k))
+    monkeypatch.setattr(iwls_cli, "_pcv", lambda cvs: ([0.25, 0.75], None))  # the portfolio's own folds
+    assert iwls_cli.learn_cli([*args, "--seed", "9"]) == 0
+    assert seen == [{"folds": 3, "seed": 9}]
+    line = dict(kv.split("=", 1) for kv in capsys.readouterr().out.split())
+    assert line["cv_accuracy"] == "0.500000" and line["method"].startswith("tree")  # the mean of 0.25 and 0.75
+    assert iwls_cli.learn_cli([*args, "--method", "tree"]) == 0  # one learner: its own cross-validated mean
+    assert float(dict(kv.split("=", 1) for kv in capsys.readouterr().out.split())["cv_accuracy"]) > 0.6
+
+    def nothing(cvs, data):
+        raise ValueError("no learner delivered a circuit")
+
+    monkeypatch.setattr(iwls_cli, "_deliver", nothing)
+    (tmp_path / "o.aig").unlink()
+    assert iwls_cli.learn_cli(args) == 1
+    assert "no learner delivered a circuit" in capsys.readouterr().err and not (tmp_path / "o.aig").exists()
+
+
 def _results(level=None, abc=True, found_folds=(1.0,) * 4):
     "A crafted results table: every learner on four functions (two comparators), four folds each."
     import pandas as pd
