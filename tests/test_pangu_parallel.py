@@ -12,7 +12,8 @@ import torch
 
 from paperbook.core import resolve
 from paperbook.pangu.cluster import GiB, dry_run, memory_plan
-from paperbook.pangu.distributed import build_parallel, latest_checkpoint, synthetic_rows, train_parallel
+from paperbook.pangu.distributed import (CkptConfig, build_parallel, latest_checkpoint, synthetic_rows,
+                                        train_parallel)
 from paperbook.pangu.model import SIZES, ModelConfig, PanguAlpha
 from paperbook.pangu.parallel import ParallelPlan, apply_remat, split_stages, stage_layers
 from paperbook.pangu.train import TrainConfig, next_token_targets, train_lm
@@ -133,6 +134,30 @@ def test_synthetic_rows():
     a = synthetic_rows(20, 16, 50, seed=3)
     assert a.shape == (20, 16) and a.dtype == torch.long and int(a.min()) == 0 and int(a.max()) < 50
     assert torch.equal(a, synthetic_rows(20, 16, 50, seed=3)) and not torch.equal(a, synthetic_rows(20, 16, 50))
+    big = synthetic_rows(200, 256, 50, mean_doc=8)  # 51,200 tokens
+    assert abs(float((big == 0).float().mean()) - 1 / 8) < 0.01  # documents of mean length 8: EOD 1 in 8
+    counts = torch.bincount(big[big > 0], minlength=50)
+    assert 1.8 < float(counts[1] / counts[2]) < 2.2 and 4 < float(counts[1] / counts[5]) < 6  # Zipf: p(k) ∝ 1/k
+
+
+def test_the_trainer_stops_at_stop_at_and_counts_the_tokens_it_ran():
+    rows = synthetic_rows(64, 16, 96)
+    train = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup=1)
+    res = train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, eod_id=0, train=train,
+                         ckpt=CkptConfig(stop_at=2))
+    assert len(res["losses"]) == len(res["grad_norms"]) == 2 and res["tokens"] == 2 * 4 * 16
+
+
+def test_run_builds_a_model_of_over_1e9_parameters_on_the_meta_device(monkeypatch):
+    import paperbook.pangu.distributed as pd
+
+    seen, real = [], pd.build_parallel
+    monkeypatch.setattr(pd, "build_parallel", lambda *a, **k: seen.append(k["meta_init"]) or real(*a, **k))
+    cfg = resolve("pangu-alpha", "cpu-toy", dict(s.split("=") for s in TINY_SETS) | {"train.steps": 2})
+    for params in (1e9, 1e9 + 1):
+        monkeypatch.setattr(pd, "num_params", lambda mc, n=params: n)
+        assert len(pd.run(cfg).metrics["losses"]) == 2
+    assert seen == [False, True]
 
 
 # ---- the trainer in one process ---------------------------------------------------------------------
