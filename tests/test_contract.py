@@ -138,9 +138,11 @@ def test_a_chapter_added_as_a_package_is_listed_and_runs_without_editing_core(te
 
 def test_an_unimportable_chapter_is_reported_not_fatal(temp_package, tmp_path):
     name = temp_package({"chapter.py": "import a_module_that_is_not_installed\n"})
+    bare = temp_package({"chapter.py": "X = 1  # declares no CHAPTER\n"})
     r = _cli("list", cwd=tmp_path)
     assert r.returncode == 0 and "example" in r.stdout
     assert f"paperbook.{name}.chapter" in r.stdout and "a_module_that_is_not_installed" in r.stdout
+    assert f"paperbook.{bare}.chapter" in r.stdout and "AttributeError" in r.stdout
     r = _cli("run", "no-such-chapter", cwd=tmp_path)
     assert r.returncode == 2 and "unknown chapter 'no-such-chapter'" in r.stderr
     assert "a_module_that_is_not_installed" in r.stderr

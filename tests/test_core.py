@@ -459,3 +459,23 @@ def test_plot_style_sets_the_books_defaults():
         plot_style()
         assert mpl.rcParams["figure.figsize"] == [6.4, 3.6] and mpl.rcParams["axes.grid"] is True
         assert mpl.rcParams["axes.spines.top"] is False and mpl.rcParams["savefig.bbox"] == "tight"
+
+
+def test_resolve_names_the_chapter_and_preset_of_a_config_check():
+    with pytest.raises(ValueError, match=r"^example preset 'cpu-toy': num_samples \(1000\) must be a positive"):
+        resolve("example", overrides={"num_samples": 1000})
+
+
+def test_launch_lines_by_hand():
+    from types import SimpleNamespace as NS
+
+    from paperbook.core import launch_lines
+
+    assert launch_lines(NS(world_size=1, nnodes=1, nproc_per_node=1), "-m m") == {"launch": "python -m m"}
+    assert launch_lines(NS(world_size=4, nnodes=1, nproc_per_node=4), "-m m") == {
+        "launch": "torchrun --standalone --nproc_per_node=4 -m m"}
+    two = launch_lines(NS(world_size=16, nnodes=2, nproc_per_node=8), "-m m")
+    assert two["launch"] == ("torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d "
+                             "--rdzv_endpoint=$MASTER_ADDR:29500 -m m")
+    assert two["slurm"].startswith("srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=8 torchrun --nnodes=2")
+    assert "--rdzv_id=$SLURM_JOB_ID" in two["slurm"] and two["slurm"].endswith(" -m m")
