@@ -337,6 +337,41 @@ def test_roi_align_matches_a_reference_bilinear_sampler():
                     assert torch.allclose(out[n, r, :, i, j], _bilinear(fmap[n], px, py), atol=1e-5)
 
 
+def test_roi_align_refuses_rois_for_another_number_of_images():
+    with pytest.raises(ValueError, match="2 feature maps but RoIs for 3 images"):
+        roi_align(torch.zeros(2, 3, 12, 12), torch.zeros(3, 1, 4), out=3, image_size=48)
+
+
+def test_retrain_classifier_starts_from_init_steps_with_momentum_and_splits_the_gradients():
+    from paperbook.acsl.detector import retrain_classifier
+
+    torch.manual_seed(0)
+    feats, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 1, 0, 2])
+    init = {"weight": torch.randn(3, 4) * 0.5, "bias": torch.zeros(3)}
+    kw = dict(epochs=2, lr=0.1, batch=6, seed=0)  # one batch of all six rows per epoch
+    assert torch.equal(retrain_classifier(feats, labels, init, "ce", **{**kw, "epochs": 0}).weight, init["weight"])
+    w = init["weight"].clone().requires_grad_()
+    b = init["bias"].clone().requires_grad_()
+    velocity = None
+    for _ in range(2):  # SGD with momentum 0.9 by hand: v = 0.9 v + g; w -= lr v
+        gw, gb = torch.autograd.grad(F.cross_entropy(feats @ w.T + b, labels), (w, b))
+        velocity = (gw, gb) if velocity is None else (0.9 * velocity[0] + gw, 0.9 * velocity[1] + gb)
+        with torch.no_grad():
+            w -= 0.1 * velocity[0]
+            b -= 0.1 * velocity[1]
+    lin = retrain_classifier(feats, labels, init, "ce", **kw)
+    torch.testing.assert_close(lin.weight, w.detach(), rtol=1e-5, atol=1e-6)
+    # the positive / negative gradient of each column, with lr 0 (the same every epoch): for cross-entropy the
+    # per-sample gradient of z_j is p_j − y_j: 1 − p_j from samples of j, p_j from the others
+    stats = {}
+    retrain_classifier(feats, labels, init, "ce", **{**kw, "lr": 0.0, "epochs": 1}, grad_stats=stats)
+    p = torch.softmax(feats @ init["weight"].T, 1)
+    y = F.one_hot(labels, 3).float()
+    torch.testing.assert_close(stats["pos"], ((1 - p) * y).sum(0))
+    torch.testing.assert_close(stats["neg"], (p * (1 - y)).sum(0))
+    torch.testing.assert_close(stats["neg_bg"], (p * (1 - y))[labels == 0].sum(0))
+
+
 def test_box_iou_by_hand():
     # [0, 2]² against [1, 3]² (overlap 1 of 4 + 4 - 1 = 7), itself, and a disjoint box
     iou = box_iou(np.array([[0.0, 0, 2, 2]]), np.array([[1.0, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6]]))
