@@ -201,9 +201,30 @@ def test_feature_loader_round_trip_and_errors(tmp_path):
     np.save(tmp_path / "static" / "Ball_1.npy", np.zeros((40, 5), np.float32))
     with pytest.raises(ValueError, match="width 5 differs"):
         load_features(r, tmp_path, clips=18, frames=36)
+    np.save(tmp_path / "static" / "Ball_1.npy", np.zeros((40, 3, 1), np.float32))  # enough steps, but 3-D
+    with pytest.raises(ValueError, match=r"expected \(36 or more steps, dim\), got \(40, 3, 1\)"):
+        load_features(r, tmp_path, clips=18, frames=36)
+    np.save(tmp_path / "static" / "Ball_1.npy", np.array([{"a": 1}] * 40, dtype=object))  # a pickle inside
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_features(r, tmp_path, clips=18, frames=36)
     (tmp_path / "dynamic" / "Ball_0.npy").unlink()
     with pytest.raises(FileNotFoundError, match="no dynamic features for Ball_0"):
         load_features(r, tmp_path, clips=18, frames=36)
+
+
+def test_elements_are_scaled_to_the_difficulty_and_penalties_mark_frames():
+    # without noise or offsets the features hold the planted patterns alone
+    quiet = dict(noise=0.0, offset=0.0, seed=3)
+    f24, f30 = (generate_features(_routines([d], [10.0]), **quiet) for d in (2.4, 3.0))  # k = 2 elements each
+    assert f24.elements == f30.elements and len(f24.elements[0]) == 2
+    at = [c for t in f24.elements[0] for c in (t, t + 1)]
+    np.testing.assert_allclose(f30.dynamic[0, at], 1.25 * f24.dynamic[0, at], rtol=1e-6)  # 3.0 / (2 · 1.2)
+    rest = np.setdiff1d(np.arange(18), at)
+    np.testing.assert_array_equal(f30.dynamic[0, rest], f24.dynamic[0, rest])  # unpaired halves: not scaled
+    pen = generate_features(_routines([2.4], [10.0], [0.6]), **quiet).static[0]  # E = 10: no execution error
+    marked = np.flatnonzero(np.abs(pen).sum(1) > 0)
+    assert len(marked) == 2 and np.array_equal(pen[marked[0]], pen[marked[1]])  # 0.6 / 0.3 frames, one pattern
+    assert not generate_features(_routines([2.4], [10.0]), **quiet).static.any()
 
 
 def test_claims_follow_crafted_correlations():
