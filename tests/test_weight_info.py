@@ -25,6 +25,8 @@ def test_corruption_rate_and_refusals():
     assert abs(redrawn.float().mean().item() - 0.5) < 0.02
     assert abs((noisy != y).float().mean().item() - 0.45) < 0.02  # redrawn, and landed on another class
     assert torch.equal(noisy[~redrawn], y[~redrawn])
+    drawn = torch.bincount(noisy[redrawn], minlength=10).float() / int(redrawn.sum())
+    assert drawn.shape == (10,) and float((drawn - 0.1).abs().max()) < 0.015  # uniform over all 10 classes
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got 1.5"):
         corrupt(y, 1.5)
     with pytest.raises(ValueError, match="empty"):
@@ -216,6 +218,22 @@ def test_cifar_folder_splits_batches_1_to_4_train_5_validation(tmp_path):
     assert s["val"].X.max().item() == pytest.approx(204 / 255) and s["test"].X.max().item() == 1.0  # in [0, 1]
 
 
+def test_fashion_mnist_is_train_and_test_pooled_and_scaled(monkeypatch):
+    import paperbook.data
+
+    fake = {"X_train": np.full((6, 28, 28), 255, np.uint8), "y_train": np.arange(6),
+            "X_test": np.zeros((4, 28, 28), np.uint8), "y_test": np.arange(6, 10)}
+    monkeypatch.setattr(paperbook.data, "load_fashion_mnist", lambda: fake)
+    s = load_images("fashion-mnist", n_train=5, n_val=3, n_test=2, seed=0)
+    X = torch.cat([s[k].X for k in s])
+    y = torch.cat([s[k].y for k in s])
+    assert sorted(y.tolist()) == list(range(10)) and X.shape == (10, 1, 28, 28)
+    assert set(X.flatten().tolist()) == {0.0, 1.0} and torch.equal(X[y < 6].amin((1, 2, 3)), torch.ones(6))
+    monkeypatch.setattr(paperbook.data, "load_fashion_mnist", lambda: None)
+    with pytest.raises(FileNotFoundError, match="paperbook data fetch fashion_mnist"):
+        load_images("fashion-mnist")
+
+
 def test_image_splits_are_disjoint_and_sized():
     s = load_images("digits", n_train=300, n_val=100, n_test=50, seed=3)
     assert [len(s[k]) for k in ("train", "val", "test")] == [300, 100, 50]
@@ -228,6 +246,8 @@ def test_image_splits_are_disjoint_and_sized():
     digits = load_digits()
     want = np.c_[digits.data, digits.target]
     assert np.array_equal(got[np.lexsort(got.T)], want[np.lexsort(want.T)])
+    assert not torch.equal(full["train"].y[:50], torch.tensor(digits.target[:50]))  # shuffled, not the file order
+    assert not torch.equal(load_images("digits", n_train=300, n_val=100, n_test=50, seed=4)["train"].y, s["train"].y)
     with pytest.raises(ValueError, match=r"1000 \+ 400 \+ 398 images asked for, digits has 1797"):
         load_images("digits", n_train=1000, n_val=400, n_test=398)
 
@@ -235,6 +255,10 @@ def test_image_splits_are_disjoint_and_sized():
 def test_models_and_bad_names():
     for kind in ("mlp", "cnn"):
         assert make_model(kind, (3, 32, 32))(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    layers = lambda kind: [type(m).__name__ for m in make_model(kind, (1, 8, 8), width=16)]
+    assert layers("mlp") == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert layers("cnn") == ["Conv2d", "ReLU", "Conv2d", "ReLU", "AdaptiveAvgPool2d", "Flatten", "Linear", "ReLU",
+                             "Linear"]
     with pytest.raises(ValueError, match="unknown model 'vit'"):
         make_model("vit", (1, 8, 8))
     with pytest.raises(ValueError, match="unknown image set 'svhn'"):
