@@ -274,6 +274,18 @@ def test_network_shapes_and_dropped_branches():
         assert torch.allclose(m(xc, xp, None, ext), torch.tanh(m.branches[0](xc)), atol=1e-6)
 
 
+def test_the_network_is_built_as_the_config_says():
+    kinds = lambda m: [type(x).__name__ for x in m.modules()]
+    m = STResNet(2, 6, 6, lc=2, lp=1, lq=1, ch=4, units=2, deformable=True, modulated=True)
+    assert len(m.deformable_layers()) == 3 * 2 * 2 and all(d.modulated for d in m.deformable_layers())
+    assert kinds(m).count("BatchNorm2d") == 3 * 2 * 2
+    assert "BatchNorm2d" not in kinds(STResNet(2, 6, 6, ch=4, units=2, bn=False))
+    # each branch: Conv1, the residual units, ReLU, Conv2 (ST-ResNet's branch, as the class docstring says)
+    assert [type(x).__name__ for x in m.branches[0].net] == ["Conv2d", "ResUnit", "ResUnit", "ReLU", "Conv2d"]
+    W = m.W.detach()  # the fusion matrices start uniform in [0, 1)
+    assert W.shape == (3, 2, 6, 6) and 0 <= float(W.min()) and float(W.max()) < 1 and 0.2 < float(W.std()) < 0.4
+
+
 def test_residual_units_add_their_input():
     torch.manual_seed(0)
     u = ResUnit(3, deformable=True).eval()
@@ -295,6 +307,14 @@ def test_training_keeps_the_best_validation_epoch_and_predicts_on_the_data_scale
     best = int(np.argmin(res["val"]))
     assert res["best_epoch"] == best != len(res["val"]) - 1  # at this learning rate the last epoch is not the best
     assert rmse(predict(m, va, scaler), va.y) == pytest.approx(res["val"][best])  # its weights are restored
+    assert m.training  # predict puts the model back in training mode
+    weights = []
+    for seed in (0, 1):  # the same start, batches drawn in another order
+        torch.manual_seed(0)
+        m = STResNet(2, 6, 6, lc=2, ch=4, units=1)
+        train(m, tr, va, scaler, epochs=1, lr=0.05, batch=8, seed=seed)
+        weights.append(m.W.detach().clone())
+    assert not torch.equal(*weights)
 
     class Zero(torch.nn.Module):  # predicts 0 on the scaled range [-1, 1]: the middle of the data's range
         def forward(self, xc, xp, xq, ext):
