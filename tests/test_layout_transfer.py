@@ -42,6 +42,8 @@ def test_graphwave_structural_equivalence():
     assert np.linalg.norm(emb[0] - emb[6]) > 0.5  # a clique node and a path node
     with pytest.raises(ValueError, match="'auto', 'dense' or 'cheb'"):
         graphwave(G, method="exact")
+    with pytest.raises(ValueError, match="at least two nodes, got 1"):
+        graphwave(nx.path_graph(1))
 
 
 def test_graphwave_and_its_scales_by_hand():
