@@ -167,6 +167,8 @@ def test_pack_layout():
     X[65, 1] = 1
     w = pack(X)
     assert w.shape == (2, 2) and w[1, 1] == 2 and w[0].sum() == 0
+    assert pack(np.ones((64, 1), np.uint8)).tolist() == [[2**64 - 1]]  # 64 minterms fill exactly one word
+    assert pack(np.ones((65, 1), np.uint8)).tolist() == [[2**64 - 1, 1]]
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -190,11 +192,30 @@ def test_binary_aiger_hand_encoded():
     g.outputs = [g.AND(g.input(0), g.input(1) ^ 1)]  # x0 ∧ ¬x1: node 6 = 4 ∧ 3... as 2 ∧ 5
     # header, output literal, then deltas 6-5=1 and 5-2=3
     assert to_aiger(g) == b"aig 3 2 0 1 1\n6\n\x01\x03"
+    # ASCII: inputs, output, then 'lhs rhs0 rhs1' with rhs0 >= rhs1, as the AIGER format requires
+    assert to_aiger(g, binary=False) == b"aag 3 2 0 1 1\n2\n4\n6\n6 5 2\n"
+    from paperbook.iwls.aig import _varint
+
+    # 7 bits per byte, low bits first, the high bit set on all but the last (AIGER's delta encoding)
+    assert [_varint(x) for x in (0, 127, 128, 300, 16384)] == [b"\x00", b"\x7f", b"\x80\x01", b"\xac\x02",
+                                                             b"\x80\x80\x01"]
+    g = AIG(200)  # an AND of inputs far apart: deltas of 2 bytes, read back
+    g.outputs = [g.AND(g.input(0), g.input(199))]
+    back = from_aiger(to_aiger(g))
+    X = np.random.default_rng(0).integers(0, 2, (50, 200)).astype(np.uint8)
+    assert (simulate(back, X) == simulate(g, X)).all()
 
 
 def test_bad_aiger_is_an_error():
     with pytest.raises(ValueError, match="not an AIGER file"):
         from_aiger(b"hello\n")
+    for head in (b"abc 1 1 0 1 0\n", b"aag 1 x 0 1 0\n"):
+        with pytest.raises(ValueError, match="not an AIGER file"):
+            from_aiger(head + b"2\n2\n")
+    with pytest.raises(ValueError, match="inputs must be 2, 4, 6"):
+        from_aiger(b"aag 2 2 0 1 0\n2\n6\n2\n")
+    with pytest.raises(ValueError, match="literal 8 used before its node is defined"):
+        from_aiger(b"aag 4 2 0 1 2\n2\n4\n6\n6 8 2\n8 4 2\n")
     with pytest.raises(ValueError, match="latches"):
         from_aiger(b"aag 1 0 1 0 0\n2 3\n")
     with pytest.raises(ValueError, match="ends inside the AND section"):
@@ -204,6 +225,8 @@ def test_bad_aiger_is_an_error():
 def test_simulate_rejects_wrong_width():
     with pytest.raises(ValueError, match="2 inputs, the minterms 3"):
         simulate(AIG(2), np.zeros((4, 3), np.uint8))
+    with pytest.raises(ValueError, match="the PLA has '-' inputs"):
+        simulate(AIG(2), np.array([[0, 2]], np.uint8))  # a don't-care input is no minterm
 
 
 @needs_abc
