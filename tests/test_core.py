@@ -479,3 +479,29 @@ def test_launch_lines_by_hand():
                              "--rdzv_endpoint=$MASTER_ADDR:29500 -m m")
     assert two["slurm"].startswith("srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=8 torchrun --nnodes=2")
     assert "--rdzv_id=$SLURM_JOB_ID" in two["slurm"] and two["slurm"].endswith(" -m m")
+
+
+@dataclass(kw_only=True)
+class Loose(BaseConfig):
+    tags: list = field(default_factory=list)  # no element type: items kept as given
+    extra: dict = field(default_factory=dict)
+    where: Path = Path("data")
+    derived: int = field(default=0, init=False)  # computed, not settable
+
+
+def test_untyped_lists_dicts_paths_and_computed_fields():
+    from paperbook.core import apply_overrides
+
+    cfg = apply_overrides(Loose(), {"tags": "a,b", "extra": '{"k": 1}', "where": Path("/tmp/w")})
+    assert (cfg.tags, cfg.extra, cfg.where) == (["a", "b"], {"k": 1}, Path("/tmp/w"))
+    with pytest.raises(ValueError, match=r"override 'extra' expects dict, got '\[1, 2\]'"):
+        apply_overrides(Loose(), {"extra": "[1, 2]"})
+    assert "derived" not in config_keys(Loose())
+    with pytest.raises(ValueError, match="unknown override 'derived'"):
+        apply_overrides(Loose(), {"derived": 3})
+
+
+def test_integers_in_exponent_form():
+    assert resolve(CH, "cpu-toy", {"steps": "1e3"}).steps == 1000
+    with pytest.raises(ValueError, match="override 'steps' expects int, got '2.5'"):
+        resolve(CH, "cpu-toy", {"steps": "2.5"})
