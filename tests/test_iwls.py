@@ -606,7 +606,7 @@ def test_cli_plan_by_hand():
     assert [m for m, _ in full] == ["tree"] * 5 + ["forest", "espresso", "lut", "fringe", "fringe", "support",
                                                     "boost", "symmetric", "arith", "chain"]
     assert dict(full[5:8]) == {"forest": {"seed": 3}, "espresso": {"timeout_s": 7.0}, "lut": {"seed": 3}}
-    assert full[8:11] == [("fringe", {"max_depth": 10, "seed": 3}), ("fringe", {"max_depth": 14, "seed": 3}),
+    assert full[8:12] == [("fringe", {"max_depth": 10, "seed": 3}), ("fringe", {"max_depth": 14, "seed": 3}),
                           ("support", {"timeout_s": 7.0, "seed": 3}), ("boost", {"seed": 3})]
 
 
