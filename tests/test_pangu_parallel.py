@@ -233,7 +233,7 @@ def test_clip_grads_returns_the_norm_and_scales_down_only():
     from paperbook.pangu.parallel import clip_grads
 
     par = build_parallel(SMALL, ParallelPlan(), eod_id=0)
-    ids = synthetic_rows(4, 16, 96)[:, :16]
+    ids = synthetic_rows(4, 16, 96)  # (4, 16)
     par.modules[0](ids, ids=ids).logsumexp(-1).sum().backward()
     grads = [p.grad.clone() for p in par.parameters()]  # the tied matrix once
     norm = float(torch.cat([g.flatten() for g in grads]).double().norm())
@@ -258,7 +258,7 @@ def test_rematerialisation_recomputes_every_layer_and_selective_keeps_the_matmul
             self.n[func.overloadpacket.__name__] += 1
             return func(*args, **(kwargs or {}))
 
-    ids = synthetic_rows(4, 16, 96)[:, :16]
+    ids = synthetic_rows(4, 16, 96)  # (4, 16)
     sdpa, recomputed = "_scaled_dot_product_flash_attention_for_cpu", {}
     for remat in ("off", "full", "selective"):
         (stage,) = build_parallel(SMALL, ParallelPlan(remat=remat), eod_id=0).modules
