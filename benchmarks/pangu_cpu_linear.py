@@ -15,8 +15,6 @@ not assert.
 """
 
 import argparse
-import dataclasses
-import json
 import os
 import statistics
 import subprocess
@@ -28,10 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pangu_allocator import paired_ratios, side_by_side  # noqa: E402
-from pangu_throughput import BENCH, warmed_up  # noqa: E402
+from pangu_throughput import BENCH, alternating, write_record  # noqa: E402
 
 from paperbook.core import resolve  # noqa: E402
-from paperbook.pangu.distributed import train_parallel  # noqa: E402
 from paperbook.pangu.train import cpuinfo_field, onednn_available, onednn_linear, pick_cpu_linear  # noqa: E402
 
 M = BENCH["train.batch_size"] * BENCH["model.seq_len"]  # rows of a batch
@@ -77,12 +74,7 @@ def kernels(blocks: int) -> dict:
 def trainer(blocks: int, steps: int) -> dict:
     "tokens/s of the trainer with train.cpu_linear aten and onednn in alternating blocks of `steps` steps."
     cfg = resolve("pangu-alpha", "cpu-toy", {**BENCH, "device": "cpu"})
-    par, rows, kw = warmed_up(cfg)
-    runs = {"aten": [], "onednn": []}
-    for b in range(blocks):
-        for kernel in list(runs)[:: 1 if b % 2 == 0 else -1]:
-            r = train_parallel(par, rows, train=dataclasses.replace(cfg.train, steps=steps, cpu_linear=kernel), **kw)
-            runs[kernel].append(r["tokens"] / r["seconds"])
+    runs = alternating(cfg, {k: {"cpu_linear": k} for k in ("aten", "onednn")}, blocks, steps)
     ratios = [d / a for a, d in zip(runs["aten"], runs["onednn"], strict=True)]
     summarise(f"trainer in one process, {torch.get_num_threads()} threads", runs, ratios)
     return {"tokens_per_s": runs, "ratios": ratios}
@@ -128,9 +120,7 @@ def main():
            "kernels": kernels(args.blocks), "trainer": trainer(args.blocks, args.steps),
            "trainer_side_by_side": trainer_side_by_side(args.blocks, args.steps), "steps_per_block": args.steps}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
-        print(f"wrote {args.json}")
+        write_record(args.json, out)
 
 
 if __name__ == "__main__":

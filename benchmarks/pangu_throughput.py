@@ -39,6 +39,13 @@ BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, 
          "data.synthetic_rows": 256, "train.warmup": 0}  # no warm-up: any --steps; the work per step is the same
 
 
+def write_record(path: str, record: dict) -> None:
+    "Write a benchmark's figures as JSON to `path` (its folder made if missing) and say so."
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=1))
+    print(f"wrote {path}")
+
+
 def matmul_peak(device, dtype, n=2048, k=384 * 4, reps=10, kernel="aten") -> float:
     "Best FLOP/s of an (n × k) @ (k × k) matmul, the shape of the model's FFN matmuls, by ATen or (CPU) oneDNN."
     a, b = torch.randn(n, k, device=device, dtype=dtype), torch.randn(k, k, device=device, dtype=dtype)
@@ -74,13 +81,22 @@ GROUPS = {  # profiler op names -> where the time goes
 }
 
 
-def time_by_group(averages) -> dict:
-    "Share of the self CPU time of each group of ops (the rest: element-wise, copies, the Python loop)."
+def group_of(name: str) -> str | None:
+    "The group of GROUPS whose keys occur in the op or range name `name`, or None."
+    name = name.lower()
+    return next((g for g, keys in GROUPS.items() if any(k in name for k in keys)), None)
+
+
+def time_by_group(events) -> dict:
+    """Share of the self CPU time of each group of ops (the rest: element-wise, copies, the Python loop). An op
+    without a group of its own counts for the nearest enclosing op or range that has one: the per-tensor `mul_`s of
+    a foreach optimizer step run inside `Optimizer.step#AdamW.step`, the copies of an attention inside SDPA."""
     out = dict.fromkeys([*GROUPS, "other"], 0.0)
-    for ev in averages:
-        name = ev.key.lower()
-        group = next((g for g, keys in GROUPS.items() if any(k in name for k in keys)), "other")
-        out[group] += ev.self_cpu_time_total
+    for ev in events:
+        group, up = None, ev
+        while group is None and up is not None:
+            group, up = group_of(up.name), up.cpu_parent
+        out[group or "other"] += ev.self_cpu_time_total
     total = sum(out.values()) or 1.0
     return {g: v / total for g, v in out.items()}
 
@@ -94,6 +110,19 @@ def warmed_up(cfg):
     kw = dict(eod_id=0, device=device, autocast_dtype=amp)
     train_parallel(par, rows, train=dataclasses.replace(cfg.train, steps=3), **kw)
     return par, rows, kw
+
+
+def alternating(cfg, variants: dict, blocks: int, steps: int) -> dict:
+    """name -> tokens/s per block: one warmed-up trainer of `cfg` trained with each variant's `train` fields (name ->
+    {field: value}) in turn, in blocks of `steps` steps, the order reversed every other block, so that a machine
+    whose speed drifts slows all alike."""
+    par, rows, kw = warmed_up(cfg)
+    runs = {name: [] for name in variants}
+    for b in range(blocks):
+        for name in list(runs)[:: 1 if b % 2 == 0 else -1]:
+            r = train_parallel(par, rows, train=dataclasses.replace(cfg.train, steps=steps, **variants[name]), **kw)
+            runs[name].append(r["tokens"] / r["seconds"])
+    return runs
 
 
 def single(cfg, steps: int, profile: bool) -> dict:
@@ -111,7 +140,7 @@ def single(cfg, steps: int, profile: bool) -> dict:
             train_parallel(par, rows, train=short, **kw)
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(p.key_averages().table(sort_by=key, row_limit=12))
-        groups = time_by_group(p.key_averages())
+        groups = time_by_group(p.events())
         print("  ".join(f"{g} {100 * v:.0f}%" for g, v in groups.items()))
     return {"tokens_per_s": res["tokens"] / res["seconds"], "device": device,
             "dtype": kw["autocast_dtype"] or torch.float32, "profile": groups}
@@ -230,9 +259,7 @@ def report(cfg, n: int, results: dict, args, peak: float | None = None, by_kerne
                "seq_len": T, "batch_size": cfg.train.batch_size, "threads": threads,
                "peak_flops": peak, "peak_by_kernel": by_kernel, "dtype": str(r["dtype"]), "device": str(r["device"]),
                "steps": args.steps, "torch": torch.__version__, "cpus": os.cpu_count(), "variants": rows}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
-        print(f"wrote {args.json}")
+        write_record(args.json, out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from paperbook.pangu.distributed import (CkptConfig, build_parallel, latest_chec
                                         train_parallel)
 from paperbook.pangu.model import SIZES, ModelConfig, PanguAlpha
 from paperbook.pangu.parallel import ParallelPlan, apply_remat, split_stages, stage_layers
-from paperbook.pangu.train import TrainConfig, next_token_targets, train_lm
+from paperbook.pangu.train import TrainConfig, fusable, make_optimizer, next_token_targets, train_lm
 
 from helpers import ENV, cli, torchrun
 
@@ -205,6 +205,57 @@ def test_both_trainers_build_adamw_with_the_table5_settings(monkeypatch):
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match=f"train.beta2 must lie in \\(0, 1\\), got {bad}"):
             TrainConfig(beta2=bad)
+
+
+def test_adamw_is_fused_where_its_kernel_takes_the_parameters(monkeypatch):
+    seen = []
+
+    class Spy(torch.optim.AdamW):
+        def __init__(self, params, **kw):
+            seen.append(kw.get("fused", False))
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    rows = synthetic_rows(16, 16, 96)
+    for fused in (True, False):
+        kw = dict(eod_id=0, train=TrainConfig(steps=1, batch_size=2, warmup=0, fused=fused))
+        train_lm(PanguAlpha(SMALL), rows, **kw)
+        train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, **kw)
+    assert seen == [True, True, False, False]
+    sgd = make_optimizer([{"params": [torch.nn.Parameter(torch.ones(2))]}], "sgd", 0.1)
+    assert type(sgd) is torch.optim.SGD and not sgd.defaults.get("fused")
+
+    class Fake:  # what the rule reads of a tensor: its device and whether it is a float
+        def __init__(self, device, shard=False):
+            self.device = torch.device(device)
+            if shard:
+                self.to_local = None  # as a DTensor has
+
+        def is_floating_point(self):
+            return True
+
+    plain = [torch.ones(3), torch.ones(2, 2, dtype=torch.float64)]
+    assert fusable([{"params": plain}, {"params": []}]) and fusable([{"params": [Fake("cuda:1")]}])
+    for params in ([], [torch.ones(3), Fake("cpu", shard=True)], [torch.ones(3, dtype=torch.long)],
+                   [torch.ones(3, device="meta")], [torch.ones(3), torch.ones(3, device="meta")],
+                   [Fake("cuda:0"), Fake("cuda:1")]):
+        assert not fusable([{"params": params}]), params
+    meta = make_optimizer([{"params": [torch.nn.Parameter(torch.ones(2, device="meta"))]}], "adamw", 0.1)
+    assert not meta.defaults.get("fused")  # the fused kernel would refuse these parameters
+
+
+def test_fused_and_per_tensor_adamw_train_alike():
+    rows = synthetic_rows(64, 16, 96, mean_doc=6)
+    runs = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = PanguAlpha(SMALL)
+        losses = train_lm(model, rows, eod_id=0, train=TrainConfig(steps=5, batch_size=8, lr=3e-3, warmup=1,
+                                                                    fused=fused))
+        runs.append((losses, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (a, wa), (b, wb) = runs
+    assert len(a) == len(b) == 5 and a[0] == b[0]  # the first loss comes before any update
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5 and (wa - wb).abs().max() < 1e-5
 
 
 def test_compiled_forward_and_loss_train_like_eager_and_refuse_a_pipeline():

@@ -22,7 +22,8 @@ from .model import ModelConfig, PanguAlpha, num_params
 from .parallel import ParallelPlan, Parallelized, build_mesh, clip_grads, parallelize
 from .parallel import sync_tied_grads
 from .schedule import recording_schedule
-from .train import TrainConfig, cpu_linear, lr_at, make_optimizer, next_token_targets, optimizer_spec
+from .train import (TrainConfig, cpu_linear, fusable, lr_at, make_optimizer, next_token_targets,
+                                   optimizer_spec)
 from .train import param_groups
 
 # %% auto #0
@@ -182,7 +183,8 @@ class CkptConfig:
 def _optimizer(par: Parallelized, train: TrainConfig, checkpointing: bool) -> torch.optim.Optimizer:
     "The optimiser over this rank's parameters (ZeRO-1 when the plan asks for it)."
     if not par.plan.zero1:
-        opt = make_optimizer(param_groups(par, train.weight_decay), train.optimizer, train.lr, train.beta2)
+        opt = make_optimizer(param_groups(par, train.weight_decay), train.optimizer, train.lr, train.beta2,
+                             train.fused)
         _no_foreach_if_mixed(opt)
         return opt
     if checkpointing:
@@ -190,8 +192,9 @@ def _optimizer(par: Parallelized, train: TrainConfig, checkpointing: bool) -> to
                          "ZeroRedundancyOptimizer; use dp_shard (FSDP2) to shard optimizer state and checkpoint")
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    cls, settings = optimizer_spec(train.optimizer, train.beta2)
-    return ZeroRedundancyOptimizer(param_groups(par, train.weight_decay), optimizer_class=cls, lr=train.lr,
+    groups = param_groups(par, train.weight_decay)
+    cls, settings = optimizer_spec(train.optimizer, train.beta2, train.fused and fusable(groups))
+    return ZeroRedundancyOptimizer(groups, optimizer_class=cls, lr=train.lr,
                                    **settings, process_group=par.mesh["dp_replicate"].get_group())
 
 # %% ../../nbs/01g_pangu_distributed.ipynb #115ba9ba

@@ -18,9 +18,9 @@ from ..core import Count, NonNegFloat, NonNegInt, PositiveFloat, progress
 from ..dist import reuse_freed_memory
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'CPU_LINEARS', 'onednn_linear', 'TrainConfig', 'param_groups', 'optimizer_spec', 'make_optimizer',
-           'lr_at', 'next_token_targets', 'lm_loss', 'perplexity', 'onednn_available', 'cpuinfo_field', 'cpu_vendor',
-           'pick_cpu_linear', 'cpu_linear', 'train_lm']
+__all__ = ['OPTIMIZERS', 'CPU_LINEARS', 'onednn_linear', 'TrainConfig', 'param_groups', 'fusable', 'optimizer_spec',
+           'make_optimizer', 'lr_at', 'next_token_targets', 'lm_loss', 'perplexity', 'onednn_available',
+           'cpuinfo_field', 'cpu_vendor', 'pick_cpu_linear', 'cpu_linear', 'train_lm']
 
 # %% ../../nbs/01d_pangu_train.ipynb #0be01ddc
 OPTIMIZERS = ("adamw", "sgd")
@@ -42,6 +42,7 @@ class TrainConfig:
     compile: bool = False  # parallel trainer: torch.compile the forward and the loss (not with pp or tp > 1)
     reuse_memory: bool = True  # on the CPU: malloc keeps freed memory for the next step (dist.reuse_freed_memory)
     cpu_linear: str = "auto"  # on the CPU: the trainers' fp32 nn.Linear products by "onednn", "aten" or "auto"
+    fused: bool = True  # AdamW by its fused kernel where it takes the parameters (fusable), else PyTorch's default
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -65,18 +66,29 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 # %% ../../nbs/01d_pangu_train.ipynb #4bc89947
-def optimizer_spec(name: str, beta2: float = 0.95) -> tuple[type, dict]:
-    "(class, settings) of AdamW(β1 0.9, β2, ε 1e-8) as Table 5 trains (β2 per model size), or plain SGD."
+def fusable(groups: list[dict]) -> bool:
+    "Whether AdamW's fused kernel takes the groups' parameters: plain (not DTensor) floats on one CPU or CUDA device."
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device for p in params}
+    return (len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda")
+            and all(p.is_floating_point() and not hasattr(p, "to_local") for p in params))
+
+
+def optimizer_spec(name: str, beta2: float = 0.95, fused: bool = False) -> tuple[type, dict]:
+    """(class, settings) of AdamW(β1 0.9, β2, ε 1e-8) as Table 5 trains (β2 per model size), or plain SGD.
+    `fused`: AdamW by PyTorch's fused kernel, one pass over each tensor; else PyTorch's default, a loop of per-tensor
+    ops on the CPU (foreach kernels on CUDA). The same update up to rounding."""
     if name == "adamw":
-        return torch.optim.AdamW, {"betas": (0.9, beta2), "eps": 1e-8}
+        return torch.optim.AdamW, {"betas": (0.9, beta2), "eps": 1e-8, "fused": fused}
     if name == "sgd":
         return torch.optim.SGD, {}
     raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 # %% ../../nbs/01d_pangu_train.ipynb #22435938
-def make_optimizer(groups: list[dict], name: str, lr: float, beta2: float = 0.95) -> torch.optim.Optimizer:
-    "The optimizer `name` (see `optimizer_spec`) over parameter groups."
-    cls, settings = optimizer_spec(name, beta2)
+def make_optimizer(groups: list[dict], name: str, lr: float, beta2: float = 0.95,
+                   fused: bool = True) -> torch.optim.Optimizer:
+    "The optimizer `name` (see `optimizer_spec`) over parameter groups; AdamW fused if `fused` and `fusable`."
+    cls, settings = optimizer_spec(name, beta2, fused and fusable(groups))
     return cls(groups, lr=lr, **settings)
 
 # %% ../../nbs/01d_pangu_train.ipynb #9d792d76
@@ -224,7 +236,8 @@ def cpu_linear(modules, kernel: str = "auto"):
 def train_lm(model, data: torch.Tensor, *, eod_id: int, train: TrainConfig, seed: int = 0,
              desc: str = "train") -> list[float]:
     "Train `model` on rows of `data` with the `train` settings (AdamW, warm-up + cosine, clipping); the losses."
-    opt = make_optimizer(param_groups(model, train.weight_decay), train.optimizer, train.lr, train.beta2)
+    opt = make_optimizer(param_groups(model, train.weight_decay), train.optimizer, train.lr, train.beta2,
+                         train.fused)
     if train.reuse_memory and next(model.parameters()).device.type == "cpu":
         reuse_freed_memory()  # the step's large tensors reuse memory instead of page-faulting fresh pages
     g = torch.Generator().manual_seed(seed)
