@@ -10,8 +10,8 @@ are not counted, as in the usual 6N estimate). Prints, does not assert.
     python benchmarks/pangu_throughput.py --set train.reuse_memory=false     # malloc maps fresh pages each step
     python benchmarks/pangu_throughput.py --set train.cpu_linear=aten         # nn.Linear by MKL (default: auto)
     python benchmarks/pangu_throughput.py --compare --json nbs/records/pangu-alpha/throughput_xeon.json
-                    # fresh pages / MKL linear / oneDNN linear / compiled, each round in a fresh process,
-                    # alternately, with profiles (name the record after the machine)
+                    # fresh pages / MKL linear / oneDNN linear / compiled / AdamW unfused, each round in a
+                    # fresh process, alternately, with profiles (name the record after the machine)
     python benchmarks/pangu_throughput.py --nproc 2 --set parallel.dp_shard=2   # distributed, through torchrun
     python benchmarks/pangu_throughput.py --preset gpu-1 --steps 50           # on a GPU (bf16 autocast)
 """
@@ -197,8 +197,10 @@ def main():
 
 
 COMPARE = {"eager, fresh pages": {"train.reuse_memory": False}, "eager, MKL linear": {"train.cpu_linear": "aten"},
-           "eager, oneDNN linear": {"train.cpu_linear": "onednn"}, "compiled": {"train.compile": True}}
-# the default eager trainer is one of the two linear variants: the one train.cpu_linear="auto" picks (in the record)
+           "eager, oneDNN linear": {"train.cpu_linear": "onednn"}, "compiled": {"train.compile": True},
+           "eager, AdamW unfused": {"train.fused": False}}
+# the default eager trainer is one of the two linear variants: the one train.cpu_linear="auto" picks (in the record);
+# every variant but the last runs AdamW fused (train.fused, the default)
 
 
 def compare(args, sets: dict, n: int, cfg) -> None:
@@ -258,7 +260,8 @@ def report(cfg, n: int, results: dict, args, peak: float | None = None, by_kerne
         out = {"cpu": cpuinfo_field("model name"), "cpu_linear_auto": pick_cpu_linear("auto"), "params": n,
                "seq_len": T, "batch_size": cfg.train.batch_size, "threads": threads,
                "peak_flops": peak, "peak_by_kernel": by_kernel, "dtype": str(r["dtype"]), "device": str(r["device"]),
-               "steps": args.steps, "torch": torch.__version__, "cpus": os.cpu_count(), "variants": rows}
+               "steps": args.steps, "torch": torch.__version__, "cpus": os.cpu_count(), "variants": rows,
+               "profile_by": "nearest enclosing group"}  # time_by_group's rule (older records: each op by its name)
         write_record(args.json, out)
 
 
