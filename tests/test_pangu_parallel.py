@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from paperbook.core import resolve
-from paperbook.pangu.cluster import GiB, dry_run, memory_plan
+from paperbook.pangu.cluster import GiB, draw_mesh, dry_run, memory_plan, placement, plan_report
 from paperbook.pangu.distributed import (CkptConfig, build_parallel, latest_checkpoint, synthetic_rows,
                                         train_parallel)
-from paperbook.pangu.model import SIZES, ModelConfig, PanguAlpha
+from paperbook.pangu.model import SIZES, ModelConfig, PanguAlpha, num_params
 from paperbook.pangu.parallel import ParallelPlan, apply_remat, split_stages, stage_layers
 from paperbook.pangu.train import TrainConfig, fusable, make_optimizer, next_token_targets, train_lm
 
@@ -406,6 +406,72 @@ def test_memory_plan_by_hand():
     assert (big["fits_32GB"], big["fits_80GB"]) == (False, True)
     with pytest.raises(ValueError, match="batch_size 4 gives no sequence to each of dp × microbatches = 2 × 4"):
         memory_plan(cfg, plan, batch_size=4, local_params=1)
+
+
+def test_dry_run_refuses_a_rank_outside_the_world_and_a_live_group():
+    for rank in (-1, 2):
+        with pytest.raises(ValueError, match=f"rank {rank} is outside the world of 2"):
+            dry_run(SMALL, ParallelPlan(tp=2), rank)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="needs a process without a process group"):
+            dry_run(SMALL, ParallelPlan(tp=2), 0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_memory_plan_schedules_stages_remat_and_sequence_by_hand():
+    cfg = ModelConfig(vocab_size=1000, seq_len=128, num_layers=8, d=256, num_heads=4)
+    h = 256
+
+    def acts(seq_len=None, **plan):
+        m = memory_plan(cfg, ParallelPlan(**plan), batch_size=16, local_params=1, seq_len=seq_len)
+        return m["activations_GiB"] * GiB
+
+    layer = lambda b, s=128: 34 * s * b * h  # one layer's stored activations, micro-batch b
+    # 1F1B keeps min(pp, microbatches) micro-batches in flight: pp 4 → 2 layers here, micro-batch 16 / 2 = 8
+    assert acts(pp=4, microbatches=2) == pytest.approx(2 * 2 * layer(8))
+    assert acts(pp=2, microbatches=4, schedule="gpipe") == pytest.approx(4 * 4 * layer(4))  # GPipe: all four
+    # selective recomputation stores what "off" stores per layer (attention is fused), plus one layer recomputed
+    assert acts(pp=2, microbatches=4, remat="selective") == pytest.approx(2 * 4 * layer(4) + layer(4))
+    # interleaved: 2 stages of 8 // 4 = 2 layers on each rank
+    assert acts(pp=2, microbatches=4, stages_per_rank=2, schedule="interleaved-1f1b") == pytest.approx(
+        2 * 4 * layer(4))
+    short = memory_plan(cfg, ParallelPlan(), batch_size=16, local_params=1, seq_len=64)
+    assert short["activations_GiB"] * GiB == pytest.approx(8 * layer(16, s=64))
+    assert short["logits_GiB"] * GiB == pytest.approx(3 * 4 * 64 * 16 * 1000)
+    m = memory_plan(cfg, ParallelPlan(), batch_size=16, local_params=2_062_500_000)  # 33e9 bytes of states
+    assert 32e9 < m["total_GiB"] * GiB < 32 * GiB and not m["fits_32GB"]  # the card's 32 GB are decimal here
+
+
+def test_placement_and_the_one_process_report_by_hand():
+    assert placement(ParallelPlan(tp=2, pp=3, dp_shard=2), per_node=4) == (
+        "4 ranks per server: an op-level group spans 1 server(s), a pipeline 2 (its stages on neighbouring "
+        "servers), the data-parallel groups all 3 (across racks, §4.1)")  # spans of 2, 6 and 12 ranks
+    for layers in (4, 64):  # a 64-layer model that is not the 200B one gets no quotation of the report
+        cfg = resolve("pangu-alpha", "cpu-toy", {"model.num_layers": layers})
+        out = plan_report(cfg)
+        assert "report_says" not in out and [k for k in out if k.startswith("rank_")] == ["rank_0"]
+        assert out["schedule"] == "no pipeline, remat off"
+        assert out["rank_0"].startswith(f"the whole model: {num_params(cfg.model) / 1e6:,.1f}M params")
+
+
+def test_draw_mesh_labels_ranks_layers_and_shards():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cfg = ModelConfig(vocab_size=96, seq_len=16, num_layers=8, d=32, num_heads=4)
+    plan = ParallelPlan(dp_replicate=2, dp_shard=2, pp=2, stages_per_rank=2, schedule="interleaved-1f1b",
+                        microbatches=4)
+    texts = {t.get_text() for t in draw_mesh(plan, cfg).texts}
+    # row 1 of 4 is replica 0, shard 1; stage column 1 holds stages 1 and 3: rank ((0·2 + 1)·2 + 1)·1 = 3
+    assert "rank 3\nL2–3, L6–7\ntp 1/1, dp 2/4\nstores 1/2" in texts and len(texts) == 8
+    assert "rank 4\nL0–1, L4–5\ntp 1/1, dp 3/4\nstores 1/2" in texts  # row 2: replica 1, shard 0
+    draw_mesh(ParallelPlan(dp_shard=64), cfg)
+    with pytest.raises(ValueError, match="65 ranks are too many"):
+        draw_mesh(ParallelPlan(dp_shard=65), cfg)
 
 
 def test_paperbook_plan_prints_the_2048_plan():

@@ -88,7 +88,6 @@ def placement(plan: ParallelPlan, per_node: int) -> str:
             f"{nodes(dp_span)} (across racks, §4.1)")
 
 
-#| export
 def plan_report(cfg) -> dict:
     "Lines for `paperbook plan pangu-alpha`: mesh, per-device memory of the first and last rank."
     plan, mc = cfg.parallel, cfg.model
