@@ -276,7 +276,8 @@ def test_the_wheel_holds_every_chapter(tmp_path, root):
     import shutil
 
     src = tmp_path / "src"  # a copy of what the wheel is built from: the build writes nothing into the checkout
-    shutil.copytree(root / "paperbook", src / "paperbook", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "paperbook", src / "paperbook",  # not a temporary chapter another worker is testing
+                    ignore=shutil.ignore_patterns("__pycache__", "_tmp_chapter_*"))
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(root / f, src / f)
     pip = [sys.executable, "-m", "pip", "-q"]
@@ -285,10 +286,11 @@ def test_the_wheel_holds_every_chapter(tmp_path, root):
     subprocess.run(pip + ["install", "--no-deps", "--target", str(site), *map(str, tmp_path.glob("*.whl"))], check=True)
     code = ("import paperbook, paperbook.core as c; print(paperbook.__file__); print(' '.join(sorted(c.chapters())));"
             "r = c.get_chapter('example').run(c.resolve('example', 'cpu-toy', {'repeats': 5, 'device': 'cpu'}));"
-            "print(len(r.claims))")
+            "print(len(r.claims)); from paperbook.core.records import _git_commit; print(_git_commit())")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(site), "PAPERBOOK_PROGRESS": "0"})
     assert r.returncode == 0, r.stderr[-2000:]
-    where, names, claims = r.stdout.split("\n")[:3]
+    where, names, claims, commit = r.stdout.split("\n")[:4]
     assert where.startswith(str(site)), where  # the wheel's copy, not the checkout's
     assert names.split() == sorted(NAMES) and int(claims) >= 1
+    assert commit == "None"  # installed outside any git checkout: no commit to name

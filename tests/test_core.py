@@ -212,6 +212,17 @@ def test_seed_everything_repeats():
     assert a == (random.random(), np.random.rand(), torch.rand(1).item())
 
 
+def test_seed_everything_seeds_each_generator_with_the_seed():
+    import random
+
+    seed_everything(2**32 + 3)  # numpy takes seeds below 2**32: the seed modulo 2**32
+    got = (random.random(), np.random.rand(), torch.rand(1).item())
+    assert got == (random.Random(2**32 + 3).random(), np.random.RandomState(3).rand(),
+                   torch.rand(1, generator=torch.Generator().manual_seed(2**32 + 3)).item())
+    start_run(CH, "cpu-toy", resolve(CH, "cpu-toy", {"seed": 11}))  # a run is seeded from its config
+    assert torch.rand(1).item() == torch.rand(1, generator=torch.Generator().manual_seed(11)).item()
+
+
 def test_pick_device():
     assert pick_device("cpu").type == "cpu"
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -252,6 +263,23 @@ def test_run_record_contents(tmp_path):
     assert env["preset"] == "cpu-toy" and env["device"] == "cpu" and env["peak_rss_mib"] > 0
     assert [f.name for f in (tmp_path / "r").iterdir()] == ["metrics.json"]  # the atomic write leaves nothing else
     assert "cpu-toy" in run.stamp() and run.stamp().endswith("· data d: generated")  # generated data is said
+
+
+def test_the_environment_names_the_world_size(monkeypatch):
+    from paperbook.core.records import environment_stamp
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert environment_stamp(chapter="t", preset="p", device="cpu")["world_size"] == 4
+    monkeypatch.delenv("WORLD_SIZE")
+    assert environment_stamp(chapter="t", preset="p", device="cpu")["world_size"] == 1
+
+
+def test_jsonable_leaves_a_dataclass_type_alone():
+    @dataclass
+    class Needs:
+        x: int  # no default: expanding the class itself would fail
+
+    assert jsonable({"cls": Needs, "obj": Needs(2)}) == {"cls": Needs, "obj": {"x": 2}}
 
 
 def test_jsonable_gives_strict_json():
@@ -389,6 +417,15 @@ def test_load_and_summarize_runs_pool_every_seed(tmp_path):
     assert len(runs) == 2 and set(runs["seed"]) == {0, 2} and runs["k_of_n"].tolist() == ["1/2", "2/2"]
     s = summarize_runs(runs)
     assert s.loc[0, "k_of_n"] == "3/4" and s.loc[0, "holds"] == "1/2 runs"
+    write_json(tmp_path / "seed4" / "metrics.json", {  # a record from before rows had per_seed: one seed
+        "metrics": {}, "config": {"seed": 4}, "environment": {"chapter": "t", "preset": "cpu-toy"},
+        "reproduction": [{"claim": "c", "paper": "p", "ours": "5", "holds": True}]})
+    runs = load_runs(tmp_path)
+    old = runs[runs["seed"] == 4].iloc[0]
+    assert old["k_of_n"] == "1/1" and old["per_seed"] == [{"seed": 4, "value": "5", "holds": True}]
+    s = summarize_runs(runs)
+    assert s.loc[0, "k_of_n"] == "4/5" and s.loc[0, "holds"] == "2/3 runs"
+    assert s.loc[0, "ours"] == " | ".join(runs["ours"].astype(str))  # every run's value, in run order
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a paperbook run record"):
