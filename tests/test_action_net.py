@@ -260,6 +260,108 @@ def test_claims_follow_crafted_correlations():
     assert len(make_claims(fewer, {a: 0.2 for a in apparatus}, cfg)) == 5  # a variant not run has no row
 
 
+def test_stand_in_scores_replace_missing_data(monkeypatch):
+    import paperbook.action_net.chapter as chapter
+
+    r = chapter.stand_in_scores(5, seed=3)
+    assert len(r) == 20 and [int((r.apparatus == a).sum()) for a in ("Ball", "Clubs", "Hoop", "Ribbon")] == [5] * 4
+    assert np.allclose(r.total, r.D + r.E - r.P) and set(r.P) <= {0.0, 0.3, 0.6}
+    assert r.D.min() >= 2 and r.D.max() <= 14 and r.E.min() >= 3 and r.E.max() <= 9.5
+    monkeypatch.setattr(chapter, "load_scores", lambda: None)  # a machine without the data set
+    cfg = resolve("action-net", "cpu-toy", {"seed": 4})
+    train, test, used = chapter.get_scores(cfg)
+    assert np.array_equal(train.total, chapter.stand_in_scores(200, 4).total)
+    assert np.array_equal(test.total, chapter.stand_in_scores(50, 5).total)  # the next seed: not the training set
+    assert used["source"] == "generated"
+
+
+SMALL_FEATURES = {"features.clips": 8, "features.frames": 10, "features.d_dyn": 4, "features.d_sta": 3,
+                  "features.halves": 3, "features.point": 0.9, "features.noise": 0.3, "features.offset": 0.1,
+                  "features.strength": 4.0, "train.crop_clips": 6, "train.crop_frames": 8, "train.hidden": 8}
+
+
+def test_features_follow_the_config_and_differ_by_part_apparatus_and_seed(tmp_path):
+    from paperbook.action_net.chapter import all_features, features_for, stand_in_scores
+
+    cfg = resolve("action-net", "cpu-toy", {**SMALL_FEATURES, "seed": 2, "train.seeds": 2,
+                                            "train.apparatus": "Ball,Hoop"})
+    train_r, test_r = stand_in_scores(6, 0), stand_in_scores(4, 1)
+    feats = all_features(cfg, train_r, test_r)
+    assert set(feats) == {(a, s, p) for a in ("Ball", "Hoop") for s in (2, 3) for p in ("train", "test")}
+    # (Hoop, seed 3, test): generated with seed 1000 · 3 + 10 · index of Hoop (2) + 1 and the config's values
+    want = generate_features(test_r.of("Hoop"), clips=8, frames=10, d_dyn=4, d_sta=3, halves=3, point=0.9,
+                             noise=0.3, offset=0.1, strength=4.0, seed=3021)
+    got = feats[("Hoop", 3, "test")]
+    assert np.array_equal(got.dynamic, want.dynamic) and np.array_equal(got.static, want.static)
+    assert np.allclose(got.y, test_r.of("Hoop").total)  # float32 scores
+    r = _routines([5.0, 6.0], [7.0, 8.0])
+    for sub, t in (("dynamic", 12), ("static", 14)):
+        (tmp_path / sub).mkdir()
+        for name in r.names:
+            np.save(tmp_path / sub / f"{name}.npy", np.zeros((t, 2), np.float32))
+    folder = resolve("action-net", "cpu-toy", {**SMALL_FEATURES, "features.source": "folder",
+                                               "features.folder": str(tmp_path)})
+    f = features_for(r, folder, seed=0)
+    assert f.dynamic.shape == (2, 8, 2) and f.static.shape == (2, 10, 2)  # clips and frames from the config
+
+
+def test_run_variant_seeds_each_member_trains_as_configured_and_scores_its_test_routines(monkeypatch):
+    from types import SimpleNamespace
+
+    import paperbook.action_net.chapter as chapter
+
+    cfg = resolve("action-net", "cpu-toy", {**SMALL_FEATURES, "seed": 2, "train.seeds": 2, "train.epochs": 3,
+                                            "train.apparatus": "Ball,Hoop", "train.milestones": "0.3,0.6"})
+    feats = chapter.all_features(cfg, chapter.stand_in_scores(6, 0), chapter.stand_in_scores(5, 1))
+    seen = {}
+
+    def train(ens, data, **kw):  # no training: the members keep their initial weights
+        seen["train"], seen["kw"] = data, kw
+        return [3.0, 2.0, 1.0]
+
+    def predict(ens, data, **kw):  # member m answers its test scores, negated for odd m: ρ = +1, -1, +1, -1
+        seen["test"] = data
+        return np.stack([y * (1 if m % 2 == 0 else -1) for m, (_, _, y) in enumerate(data)])
+
+    monkeypatch.setattr(chapter, "train_ensemble", train)
+    monkeypatch.setattr(chapter, "predict", predict)
+    out = chapter.run_variant("static stream only", cfg, feats, SimpleNamespace(device=torch.device("cpu")))
+    assert out["members"] == [("Ball", 2), ("Ball", 3), ("Hoop", 2), ("Hoop", 3)]
+    assert out["rho"] == {"Ball": {2: pytest.approx(1.0), 3: pytest.approx(-1.0)},
+                          "Hoop": {2: pytest.approx(1.0), 3: pytest.approx(-1.0)}}
+    assert [y for _, _, y in seen["test"]] == [feats[m + ("test",)].y for m in out["members"]]
+    assert all(np.array_equal(d[0], feats[m + ("train",)].dynamic) for d, m in zip(seen["train"], out["members"]))
+    assert seen["kw"] | {"info": None} == {"epochs": 3, "batch": 32, "lr": 1e-3, "clips": 6, "frames": 8,
+                                           "milestones": (0.3, 0.6), "optimizer": "adam", "seed": 2, "info": None,
+                                           "desc": "static stream only"}
+    torch.manual_seed(1000 * 3 + 2)  # member 3, (Hoop, seed 3): Hoop is apparatus 2
+    ref = chapter.ActionNet(4, 3, 6, 8, 8, streams=("static",))
+    mine = out["ensemble"].member(3).state_dict()  # the variant's layers (one stream) and that seed's weights
+    assert mine.keys() == ref.state_dict().keys() and all(torch.equal(mine[k], v) for k, v in ref.state_dict().items())
+
+
+def test_length_baseline_and_the_record_by_hand(monkeypatch):
+    from types import SimpleNamespace
+
+    import paperbook.action_net.chapter as chapter
+
+    n = 5
+    names = tuple(f"r{i}" for i in range(2 * n))
+    app = np.array(["Ball"] * n + ["Hoop"] * n)
+    total = np.array([1, 2, 3, 4, 5, 1, 2, 3, 4, 5], float)
+    D = np.array([5, 4, 3, 2, 1, 1, 2, 3, 4, 5], float)  # unlike the totals on Ball
+    length = np.array([10, 20, 30, 40, 50, 50, 40, 30, 20, 10], float)  # with the totals on Ball, against on Hoop
+    r = Routines(names, app, D, total - D, np.zeros(2 * n), total, length)
+    assert chapter.length_baseline(r, ("Ball", "Hoop")) == {"Ball": pytest.approx(1.0), "Hoop": pytest.approx(-1.0)}
+    monkeypatch.setattr(chapter, "load_scores", lambda: None)
+    monkeypatch.setattr(chapter, "run_variant", lambda v, cfg, feats, info: {
+        "rho": {"Ball": {0: 0.5}}, "curve": [3.0, 2.0, 1.0], "ensemble": None, "members": [("Ball", 0)]})
+    cfg = resolve("action-net", "cpu-toy", {**SMALL_FEATURES, "train.seeds": 1, "train.apparatus": "Ball",
+                                            "train.variants": "full,mean pooling"})
+    m = chapter.experiment(cfg, SimpleNamespace(device=torch.device("cpu"))).metrics
+    assert m["final_loss"] == {"full": 1.0, "mean pooling": 1.0} and m["fisher"]["full"] == {0: pytest.approx(0.5)}
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"train.apparatus": "Ball,Rope"}, "unknown apparatus \\['Rope'\\]"),
     ({"train.variants": "mean pooling"}, "must include 'full'"),
@@ -267,6 +369,9 @@ def test_claims_follow_crafted_correlations():
     ({"features.source": "folder"}, "needs features.folder"),
     ({"train.optimizer": "rmsprop"}, "train.optimizer must be"),
     ({"features.halves": 20}, "at most clips // 2"),
+    ({"features.halves": 10}, "halves \\(10\\) must be at most clips // 2 \\(9\\)"),
+    ({"train.crop_frames": 40}, "crops \\(16, 40\\) longer than the sequences \\(18, 36\\)"),
+    ({"nproc_per_node": 3}, "train.batch 32 is not divisible by the 3 processes"),
 ])
 def test_bad_config_fails_before_any_work(overrides, words):
     with pytest.raises(ValueError, match=words):
