@@ -351,6 +351,143 @@ def test_claims_follow_the_crafted_rmses():
     assert rows[3]["per_seed"][0]["value"] == {"worse network": 0.70, "better baseline": 0.65}
 
 
+SMALL = {"city.size": 6, "city.days": 8, "city.test_days": 1, "model.channels": 5, "model.units": 2,
+         "model.bn": False, "model.modulated": True, "train.epochs": 3, "train.lr": 0.01, "train.batch": 4}
+
+
+def _info():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device=torch.device("cpu"))
+
+
+def test_fit_and_score_starts_both_networks_alike_and_keeps_the_test_days_out(monkeypatch):
+    import paperbook.deflow.chapter as chapter
+
+    cfg = resolve("deflow-net", "cpu-toy", SMALL)
+    city = chapter.simulate_city("curved", size=6, days=8, seed=0)
+    rasters = city.rasters.copy()
+    rasters[-24:] = 1000.0  # the test day: any of it in the historical average shows
+    flows = Flows(rasters, city.hours, city.external, name="t")
+    seen = []
+
+    def train(model, tr, va, scaler, **kw):
+        seen.append(({k: v.clone() for k, v in model.state_dict().items()}, kw))
+
+    monkeypatch.setattr(chapter, "train", train)
+    monkeypatch.setattr(chapter, "predict", lambda model, te, scaler, device: np.zeros_like(te.y))
+    fits, te, _ = chapter.fit_and_score(cfg, flows, 1, seed=3, info=_info())
+    assert set(fits) == {"historical average", "copy last", "ST-ResNet", "DeFlow-Net"} and len(te.y) == 24
+    assert fits["historical average"][0].max() < 500  # the training days' mean of each hour
+    (plain, kw), (deform, _) = seen
+    assert kw | {"info": None, "progress": None} == {"epochs": 3, "lr": 0.01, "batch": 4, "seed": 3, "info": None,
+                                                     "progress": None}
+    # the same weights wherever both have the layer; the deformable layers' offsets start at zero
+    assert all(torch.equal(plain[k], deform[k]) for k in plain)
+    extra = [k for k in deform if k not in plain]
+    assert extra and all("offset" in k and not deform[k].any() for k in extra)
+    net = fits["DeFlow-Net"][1]
+    assert net.branches[0].net[0].out_channels == 5 and len(net.deformable_layers()) == 2 * 2 * 2
+    assert all(d.modulated for d in net.deformable_layers())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+def test_city_study_builds_each_city_from_the_config(monkeypatch):
+    from types import SimpleNamespace
+
+    import paperbook.deflow.chapter as chapter
+
+    cfg = resolve("deflow-net", "cpu-toy", {"city.size": 7, "city.days": 9, "city.corridors": 3, "city.speed": 1.5,
+                                            "city.jitter": 0.2, "city.rate": 4.0, "city.burst": 1.5,
+                                            "city.city_seed": 6, "city.test_days": 2})
+    calls = []
+    te = SimpleNamespace(y=np.zeros((3, 2, 2, 2)))
+    monkeypatch.setattr(chapter, "simulate_city", lambda kind, **kw: calls.append((kind, kw)) or kind)
+    monkeypatch.setattr(chapter, "fit_and_score", lambda cfg, flows, test_days, seed, info, bar=None: (
+        {"m": (te.y + (1.0 if flows == "curved" else 2.0) * test_days, None)}, te, None))
+    out = chapter.city_study(cfg, seed=8, info=_info())
+    want = {"size": 7, "days": 9, "corridors": 3, "speed": 1.5, "jitter": 0.2, "rate": 4.0, "burst": 1.5,
+            "city_seed": 6, "seed": 8}
+    assert calls == [("curved", want), ("straight", want)]
+    assert out["curved"]["rmse"] == {"m": 2.0} and out["straight"]["rmse"] == {"m": 4.0}  # 2 test days
+
+
+def test_hex_partitions_take_a_fractional_radius():
+    from paperbook.deflow.chapter import partition
+
+    assert np.array_equal(partition("hex:1.5", 8, None), hex_partition(8, 1.5))
+    assert not np.array_equal(hex_partition(8, 1.5), hex_partition(8, 1))
+
+
+def test_experiment_seeds_from_the_config_and_scores_a_users_file(monkeypatch):
+    import paperbook.deflow.chapter as chapter
+
+    cfg = resolve("deflow-net", "cpu-toy", {"seed": 5, "seeds": 2, "melbourne.enabled": False,
+                                            "data.st_file": "taxi.h5", "data.test_days": 9})
+    rm = {"DeFlow-Net": 1.0, "ST-ResNet": 1.1, "historical average": 2.0, "copy last": 3.0}
+    studied, scored = [], []
+    monkeypatch.setattr(chapter, "city_study", lambda cfg, s, info, bar=None: studied.append(s) or {
+        k: {"rmse": rm} for k in ("curved", "straight")})
+    monkeypatch.setattr(chapter, "load_st_h5", lambda path: path)
+    y = np.zeros((2, 1, 2, 2))
+
+    def fit(cfg, flows, test_days, seed, info, bar=None):
+        scored.append((flows, test_days, seed))
+        return {"m": (y + seed, None)}, type("T", (), {"y": y}), None
+
+    monkeypatch.setattr(chapter, "fit_and_score", fit)
+    m = chapter.experiment(cfg, _info()).metrics
+    assert studied == [5, 6] and scored == [("taxi.h5", 9, 5), ("taxi.h5", 9, 6)]
+    assert m["st_file"] == {5: {"m": 5.0}, 6: {"m": 6.0}} and m["melbourne"] is None
+
+
+def test_melbourne_study_by_hand(monkeypatch):
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import paperbook.deflow.chapter as chapter
+
+    cfg = resolve("deflow-net", "cpu-toy", {"melbourne.grid": 5, "melbourne.weeks": 3, "melbourne.test_days": 8,
+                                            "melbourne.partitions": ["block:1", "block:2"]})
+    hours, extra = 3 * 168, 24  # the study reads the last three weeks; a day before them is left out
+    counts = np.full((extra + hours, 4), 10.0)
+    counts[:extra] = 99.0
+    counts[-8 * 24:] = [50.0, 60.0, 70.0, 80.0]  # the test days, a level per sensor (Moran's I needs a varied raster)
+    counts[-10, 0] = np.nan  # a missing test hour: filled from the training weeks' same hour (10), not from the
+    # test week before it (50)
+    coords = np.array([[-37.80, 144.95], [-37.81, 144.96], [-37.82, 144.97], [-37.80, 144.97]])
+    sensors = SimpleNamespace(counts=counts, coords=coords, start="2020-01-01T05:00:00")
+    monkeypatch.setattr(chapter, "load_melbourne", lambda: sensors)
+    painted = []
+    real_paint = chapter.paint
+    monkeypatch.setattr(chapter, "paint", lambda c, cells, regions: painted.append(c) or real_paint(c, cells, regions))
+    seen = {}
+
+    def fit(cfg, flows, test_days, seed, info, bar=None):
+        seen["flows"], seen["test_days"] = flows, test_days
+        te = SimpleNamespace(y=flows.rasters[-test_days * 24:])
+        return {"A": (te.y - 1.0, None), "B": (te.y.copy(), None)}, te, None
+
+    monkeypatch.setattr(chapter, "fit_and_score", fit)
+    out = chapter.melbourne_study(cfg, _info())
+    used = painted[-1]
+    assert used.shape == (hours, 4) and used[0, 0] == 10.0 and used[-10, 0] == 10.0 and used[-1, 0] == 50.0
+    first = dt.datetime(2020, 1, 2, 5)  # 24 hours after the series starts: a Thursday, 05:00
+    flows = seen["flows"]
+    assert seen["test_days"] == 8 and flows.hours[0] == 5
+    assert np.array_equal(flows.external, calendar_features(np.arange(hours) + 5, first_weekday=first.weekday()))
+    cells = sensor_cells(coords, 5)
+    assert len({tuple(c) for c in cells}) == 4  # four cells of their own: block:1 has four regions with sensors
+    one = out["partitions"]["block:1"]["row"]
+    truth = np.array([50.0, 60.0, 70.0, 80.0])  # each sensor region's count; the regions without sensors not counted
+    assert one["regions"] == 25 and one["with sensors"] == 4
+    assert one["A"]["rmse"] == pytest.approx(1.0) and one["A"]["mae"] == pytest.approx(1.0)
+    assert one["A"]["nrmse"] == pytest.approx(1.0 / truth.mean(), rel=1e-3)  # test hours: a little of the NaN's 10
+    # a perfect prediction painted back by region mean is the truth: no Moran's I gap, with regions of 4, 2 and 1 cells
+    two = out["partitions"]["block:2"]["row"]
+    assert two["regions"] == 9 and two["B"]["moran_gap"] == pytest.approx(0.0, abs=1e-9)
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"melbourne.partitions": ["voronoi:3"]}, "unknown partition 'voronoi:3'"),
     ({"seeds": 1}, "seeds must be >= 2"),

@@ -55,7 +55,9 @@ class DeformConv2d(nn.Module):
             bound = 1 / math.sqrt(in_ch * kernel * kernel)
             nn.init.uniform_(self.bias, -bound, bound)
         K = kernel * kernel
-        self.offset = nn.Conv2d(in_ch, 3 * K if modulated else 2 * K, kernel, padding=kernel // 2)
+        # built without drawing from the RNG (it is zeroed anyway), so that a network with deformable layers draws
+        # the same weights for everything else as the plain network under the same seed
+        self.offset = nn.utils.skip_init(nn.Conv2d, in_ch, 3 * K if modulated else 2 * K, kernel, padding=kernel // 2)
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
         self.K, self.modulated = K, modulated
