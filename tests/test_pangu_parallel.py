@@ -258,6 +258,25 @@ def test_fused_and_per_tensor_adamw_train_alike():
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5 and (wa - wb).abs().max() < 1e-5
 
 
+def test_a_resumed_run_steps_its_own_way_not_the_checkpoints(tmp_path, monkeypatch):
+    "A checkpoint written fused and read where the parameters are DTensors must not make that layout step fused."
+    fused_at_step = []
+
+    class Spy(torch.optim.AdamW):
+        def step(self, closure=None):
+            fused_at_step.append(bool(self.param_groups[0]["fused"]))
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    rows = synthetic_rows(16, 16, 96)
+    for fused, stop in ((True, 2), (False, 0)):  # two fused steps and a checkpoint; then resumed unfused
+        train_parallel(build_parallel(SMALL, ParallelPlan(), eod_id=0), rows, eod_id=0,
+                       train=TrainConfig(steps=4, batch_size=2, warmup=0, fused=fused),
+                       ckpt=CkptConfig(dir=str(tmp_path), every=2, stop_at=stop))
+    # (reading a checkpoint into a fresh optimizer runs one step without gradients to build its state: not counted)
+    assert fused_at_step[:2] == [True, True] and fused_at_step[-2:] == [False, False] and len(fused_at_step) == 5
+
+
 def test_compiled_forward_and_loss_train_like_eager_and_refuse_a_pipeline():
     rows = synthetic_rows(64, 16, 96, mean_doc=6)
     torch.manual_seed(0)

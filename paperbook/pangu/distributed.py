@@ -263,7 +263,10 @@ def load_checkpoint(path, par: Parallelized, opt, gen: torch.Generator) -> int:
     model_sd, optim_sd = get_state_dict(holder, opt)
     state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(0), "rng": gen.get_state()}
     dcp.load(state, checkpoint_id=str(path))
+    own = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
     set_state_dict(holder, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    for g, how in zip(opt.param_groups, own, strict=True):
+        g.update(how)  # how to step is this layout's choice (fused needs plain tensors), not the writer's
     gen.set_state(state["rng"])
     return int(state["step"])
 
