@@ -16,7 +16,7 @@ from paperbook.ctnas.model import (NAC, Controller, GraphEncoder, Predictor, bat
                                    nac_matrix, predictor_pick, pseudo_labelled_pairs, regularized_evolution, search,
                                    train_nac, train_predictor)
 from paperbook.ctnas.spaces import (Space, _AllowListUnpickler, chain_graph, check_nb101, load_nasbench101_json,
-                                    load_nasbench_macro, nb201_graph)
+                                    load_nasbench201, load_nasbench_macro, nb201_graph)
 
 from helpers import cli
 
@@ -353,6 +353,113 @@ def _crafted(nac_hi, pred_hi, nac_lo, ctnas_acc, others_acc):
                     "tau_after": 0.5 if n == "no exploration" else 0.3} for i, n in enumerate(names)}
              for s, e in enumerate((0.0, 0.1, -0.08))}
     return rank, found
+
+
+def test_labelled_and_held_out_architectures_by_hand():
+    from paperbook.ctnas.chapter import labelled
+
+    lab, held = labelled(range(1000), 0.001, min_labels=10, heldout=5, seed=3)  # 0.1% of 1,000 is 1 < 10
+    drawn = np.random.default_rng(3).choice(1000, size=15, replace=False)
+    assert lab.tolist() == drawn[:10].tolist() and held.tolist() == drawn[10:].tolist()
+    lab, held = labelled(range(1000), 0.02, min_labels=10, heldout=5, seed=3)
+    assert len(lab) == 20 and len(held) == 5 and not set(lab) & set(held)
+
+
+def test_missing_spaces_are_left_out_and_a_missing_search_space_refused(monkeypatch):
+    import paperbook.ctnas.chapter as chapter
+
+    monkeypatch.setattr(chapter, "load_nasbench_macro", lambda: None)
+    assert list(chapter.load_spaces(("nas-bench-201", "nas-bench-macro"))) == ["nas-bench-201"]
+    cfg = resolve("ctnas", "cpu-toy", {"search.space": "nas-bench-macro"})
+    with pytest.raises(ValueError, match="search.space 'nas-bench-macro' is not available here"):
+        chapter.experiment(cfg, None)
+
+
+def _perfect(space):
+    "Stand-ins that read an architecture's accuracy: graphs are accuracies, both models rank them perfectly."
+    graphs = lambda sp, archs: (torch.tensor([sp.accuracy(a) for a in archs]), None)
+    verdicts = lambda nac, hA, ht: (hA[:, None] > hA[None, :]).float()
+    return graphs, verdicts
+
+
+def test_ranking_study_trains_by_the_budget_and_scores_each_model_in_its_direction(monkeypatch):
+    import paperbook.ctnas.chapter as chapter
+
+    space = load_nasbench201()
+    cfg = resolve("ctnas", "cpu-toy", {"nac.width": 8, "nac.layers": 1, "study.heldout": 30})
+    graphs, verdicts = _perfect(space)
+    epochs = []
+    monkeypatch.setattr(chapter, "batch_graphs", graphs)
+    monkeypatch.setattr(chapter, "nac_matrix", verdicts)
+    trained = epochs
+    monkeypatch.setattr(chapter, "train_nac", lambda nac, A, t, y, epochs, seed: trained.append(("nac", epochs)))
+    monkeypatch.setattr(chapter, "train_predictor", lambda p, A, t, y, epochs, seed: trained.append(("pred", epochs)))
+    monkeypatch.setattr(chapter, "Predictor", lambda *a: (lambda hA, ht: hA))  # scores = the true accuracies
+    out = chapter.ranking_study(space, cfg, seed=1)
+    # 0.1% and 1% of 15,625 architectures: 16 and 156 labels; epochs max(30, 3000 // labels) = 187 and 30
+    assert [out[b]["labels"] for b in (0.001, 0.01)] == [16, 156]
+    assert epochs == [("nac", 187), ("pred", 187), ("nac", 30), ("pred", 30)]
+    assert all(out[b]["nac"] == pytest.approx(1.0) and out[b]["predictor"] == pytest.approx(1.0) for b in out)
+
+
+def test_search_study_starts_every_variant_from_the_trained_comparator(monkeypatch):
+    import paperbook.ctnas.chapter as chapter
+
+    space = load_nasbench201()
+    cfg = resolve("ctnas", "cpu-toy", {"nac.width": 8, "nac.layers": 1, "search.steps": 40, "search.batch": 4,
+                                       "search.update_every": 10, "search.k": 3, "search.explore_top": 7,
+                                       "search.entropy": 0.01, "search.lr": 0.02})
+    graphs, _ = _perfect(space)
+    torch.manual_seed(0)
+    nac = chapter.NAC(space.n_ops + 2, 8, 1)
+    lab, held = chapter.labelled(space, 0.01, 10, 30, seed=2)
+    ranking = {0.01: {"models": (nac, "pred"), "lab": lab, "held": held}}
+    calls, seeds = [], []
+
+    def search(sp, copy, labelled, **kw):
+        assert copy is not nac and all(torch.equal(v, nac.state_dict()[k]) for k, v in copy.state_dict().items())
+        calls.append(kw)
+
+        def controller(n, gen):
+            seeds.append(gen.initial_seed())
+            return torch.tensor([space.archs[i] for i in range(n)]), None
+        return {"best": space.archs[1], "history": [], "controller": controller}
+
+    monkeypatch.setattr(chapter, "batch_graphs", graphs)
+    monkeypatch.setattr(chapter, "search", search)
+    # the comparator after the search: the variant's copy ranks perfectly, the trained original backwards
+    monkeypatch.setattr(chapter, "nac_matrix", lambda m, hA, ht: (hA[:, None] > hA[None, :]).float()
+                        if m is not nac else (hA[:, None] < hA[None, :]).float())
+    monkeypatch.setattr(chapter, "predictor_pick", lambda sp, pred: space.archs[5])
+    budgets = []
+    monkeypatch.setattr(chapter, "regularized_evolution", lambda sp, n, seed: budgets.append((n, seed)) or
+                        space.archs[7])
+    out = chapter.search_study(space, cfg, ranking, seed=2)
+    common = {"steps": 40, "batch": 4, "update_every": 10, "k": 3, "explore_top": 7, "entropy": 0.01, "lr": 0.02,
+              "seed": 2}
+    assert calls == [common, common | {"baseline": "fixed"}, common | {"baseline": "random"},
+                     common | {"explore": False}]
+    assert seeds == [2] * 4 and budgets == [(len(lab), 2)]
+    assert out["ctnas"]["tau_after"] == pytest.approx(1.0)
+    assert out["ctnas"]["policy_acc"] == pytest.approx(float(np.mean([space.accuracy(a) for a in space.archs[:100]])))
+    best = space.archs[int(lab[np.argmax(space.acc[lab])])]  # random search: the best of the labelled ones
+    assert out["random search"]["arch"] == best and out["predictor's pick"]["arch"] == space.archs[5]
+    assert out["regularized evolution"]["acc"] == space.accuracy(space.archs[7])
+
+
+def test_experiment_runs_every_seed_from_the_config(monkeypatch):
+    import paperbook.ctnas.chapter as chapter
+
+    cfg = resolve("ctnas", "cpu-toy", {"seed": 4, "seeds": 2, "study.spaces": ["nas-bench-201"]})
+    ranked, searched = [], []
+    monkeypatch.setattr(chapter, "ranking_study", lambda sp, cfg, s: ranked.append(s) or {0.01: {"nac": 0.5}})
+    monkeypatch.setattr(chapter, "search_study", lambda sp, cfg, r, s: searched.append(s) or {
+        "ctnas": {"arch": (1,), "acc": 1.0, "rank": 0.5}})
+    monkeypatch.setattr(chapter, "make_claims", lambda rank, found, cfg: [])
+    from types import SimpleNamespace
+
+    m = chapter.experiment(cfg, SimpleNamespace(device=torch.device("cpu"))).metrics
+    assert ranked == [4, 5] and searched == [4, 5] and list(m["search"]) == [4, 5]
 
 
 def test_claims_follow_crafted_results():
