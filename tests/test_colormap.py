@@ -714,3 +714,85 @@ def test_read_back_correlation_is_zero_for_a_flat_read_and_sign_free():
     assert chapter.abs_rho(r, z) == pytest.approx(spearmanr(r, z).statistic)
     assert chapter.abs_rho(r, z) > 0.9
     assert chapter.abs_rho(1 - r, z) == pytest.approx(chapter.abs_rho(r, z))  # a map read backwards
+
+
+def test_build_corpora_renders_each_set_from_its_maps_and_seed(monkeypatch):
+    cfg = resolve("colormap", "cpu-toy", {"seed": 2, "p_sub": 0.3, "p_binned": 0.1, "px": 32, "workers": 1,
+                                          "family_de": 4.0, "test_fraction": 0.2, "cache": "off"})
+    splits, renders = [], []
+    monkeypatch.setattr(chapter, "catalog", lambda: ["all"])
+    monkeypatch.setattr(chapter, "split_catalog", lambda cmaps, frac, seed, family_de: splits.append(
+        (cmaps, frac, seed, family_de)) or (["t1", "t2"], ["u1"]))
+    monkeypatch.setattr(chapter, "load_corpus", lambda maps, n, seed, p_sub, desc, **kw: renders.append(
+        (maps, n, seed, p_sub, kw)) or desc)
+    out = chapter.build_corpora(cfg)
+    kw = {"px": 32, "p_binned": 0.1, "workers": 1, "cache": ""}
+    assert splits == [(["all"], 0.2, 2, 4.0)]
+    assert renders == [(["t1", "t2"], 1200, 21, 0.3, kw), (["u1"], 160, 22, 0.0, kw), (["t1", "t2"], 160, 23, 0.0, kw)]
+    assert out["train_maps"] == ["t1", "t2"] and out["test_maps"] == ["u1"] and out["unseen"] == "rendering unseen"
+
+
+def test_train_models_seeds_and_sizes_every_network_from_the_config(monkeypatch):
+    cfg = resolve("colormap", "cpu-toy", {"seed": 5, "ablation": True, "width": 0.5, "knots": 8, "px": 32,
+                                          "steps": 7, "batch_size": 4, "lr": 0.01, "transform": "log"})
+    built, trained = [], []
+
+    class Net(torch.nn.Module):
+        def __init__(self, **kw):
+            super().__init__()
+            built.append(kw)
+
+    def train_net(net, train, **kw):
+        trained.append((torch.rand(1).item(), kw))  # the random stream as training finds it
+        return [1.0]
+
+    monkeypatch.setattr(chapter, "ColormapNet", Net)
+    monkeypatch.setattr(chapter, "train_net", train_net)
+    torch.rand(3)  # whatever came before
+    models = chapter.train_models(cfg, "corpus")
+    assert list(models) == ["aspp", *chapter.ABLATIONS]
+    base = {"width": 0.5, "knots": 8, "px": 32}
+    assert built == [base] + [base | kw for kw in chapter.ABLATIONS.values()]
+    first = torch.rand(1, generator=torch.Generator().manual_seed(5)).item()
+    assert [r for r, _ in trained] == [first] * 6  # each network starts from the seed
+    assert [kw | {"info": None} for _, kw in trained][0] == {"steps": 7, "batch": 4, "lr": 0.01, "seed": 5,
+                                                             "transform": "log", "info": None,
+                                                             "desc": "training (aspp)"}
+
+
+def test_value_recovery_reads_a_reversed_colormap_backwards():
+    from types import SimpleNamespace
+
+    lut = np.stack([np.linspace(0.1, 0.9, 256), np.linspace(0.2, 0.6, 256), np.linspace(0.9, 0.1, 256)], -1)
+    class Test(SimpleNamespace):
+        def __len__(self):
+            return len(self.luts)
+
+    test = Test(luts=[lut] * 3)
+    lab = rgb_to_lab(lut[::8])
+    v = chapter.value_recovery(test, {"same": [lab] * 3, "reversed": [lab[::-1]] * 3}, n=3, seed=0)
+    same, rev = v["same"], v["reversed"]
+    assert min(same["spearman"]) > 0.99 and min(rev["spearman"]) > 0.99  # |ρ|: the order does not count
+    assert max(same["rmse"]) < 0.05 and min(rev["rmse"]) > 0.2  # read backwards: far off as read
+    assert np.allclose(rev["rmse_order_free"], same["rmse_order_free"], atol=0.01)  # ... but not either way
+
+
+def test_experiment_runs_seeds_from_the_config_and_records_the_last_losses(monkeypatch):
+    cfg = resolve("colormap", "cpu-toy", {"seed": 3, "seeds": 2, "cache": "off"})
+    seen, metrics_of = [], chapter.metrics_of
+    monkeypatch.setattr(chapter, "run_seed", lambda c, info=None: seen.append(c.seed) or {
+        "seed": c.seed, "models": {"aspp": {"net": None}}, "classifier": None, "results": {}, "data": None})
+    monkeypatch.setattr(chapter, "Extractor", lambda *a, **kw: None)
+    monkeypatch.setattr(chapter, "summary", lambda results: None)
+    monkeypatch.setattr(chapter, "make_claims", lambda runs, cfg: [])
+    monkeypatch.setattr(chapter, "metrics_of", lambda runs, table: {"seeds": [r["seed"] for r in runs]})
+    from types import SimpleNamespace
+
+    assert chapter.experiment(cfg, SimpleNamespace(is_main=True, device="cpu")).metrics == {"seeds": [3, 4]}
+    assert seen == [3, 4]
+    runs = [{"seed": 3, "results": {}, "floor": [], "models": {"aspp": {"loss": [9.0] * 5 + [1.0] * 20}}}]
+    import pandas as pd
+
+    monkeypatch.setattr(chapter, "values_table", lambda results: pd.DataFrame())
+    got = metrics_of(runs, pd.DataFrame())
+    assert got["final_loss"] == {3: {"aspp": 1.0}}  # the mean of the last 20 steps
