@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pangu_allocator import paired_ratios, side_by_side  # noqa: E402
-from pangu_throughput import BENCH, alternating, write_record  # noqa: E402
+from pangu_throughput import BENCH, alternating, ratio_summary, write_record  # noqa: E402
 
 from paperbook.core import resolve  # noqa: E402
 from paperbook.pangu.train import cpuinfo_field, onednn_available, onednn_linear, pick_cpu_linear  # noqa: E402
@@ -91,9 +91,8 @@ def trainer_side_by_side(blocks: int, steps: int) -> dict:
 
 def summarise(what: str, tokens: dict, ratios: list) -> None:
     print(f"{what}: median tokens/s ATen {statistics.median(tokens['aten']):,.0f}, oneDNN "
-          f"{statistics.median(tokens['onednn']):,.0f}; oneDNN / ATen block by block: median "
-          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
-          f"{sum(r > 1 for r in ratios)}/{len(ratios)} above 1)", flush=True)
+          f"{statistics.median(tokens['onednn']):,.0f}; oneDNN / ATen block by block: {ratio_summary(ratios)}",
+          flush=True)
 
 
 def mkl_path() -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pangu_throughput import BENCH, alternating, write_record  # noqa: E402
+from pangu_throughput import BENCH, alternating, ratio_summary, write_record  # noqa: E402
 
 from paperbook.core import resolve  # noqa: E402
 from paperbook.pangu.model import PanguAlpha, num_params  # noqa: E402
@@ -60,9 +60,8 @@ def trainer(cfg, blocks: int, steps: int) -> dict:
     ratios = [a / b for a, b in zip(runs["fused"], runs["per-tensor loop"], strict=True)]
     print(f"trainer in one process, {torch.get_num_threads()} threads: median tokens/s fused "
           f"{statistics.median(runs['fused']):,.0f}, per-tensor loop "
-          f"{statistics.median(runs['per-tensor loop']):,.0f}; fused / loop block by block: median "
-          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
-          f"{sum(r > 1 for r in ratios)}/{len(ratios)} above 1)", flush=True)
+          f"{statistics.median(runs['per-tensor loop']):,.0f}; fused / loop block by block: {ratio_summary(ratios)}",
+          flush=True)
     return {"tokens_per_s": runs, "ratios": ratios}
 
 

@@ -39,6 +39,14 @@ BENCH = {"model.vocab_size": 8192, "model.seq_len": 256, "model.num_layers": 6, 
          "data.synthetic_rows": 256, "train.warmup": 0}  # no warm-up: any --steps; the work per step is the same
 
 
+def ratio_summary(ratios: list) -> str:
+    "Paired ratios, block by block, in one phrase: their median, range and how many are above 1."
+    import statistics
+
+    return (f"median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
+            f"{sum(r > 1 for r in ratios)}/{len(ratios)} above 1)")
+
+
 def write_record(path: str, record: dict) -> None:
     "Write a benchmark's figures as JSON to `path` (its folder made if missing) and say so."
     Path(path).parent.mkdir(parents=True, exist_ok=True)
