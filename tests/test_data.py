@@ -211,3 +211,81 @@ def test_runs_record_which_data_they_used(tmp_path):
     assert rec["real"]["source"] == "folder" and rec["real"]["sha256"] == data.REGISTRY["iwls2020"].digest
     assert rec["gen"]["source"] == "generated"
     assert "data set 'iwls2020' not found" in gen.stderr  # the fallback says so
+
+
+# ---- small pieces, by hand ----------------------------------------------------------------------------
+def test_sizes_digests_and_addresses_by_hand():
+    ds = DataSet("d", "", source="", licence="", chapters=(), files=(DataFile("x", None, None), DataFile("y", 5, "ab")))
+    assert ds.size == 5 and ds.digest is None  # an unrecorded size counts 0; one missing hash: no digest
+    files = data._table("a 3 ff\nsub/b 4 ee", "https://host/v1/{name}")
+    assert files == (DataFile("a", 3, "ff", "https://host/v1/a"), DataFile("sub/b", 4, "ee", "https://host/v1/sub/b"))
+    ex00 = next(f for f in data.REGISTRY["iwls2020"].files if f.name == "ex00.train.pla")
+    assert ex00.url.endswith("/Benchmark/ex00.train.pla") and ex00.size == 224031
+    rows = {r["name"]: r for r in data.status()}
+    assert rows["lvis_v0_5"]["size_mb"] is None and rows["fashion_mnist"]["size_mb"] == 55.0  # 54,950,048 bytes
+
+
+def test_a_hash_that_differs_in_its_last_digit_is_refused(tmp_path):
+    (tmp_path / "f").write_bytes(b"content")
+    sha = _sha(b"content")
+    data.check_file(tmp_path / "f", DataFile("f", 7, sha))
+    wrong = sha[:-1] + ("0" if sha[-1] != "0" else "1")
+    with pytest.raises(ValueError, match="not the recorded file"):
+        data.check_file(tmp_path / "f", DataFile("f", 7, wrong))
+
+
+def test_online_asks_the_schemes_port(monkeypatch):
+    import socket
+
+    asked = []
+
+    class Conn:
+        def close(self):
+            pass
+
+    def connect(address, timeout):
+        asked.append(address)
+        if address[0] == "down":
+            raise OSError("refused")
+        return Conn()
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    assert data._online("https://example.org/x") and data._online("http://example.org/x")
+    assert data._online("http://example.org:8080/x") and not data._online("https://down/x")
+    assert asked == [("example.org", 443), ("example.org", 80), ("example.org", 8080), ("down", 443)]
+
+
+def test_a_set_with_a_file_without_address_is_not_downloaded_unasked(toy, monkeypatch):
+    mirror = os.environ["PAPERBOOK_DATA_URL"]
+    monkeypatch.delenv("PAPERBOOK_DATA_URL")
+    monkeypatch.delenv("PAPERBOOK_OFFLINE", raising=False)
+    a, b = toy["ds"].files
+    ds = DataSet("toy", "", source="", licence="", chapters=(),
+                 files=(DataFile(a.name, a.size, a.sha256, f"{mirror}/toy/{a.name}"),
+                        DataFile(b.name, b.size, b.sha256)))
+    monkeypatch.setitem(data.REGISTRY, "toy", ds)
+    assert data.locate("toy", quiet=True).source == "generated"  # the first file is online, the second has no address
+    with pytest.raises(ValueError, match="no public address is recorded for sub/b.bin"):
+        data.fetch("toy", progress=False)
+
+
+def test_verify_rehashes_a_file_changed_in_place(toy):
+    path = data.fetch("toy", progress=False) / "a.txt"
+    assert data.verify("toy")["files"] == 2  # hashes now cached by path, mtime and size
+    st = path.stat()
+    path.write_bytes(FILES["a.txt"][:-1] + b"!")  # same size ...
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the same time stamp
+    with pytest.raises(ValueError, match=r"a\.txt: SHA-256"):
+        data.verify("toy")
+
+
+def test_idx_by_hand(tmp_path):
+    head = lambda t, *dims: bytes([0, 0, t, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    (tmp_path / "ok").write_bytes(head(0x08, 2, 3) + bytes(range(6)))
+    assert data.read_idx(tmp_path / "ok").tolist() == [[0, 1, 2], [3, 4, 5]]
+    for name, raw, message in [("signed", head(0x09, 2) + b"\x01\x02", "0x09 is not supported"),
+                               ("long", head(0x08, 2) + b"\x01\x02\x03", "holds 3"),
+                               ("nodims", head(0x08) + b"\x07", r"truncated IDX header \(0 dimensions\)")]:
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(ValueError, match=message):
+            data.read_idx(tmp_path / name)
