@@ -194,9 +194,9 @@ STRUCTURE = ["symmetric", "arith", "chain"]  # learners that recognise how a fun
 FRINGE = "Pagallo and Haussler (1990, recalled): fringe features let trees learn what single splits cannot"
 
 # %% ../../nbs/08_iwls2020.ipynb #iw0claims
-def fold_means(df, learner: str, only=None) -> dict[int, float]:
-    "A learner's accuracy on each fold, averaged over the functions (of the family `only`)."
-    d = df[(df.learner == learner) & ((df.family == only) if only else True)]
+def fold_means(df, learner: str) -> dict[int, float]:
+    "A learner's accuracy on each fold, averaged over the functions."
+    d = df[df.learner == learner]
     return dict(enumerate(np.mean(np.stack(d.folds.to_list()), axis=0).tolist()))
 
 
