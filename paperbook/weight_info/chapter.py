@@ -17,7 +17,7 @@ from .measures import (calibrate, distance_stop, invert, kl_bits, layer_distance
                                             prequential_bits, sharpness_sigma, train_recording, validation_stop)
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHAPTER', 'splits', 'one_run', 'estimation_errors', 'make_claims', 'experiment', 'DataConfig',
+__all__ = ['PRESETS', 'CHAPTER', 'splits', 'one_run', 'estimation_errors', 'make_claims', 'data_used', 'experiment', 'DataConfig',
            'TrainConfig', 'MeasureConfig', 'Config']
 
 # %% ../../nbs/05_weight_info.ipynb #944c955a
@@ -107,6 +107,17 @@ def make_claims(runs: list[dict], preq: dict[float, float], cfg: Config) -> list
     ]
 
 # %% ../../nbs/05_weight_info.ipynb #300c1299
+def data_used(cfg: Config) -> dict:
+    "The run record's `data`: scikit-learn's digits, Fashion-MNIST where the registry found it, or CIFAR-10's folder."
+    if cfg.data.images == "fashion-mnist":
+        from paperbook.data import locate
+
+        return {"fashion_mnist": locate("fashion_mnist", quiet=True).record()}
+    if cfg.data.images == "cifar10":
+        return {"cifar10": {"source": "folder", "path": cfg.data.folder}}
+    return {"digits": {"source": "package", "note": "scikit-learn's digits"}}
+
+
 def experiment(cfg: Config, info) -> Result:
     "The chapter's experiment (`paperbook run weight-info`)."
     t = cfg.train
@@ -125,8 +136,7 @@ def experiment(cfg: Config, info) -> Result:
     keep = ("p", "seed", "fitted", "distance", "path", "sigma", "kl_bits", "layers", "changed", "stop", "test_at",
             "probe_train_acc")
     metrics = {"runs": [{k: r[k] for k in keep} for r in runs], "prequential_bits": preq}
-    used = {"digits": {"source": "package", "note": "scikit-learn's digits"}} if cfg.data.images == "digits" else {}
-    return Result(metrics=metrics, claims=make_claims(runs, preq, cfg), data=used, extras={"runs": runs})
+    return Result(metrics=metrics, claims=make_claims(runs, preq, cfg), data=data_used(cfg), extras={"runs": runs})
 
 # %% ../../nbs/05_weight_info.ipynb #5388a431
 @dataclass(kw_only=True)

@@ -1,0 +1,149 @@
+"""Chapter 5's glue (paperbook.weight_info.chapter) with data, training and measures replaced by stand-ins: what
+each step is given (seeds, labels, settings) and what a run records from their answers, by hand."""
+
+import contextlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from paperbook.core import resolve
+from paperbook.data import Located
+from paperbook.weight_info import chapter as ch
+from paperbook.weight_info.data import Split
+
+
+def test_splits_read_the_configured_images(monkeypatch):
+    monkeypatch.setattr(ch, "load_cifar10", lambda folder: ("cifar10", folder))
+    monkeypatch.setattr(ch, "load_images", lambda name, **kw: (name, kw))
+    cfg = resolve("weight-info", overrides={"data.n_train": 5, "data.n_val": 3, "data.n_test": 2})
+    assert ch.splits(cfg, seed=4) == ("digits", {"n_train": 5, "n_val": 3, "n_test": 2, "seed": 4})
+    cifar = resolve("weight-info", overrides={"data.images": "cifar10", "data.folder": "/c"})
+    assert ch.splits(cifar, seed=4) == ("cifar10", "/c")
+
+
+def _rows(n):
+    "Training records of n epochs: epoch i has distance 10i, path 20i, and accuracies that tell epochs apart."
+    return [{"step": float(i), "distance": 10.0 * i, "path": 20.0 * i, "val_acc": [0.1, 0.5, 0.9, 0.4, 0.3][i % 5],
+             "test_acc": 0.01 * i, "train_acc": 0.1 * i} for i in range(n)]
+
+
+def test_one_run_corrupts_trains_and_records(monkeypatch):
+    log = {"corrupt": []}
+    y_train, y_val = torch.arange(6) % 3, torch.arange(4) % 3
+
+    def corrupt(y, p, seed):
+        log["corrupt"].append((len(y), p, seed))
+        new = y.clone()
+        new[:2] = (new[:2] + 1) % 3  # three labels redrawn, the third to its old value: two change
+        return new, torch.tensor([True, True, True] + [False] * (len(y) - 3))
+
+    monkeypatch.setattr(ch, "corrupt", corrupt)
+
+    def make_model(kind, shape, width):
+        log["model"] = (kind, shape, width, torch.rand(1).item())
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(ch, "make_model", make_model)
+
+    def train_recording(model, train, val, test, **kw):
+        log["train"] = (train, val, test, kw)
+        return {"rows": _rows(8), "fitted": True, "start": "start"}
+
+    monkeypatch.setattr(ch, "train_recording", train_recording)
+    monkeypatch.setattr(ch, "sharpness_sigma", lambda model, X, Y, *, tolerance, seed: log.update(
+        sigma=(Y.tolist(), tolerance, seed)) or 0.5)
+    monkeypatch.setattr(ch, "distance_stop", lambda steps, *, window, rise: log.update(dstop=(steps, window, rise))
+                        or 3)
+    monkeypatch.setattr(ch, "validation_stop", lambda vals: max(range(len(vals)), key=vals.__getitem__))
+    monkeypatch.setattr(ch, "kl_bits", lambda d, sigma: d / sigma)
+    monkeypatch.setattr(ch, "layer_distances", lambda model, start: f"layers from {start}")
+    cfg = resolve("weight-info", overrides={"train.width": 12, "train.lr": 0.3, "train.batch": 4,
+                                            "train.max_epochs": 9, "measure.tolerance": 0.2, "measure.window": 2,
+                                            "measure.rise": 0.4, "measure.probe_epochs": 3})
+    data = {"train": Split(torch.zeros(6, 1, 2, 2), y_train), "val": Split(torch.ones(4, 1, 2, 2), y_val),
+            "test": "test"}
+    out = ch.one_run(cfg, data, p=0.4, seed=7, info=SimpleNamespace(device="cpu"))
+    assert log["corrupt"] == [(6, 0.4, 7), (4, 0.4, 10_007)]  # validation labels corrupted with their own draw
+    torch.manual_seed(7)
+    assert log["model"] == ("mlp", (1, 2, 2), 12, torch.rand(1).item())  # built from the seed's stream
+    train, val, test, kw = log["train"]
+    assert train.y.tolist() == [1, 2, 2, 0, 1, 2] and val.y.tolist() == [1, 2, 2, 0] and test == "test"
+    assert kw["redrawn"].tolist() == [True, True, True, False, False, False]
+    assert {k: kw[k] for k in ("lr", "batch", "max_epochs", "seed")} == {"lr": 0.3, "batch": 4, "max_epochs": 9,
+                                                                        "seed": 7}
+    assert log["sigma"] == ([1, 2, 2, 0, 1, 2], 0.2, 7) and log["dstop"] == ([float(i) for i in range(8)], 2, 0.4)
+    assert out["distance"] == 70.0 and out["path"] == 140.0 and out["kl_bits"] == 140.0  # D / σ, last epoch
+    assert out["changed"] == 2 and out["layers"] == "layers from start" and out["fitted"]
+    assert out["stop"] == {"distance": 3, "validation": 2, "fit": 7}
+    assert out["test_at"] == {"distance": 0.03, "validation": 0.02, "fit": 0.07}
+    assert out["probe_train_acc"] == pytest.approx(0.2)  # the third epoch's training accuracy
+
+
+def test_estimation_errors_calibrate_on_the_other_seeds(monkeypatch):
+    fits = []
+    monkeypatch.setattr(ch, "calibrate", lambda ps, vals: fits.append((ps, vals)) or "curve")
+    monkeypatch.setattr(ch, "invert", lambda curve, v: v)  # p̂ is the (signed) measure itself
+    runs = [{"seed": s, "p": p, "distance": p + 0.1 * s, "probe_train_acc": 1 - p} for s in (0, 1) for p in (0, 1)]
+    assert ch.estimation_errors(runs, "distance", [0, 1]) == {0: pytest.approx(0.0), 1: pytest.approx(0.1)}
+    assert fits == [([0, 1], [0.1, 1.1]), ([0, 1], [0.0, 1.0])]  # each seed's curve from the other seed
+    fits.clear()
+    errs = ch.estimation_errors(runs, "probe_train_acc", [0])  # accuracy falls with p: flipped to −(1 − p)
+    assert fits == [([0, 1], [-1, 0])] and errs == {0: pytest.approx(1.0)}  # |−(1 − p) − p| = 1
+
+
+def test_experiment_runs_the_seeds_and_the_code_lengths(monkeypatch):
+    calls = []
+    data = {"train": Split(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))}
+    monkeypatch.setattr(ch, "splits", lambda cfg, s: calls.append(("splits", s)) or data)
+    monkeypatch.setattr(ch, "one_run", lambda cfg, d, p, s, info: calls.append(("run", p, s)) or {
+        k: 0 for k in ("p", "seed", "fitted", "distance", "path", "sigma", "kl_bits", "layers", "changed", "stop",
+                       "test_at", "probe_train_acc")})
+    monkeypatch.setattr(ch, "corrupt", lambda y, p, seed: (y + 10 * p + 100 * seed, None))
+
+    def preq(factory, X, y, **kw):
+        calls.append(("preq", y.tolist(), kw))
+        return 1.0
+
+    monkeypatch.setattr(ch, "prequential_bits", preq)
+
+    @contextlib.contextmanager
+    def threads(n, device):
+        calls.append(("threads", n, device))
+        yield
+
+    monkeypatch.setattr(ch, "threads", threads)
+    monkeypatch.setattr(ch, "make_claims", lambda runs, preq, cfg: [])
+    cfg = resolve("weight-info", overrides={"seed": 3, "train.seeds": 2, "train.levels": [0.0, 0.5, 1.0],
+                                            "cpu_threads": 2, "measure.preq_epochs": 6, "train.lr": 0.2,
+                                            "train.batch": 8})
+    res = ch.experiment(cfg, SimpleNamespace(device="cpu"))
+    assert calls[0] == ("threads", 2, "cpu")
+    assert calls[1:9] == [("splits", 3), ("run", 0.0, 3), ("run", 0.5, 3), ("run", 1.0, 3),
+                          ("splits", 4), ("run", 0.0, 4), ("run", 0.5, 4), ("run", 1.0, 4)]
+    assert calls[9] == ("splits", 3)
+    kw = {"epochs": 6, "lr": 0.2, "batch": 8, "seed": 3}
+    assert calls[10:] == [("preq", [300.0 + v + 10 * p for v in (0, 1, 2, 0)], kw) for p in (0.0, 0.5, 1.0)]
+    assert res.metrics["prequential_bits"] == {0.0: 1.0, 0.5: 1.0, 1.0: 1.0} and len(res.metrics["runs"]) == 6
+
+
+def test_runs_record_which_images_they_used(monkeypatch):
+    import paperbook.data as registry
+
+    found = Located("fashion_mnist", "/usr/share/datasets/fashion-mnist", "folder")
+    monkeypatch.setattr(registry, "locate", lambda name, quiet: found)
+    used = lambda **kw: ch.data_used(resolve("weight-info", overrides=kw))
+    assert used() == {"digits": {"source": "package", "note": "scikit-learn's digits"}}
+    assert used(**{"data.images": "fashion-mnist"}) == {"fashion_mnist": found.record()}
+    assert found.record()["sha256"] == registry.REGISTRY["fashion_mnist"].digest
+    assert used(**{"data.images": "cifar10", "data.folder": "/c"}) == {"cifar10": {"source": "folder", "path": "/c"}}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.images": "cifar10"}, "needs data.folder"),
+    ({"train.levels": [0.0, 1.0]}, "at least 3 probabilities"),
+    ({"nproc_per_node": 3}, "train.batch 64 is not divisible by the 3 processes"),
+])
+def test_inconsistent_settings_are_refused_by_name(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve("weight-info", overrides=overrides)
