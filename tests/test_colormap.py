@@ -780,16 +780,21 @@ def test_value_recovery_reads_a_reversed_colormap_backwards():
 def test_experiment_runs_seeds_from_the_config_and_records_the_last_losses(monkeypatch):
     cfg = resolve("colormap", "cpu-toy", {"seed": 3, "seeds": 2, "cache": "off"})
     seen, metrics_of = [], chapter.metrics_of
+    from types import SimpleNamespace
+
+    maps = lambda *sources: [SimpleNamespace(source=s) for s in sources]
+    data = {"train_maps": maps("matplotlib", "colorcet", "matplotlib"), "test_maps": maps("cmcrameri")}
     monkeypatch.setattr(chapter, "run_seed", lambda c, info=None: seen.append(c.seed) or {
-        "seed": c.seed, "models": {"aspp": {"net": None}}, "classifier": None, "results": {}, "data": None})
+        "seed": c.seed, "models": {"aspp": {"net": None}}, "classifier": None, "results": {}, "data": data})
     monkeypatch.setattr(chapter, "Extractor", lambda *a, **kw: None)
     monkeypatch.setattr(chapter, "summary", lambda results: None)
     monkeypatch.setattr(chapter, "make_claims", lambda runs, cfg: [])
     monkeypatch.setattr(chapter, "metrics_of", lambda runs, table: {"seeds": [r["seed"] for r in runs]})
-    from types import SimpleNamespace
-
-    assert chapter.experiment(cfg, SimpleNamespace(is_main=True, device="cpu")).metrics == {"seeds": [3, 4]}
-    assert seen == [3, 4]
+    res = chapter.experiment(cfg, SimpleNamespace(is_main=True, device="cpu"))
+    assert res.metrics == {"seeds": [3, 4]} and seen == [3, 4]
+    assert res.data["colormaps"]["maps"] == {"matplotlib": 2, "colorcet": 1, "cmcrameri": 1}  # train and test maps
+    pairs = resolve("colormap", "cpu-toy", {"pairs_train": "a.txt", "pairs_test": "b.txt"})
+    assert chapter.data_used(pairs, data) == {"chart_pairs": {"source": "folder", "path": "a.txt", "test": "b.txt"}}
     runs = [{"seed": 3, "results": {}, "floor": [], "models": {"aspp": {"loss": [9.0] * 5 + [1.0] * 20}}}]
     import pandas as pd
 

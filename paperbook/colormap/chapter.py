@@ -20,7 +20,7 @@ from ..core import Bound, Count, NonNegFloat, NonNegInt, PositiveFloat, Share
 # %% auto #0
 __all__ = ['PRESETS', 'ABLATIONS', 'GENERALISES', 'NET', 'PIPE', 'INPUT', 'CHAPTER', 'Config', 'build_corpora', 'train_models',
            'evaluate', 'abs_rho', 'value_recovery', 'summary', 'values_table', 'fit_classifier', 'make_claims',
-           'metrics_of', 'run_seed', 'experiment', 'strip_figure']
+           'metrics_of', 'run_seed', 'data_used', 'experiment', 'strip_figure']
 
 # %% ../../nbs/04_colormap.ipynb #de358584
 @dataclass(kw_only=True)
@@ -301,6 +301,17 @@ def run_seed(cfg: Config, info=None) -> dict:
             "floor": floor}
 
 
+def data_used(cfg: Config, data: dict) -> dict:
+    "The run record's `data`: the colormaps the charts were rendered from (per package), or the chart pairs' folders."
+    from collections import Counter
+
+    if cfg.pairs_train:
+        return {"chart_pairs": {"source": "folder", "path": cfg.pairs_train, "test": cfg.pairs_test}}
+    maps = Counter(m.source for m in data["train_maps"] + data["test_maps"])
+    return {"colormaps": {"source": "package", "maps": dict(maps),
+                          "note": "the charts are rendered from these colormaps (generated)"}}
+
+
 def experiment(cfg: Config, info) -> Result:
     "Every seed's run, the saved extractor (first seed) and the claims (`paperbook run colormap`)."
     from dataclasses import replace
@@ -315,7 +326,7 @@ def experiment(cfg: Config, info) -> Result:
 
         save_extractor(extractor, None if cfg.cache == "auto" else Path(cfg.cache) / "model.pt")
     table = summary([r["results"] for r in runs])
-    return Result(metrics=metrics_of(runs, table), claims=make_claims(runs, cfg),
+    return Result(metrics=metrics_of(runs, table), claims=make_claims(runs, cfg), data=data_used(cfg, first["data"]),
                   extras={"data": first["data"], "models": first["models"], "classifier": first["classifier"],
                           "results": first["results"], "extractor": extractor, "table": table, "runs": runs})
 
