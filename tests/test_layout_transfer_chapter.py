@@ -127,6 +127,7 @@ def test_experiment_runs_consecutive_seeds_and_keeps_no_node_lists(monkeypatch):
     res = ch.experiment(resolve("layout-transfer", overrides={"seed": 3, "seeds": 2}), None)
     assert res.metrics == {3: {"retrieval": 3, "boundary_cv": {}, "targets": [{"before": 3}]},
                            4: {"retrieval": 4, "boundary_cv": {}, "targets": [{"before": 4}]}}
+    assert res.data["planted_motifs"]["source"] == "generated"  # the run record says the graphs were generated
 
 
 def test_equal_size_bounds_are_refused():

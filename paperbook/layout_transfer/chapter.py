@@ -137,8 +137,9 @@ def experiment(cfg: Config, info) -> Result:
     per_seed = {s: one_seed(cfg, s) for s in progress(seeds, desc="seeds")}
     keep = lambda r: {"retrieval": r["retrieval"], "boundary_cv": r["boundary_cv"],
                       "targets": [{k: v for k, v in t.items() if k != "nodes"} for t in r["targets"]]}
+    planted = {"source": "generated", "note": "a random backbone with planted motif copies per seed (plant_motifs)"}
     return Result(metrics={s: keep(r) for s, r in per_seed.items()}, claims=make_claims(per_seed, cfg),
-                  extras={"per_seed": per_seed})
+                  data={"planted_motifs": planted}, extras={"per_seed": per_seed})
 
 # %% ../../nbs/10_layout_transfer.ipynb #cced656c
 def real_graphs() -> dict:
