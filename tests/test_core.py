@@ -140,6 +140,53 @@ def test_bound_text_and_sequence_members():
         resolve(ch, "cpu-toy", {"pair": [3, 0.5, 1]})
 
 
+def test_override_coercion_edges():
+    @dataclass(kw_only=True)
+    class Inner:
+        x: int = 1
+
+    @dataclass(kw_only=True)
+    class Mid:
+        inner: Inner = field(default_factory=Inner)
+
+    @dataclass(kw_only=True)
+    class Edge(BaseConfig):
+        pair: tuple[Count, Share] = (3, 0.5)
+        sizes: tuple[int, ...] = (1, 2)
+        modes: list[Literal["a", "b"]] = field(default_factory=lambda: ["a"])
+        tag: int | str = 0
+        extra: dict = field(default_factory=dict)
+        data: Path = Path("data")
+        mid: Mid = field(default_factory=Mid)
+        flag: bool = False
+
+    ch = Chapter(name="e", title="E", summary="s", paper="p", config=Edge, notebook="e.ipynb",
+                 presets={"cpu-toy": Edge()}, experiment=CH.experiment)
+    r = lambda o: resolve(ch, "cpu-toy", o)
+    pair = r({"pair": "3,0.5"}).pair  # each member coerced to its own type
+    assert pair == (3, 0.5) and type(pair[0]) is int and type(pair[1]) is float
+    assert r({"sizes": "4"}).sizes == (4,) and r({"sizes": [4]}).sizes == (4,)  # one value is a list of one
+    assert r({"tag": "none"}).tag == "none"  # 'none' means None only where None is allowed
+    assert r({"extra": {"a": 1}}).extra == {"a": 1} and r({"extra": '{"b": 2}'}).extra == {"b": 2}
+    assert r({"mid": {"inner.x": 5}}).mid.inner.x == 5 and r({"mid.inner": {"x": 6}}).mid.inner.x == 6
+    assert [r({"flag": v}).flag for v in ("on", "ON", "Yes", "off", "FALSE")] == [True, True, True, False, False]
+    for overrides, words in [
+        ({"pair": [3]}, "override 'pair' expects 2 items, got 1"),
+        ({"sizes": 3}, "override 'sizes' expects tuple[int, ...], got 3"),
+        ({"modes": 3}, "override 'modes' expects list[one of 'a', 'b'], got 3"),
+        ({"pair": 5}, "override 'pair' expects tuple[int that must be >= 1, float that must lie in [0, 1]], got 5"),
+        ({"data": 3}, "override 'data' expects Path, got 3"),
+        ({"extra": 3}, "override 'extra' expects dict, got 3"),
+        ({1: 2}, "override keys must be strings, got 1"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            r(overrides)
+        assert words in str(e.value), (words, str(e.value))
+    with pytest.raises(ValueError, match="override 'cap' expects int or None, got 'x'"):
+        resolve(CH, "cpu-toy", {"cap": "x"})
+    assert str(Bound(ge=0.0, le=1.0)) == "lie in [0, 1]" and str(Bound(ge=1, gt=0)) == "be >= 1 and > 0"
+
+
 def test_literal_settings_match_type_and_value():
     @dataclass(kw_only=True)
     class Lit(BaseConfig):
@@ -390,6 +437,28 @@ def test_paired_claim_holds_only_when_the_interval_excludes_zero():
         paired_claim("x", paper="p", a={0: 1.0}, b={1: 1.0}, better="lower")
     with pytest.raises(ValueError, match="lower' or 'higher"):
         paired_claim("x", paper="p", a={0: 1.0}, b={0: 1.0}, better="smaller")
+
+
+def test_interval_and_claim_edges():
+    import warnings
+
+    from paperbook.core import mean_interval, paired_claim
+
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_interval([])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one value: nan bounds without computing a sd of one value
+        m, lo, hi = mean_interval([3.0])
+    assert m == 3.0 and np.isnan(lo) and np.isnan(hi)
+    with pytest.raises(ValueError, match="map every seed"):
+        claim("c", paper="p", values=[1.0, 2.0], rule=lambda v: True)
+    # higher by a margin: differences +0.2 on every seed do not clear a margin of 0.5
+    a, b = {0: 1.2, 1: 1.3, 2: 1.1}, {0: 1.0, 1: 1.1, 2: 0.9}
+    assert paired_claim("by 0.1", paper="p", a=a, b=b, better="higher", margin=0.1)["holds"]
+    row = paired_claim("by 0.5", paper="p", a=a, b=b, better="higher", margin=0.5)
+    assert not row["holds"] and row["k_of_n"] == "0/3"
+    one = paired_claim("one seed", paper="p", a={0: 1.0}, b={0: 2.0}, better="lower")
+    assert one["ours"] == "ours 1.00 vs baseline 2.00; Δ -1.00 (one seed: no interval)"
 
 
 def test_repro_table_columns_and_our_thresholds():

@@ -63,12 +63,18 @@ _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
 
 def _tname(tp) -> str:
-    "A readable name for a type annotation."
-    if get_origin(tp) is Annotated:
-        return " that must ".join([_tname(get_args(tp)[0]), *(str(m) for m in tp.__metadata__ if isinstance(m, Bound))])
-    if get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", None) if get_origin(tp) is None else str(tp).replace("typing.", "")
+    "A readable name for a type annotation: 'int that must be >= 1', 'tuple[int, ...]', 'one of 'a', 'b''."
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return " that must ".join([_tname(args[0]), *(str(m) for m in tp.__metadata__ if isinstance(m, Bound))])
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_tname(a) for a in args)
+    if origin is None:
+        return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
+    inner = ", ".join("..." if a is Ellipsis else _tname(a) for a in args)
+    return f"{origin.__name__}[{inner}]" if args else origin.__name__
 
 # %% ../../nbs/00_core_config.ipynb #2ee58122
 def _parse_text(v: str):
