@@ -359,6 +359,48 @@ def test_the_commit_is_marked_dirty_with_local_changes(monkeypatch):
     assert records._git_commit() == "0123456789ab"
 
 
+def test_git_outside_a_checkout_and_untracked_files(monkeypatch):
+    "Not in a checkout: no commit. Files git does not track (run folders, data) do not make the checkout dirty."
+    import subprocess
+    from types import SimpleNamespace
+
+    import paperbook.core.records as records
+
+    def git(returncode):
+        def run(cmd, **kw):  # a checkout whose only change is an untracked file, as git reports it
+            if "rev-parse" in cmd:
+                return SimpleNamespace(returncode=returncode, stdout="" if returncode else "0123456789ab\n")
+            untracked = "--untracked-files=no" not in cmd
+            return SimpleNamespace(returncode=0, stdout="?? runs/metrics.json\n" if untracked else "")
+        return run
+
+    monkeypatch.setattr(subprocess, "run", git(0))
+    assert records._git_commit() == "0123456789ab"
+    monkeypatch.setattr(subprocess, "run", git(128))  # fatal: not a git repository
+    assert records._git_commit() is None
+
+
+def test_pick_device_without_the_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="MPS is not available"):
+        pick_device("mps")
+
+
+def test_records_hold_plain_json_and_a_plausible_memory(tmp_path):
+    assert jsonable(np.array([1.0, np.nan])) == [1.0, None] and jsonable(torch.tensor([np.nan])) == [None]
+    path = write_json(tmp_path / "a" / "x.json", {"p": Path("q"), "v": np.float32(2.5), "n": np.array([np.nan])})
+    assert json.loads(path.read_text()) == {"p": "q", "v": 2.5, "n": [None]}
+    run = start_run(CH, "cpu-toy", resolve(CH))
+    env = run.finish(Result(metrics={"x": 1}))["environment"]
+    assert 10 < env["peak_rss_mib"] < 65536  # MiB (getrusage gives KiB on Linux): a Python process with torch
+    run.record["environment"]["wall_time_s"] = 12.34  # the stamp says the recorded time, not the time since
+    assert "· 12.3 s ·" in run.stamp()
+
+
 def test_run_dir_from_environment(monkeypatch, tmp_path):
     assert run_dir("t", "cpu-toy") is None
     monkeypatch.setenv("PAPERBOOK_RUNS", str(tmp_path))
@@ -496,9 +538,21 @@ def test_load_and_summarize_runs_pool_every_seed(tmp_path):
     assert s.loc[0, "k_of_n"] == "4/5" and s.loc[0, "holds"] == "2/3 runs"
     assert s.loc[0, "ours"] == " | ".join(runs["ours"].astype(str))  # every run's value, in run order
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "metrics.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not a paperbook run record"):
-        load_runs(tmp_path)
+    for text in ("{not json", '{"metrics": {}}', "[1, 2]"):  # not JSON, no environment, not an object
+        (tmp_path / "bad" / "metrics.json").write_text(text)
+        with pytest.raises(ValueError, match="not a paperbook run record"):
+            load_runs(tmp_path)
+
+
+def test_load_runs_columns_and_claim_order(tmp_path):
+    write_json(tmp_path / "r1" / "metrics.json", {
+        "metrics": {}, "config": {"seed": 1}, "data": {"digits": {"source": "package"}, "g": {"source": "generated"}},
+        "environment": {"chapter": "t", "preset": "cpu-toy"},
+        "reproduction": [claim(c, paper="p", values={1: 1.0}, rule=lambda v: v > 0) for c in ("b", "a")]})
+    runs = load_runs(tmp_path)
+    assert runs["data"].tolist() == ["digits: package, g: generated"] * 2
+    assert runs["path"].tolist() == [str(tmp_path / "r1")] * 2  # the run's folder
+    assert summarize_runs(runs)["claim"].tolist() == ["b", "a"]  # claims in the order the chapter gives them
 
 
 # ---- display -----------------------------------------------------------------------------------------------
