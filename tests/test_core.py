@@ -246,6 +246,52 @@ def test_chapters_found_late_and_two_of_one_name(monkeypatch):
     assert "t" not in registry.chapters()
 
 
+def test_chapters_in_book_order_and_broken_modules_named(monkeypatch):
+    import sys
+    import types
+
+    import paperbook.core.registry as registry
+
+    mods = registry.chapter_modules()
+    assert mods == sorted(mods) and "paperbook.example.chapter" in mods
+    found = registry.chapters(refresh=True)
+    assert [c.notebook for c in found.values()] == sorted(c.notebook for c in found.values())
+    assert list(found)[0] != sorted(found)[0]  # book order is not the order of the names
+    monkeypatch.setitem(sys.modules, "fake_none.chapter", None)  # importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "fake_bare.chapter", types.SimpleNamespace())  # no CHAPTER
+    real = registry.chapter_modules()
+    try:
+        monkeypatch.setattr(registry, "chapter_modules", lambda: real + ["fake_none.chapter", "fake_bare.chapter"])
+        registry.chapters(refresh=True)
+        broken = registry.unavailable_chapters()
+        assert set(broken) == {"fake_none.chapter", "fake_bare.chapter"}
+        assert broken["fake_none.chapter"].startswith("ModuleNotFoundError")
+        assert broken["fake_bare.chapter"].startswith("AttributeError")
+        with pytest.raises(ValueError, match=r"unknown chapter 'nope'.*; fake_bare.chapter could not be imported"):
+            get_chapter("nope")
+        monkeypatch.setattr(registry, "chapter_modules", lambda: real)  # mended: no longer listed
+        registry.chapters(refresh=True)
+        assert registry.unavailable_chapters() == {}
+    finally:
+        monkeypatch.undo()
+        registry.chapters(refresh=True)
+
+
+def test_a_type_error_of_the_config_names_chapter_and_preset():
+    @dataclass(kw_only=True)
+    class Picky(BaseConfig):
+        n: int = 1
+
+        def __post_init__(self):
+            if self.n == 3:
+                raise TypeError("n = 3 is not supported")
+
+    ch = Chapter(name="pk", title="P", summary="s", paper="p", config=Picky, notebook="pk.ipynb",
+                 presets={"cpu-toy": Picky()}, experiment=CH.experiment)
+    with pytest.raises(ValueError, match="pk preset 'cpu-toy': n = 3 is not supported"):
+        resolve(ch, "cpu-toy", {"n": 3})
+
+
 def test_chapter_run_wraps_the_experiment_in_a_world_of_one():
     assert CH.run(resolve(CH, "cpu-toy", {"device": "cpu"})).metrics == {"x": 1, "world": 1}
 
@@ -639,6 +685,8 @@ def test_launch_lines_by_hand():
                              "--rdzv_endpoint=$MASTER_ADDR:29500 -m m")
     assert two["slurm"].startswith("srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=8 torchrun --nnodes=2")
     assert "--rdzv_id=$SLURM_JOB_ID" in two["slurm"] and two["slurm"].endswith(" -m m")
+    one_each = launch_lines(NS(world_size=2, nnodes=2, nproc_per_node=1), "-m m")  # two nodes, one process each
+    assert one_each["launch"].startswith("torchrun --nnodes=2 --nproc_per_node=1 ")
 
 
 @dataclass(kw_only=True)
