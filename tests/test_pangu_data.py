@@ -6,8 +6,7 @@ import pytest
 
 from paperbook.pangu.data import (
     Doc, chinese_ratio, clean_corpus, fortunes, near_duplicates, near_duplicates_of, pack, remove_repeated_paragraphs,
-    sensitive_count,
-    shorten_symbol_runs, split_by_document, to_simplified,
+    sensitive_count, shorten_symbol_runs, split_by_document, to_simplified,
 )
 
 HAN = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
