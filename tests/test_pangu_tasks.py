@@ -163,6 +163,55 @@ def test_truncation_keeps_the_candidate_and_the_most_recent_examples(monkeypatch
     assert seqs[1] == ex[-(14 - len(q)):] + q and starts[1] == 14 - len(q)
 
 
+def test_scoring_edges_found_by_mutation(monkeypatch):
+    import paperbook.pangu.tasks as tasks
+
+    shapes = []
+
+    class Flat(torch.nn.Module):  # uniform over 3 tokens; records the batches it is given
+        def forward(self, ids):
+            shapes.append(tuple(ids.shape))
+            return torch.zeros(*ids.shape, 3)
+
+    nll = sequence_nll(Flat(), [[1] * 5, [1] * 2, [1] * 5, [1] * 2], [1] * 4, batch=2)
+    assert nll == pytest.approx([math.log(3)] * 4)
+    assert shapes == [(2, 2), (2, 5)]  # sorted by length: no batch pads a short sequence to a long one
+    assert sentences("一二三四\n五六七八。") == ["一二三四五六七八。"]  # line breaks inside a sentence are dropped
+    sixty = "字" * 59 + "。"
+    assert sentences(sixty + "字" * 60 + "。") == [sixty]  # at most 60 characters, 60 included
+    with pytest.raises(ValueError, match="need equally many predictions and labels, got 0 and 0"):
+        summarise([], [])
+    assert summarise(["pos", "neg", "pos"], ["pos", "pos", "pos"])["n"] == 3
+    seen = []
+    monkeypatch.setattr(tasks, "sequence_nll", lambda model, seqs, starts, **kw: seen.append((seqs, starts))
+                        or np.zeros(len(seqs)))
+    item = {"context": "我们今天", "candidates": ["去", "去公园", "回家了吗", "好"], "answer": 0}
+    next_sentence_predictions(None, Chars("我们今天去公园回家了吗好"), [item], max_len=32)
+    assert seen[0][1] == [1, 1, 1, 1]  # §5.3.2: the perplexity of the whole sequence, context included
+    seen.clear()
+    long = [("很棒" * 20, "pos")]  # 47 tokens of query: cut to max_len - 1, and the example is cut too
+    p = sentiment_predictions(None, CHARS, long, [TEST[0]], k=1, max_len=22)  # example 12 + N/A query 10 fit
+    assert all(len(s) <= 22 for s in seen[0][0]) and p["truncated"] == [True]  # the text's queries are cut
+
+
+def test_items_need_enough_distractors_drawn_at_random():
+    few = ["第一篇的第一句话在这里。第一篇的第二句话在这里。", "第二篇只有这一句话的。", "第三篇只有这一句话的。"]
+    with pytest.raises(ValueError, match="no next-sentence items"):  # two distractors for four choices: no item
+        next_sentence_items(few, 5)
+    docs = [f"第{i}篇的第一句话在这里。第{i}篇的第二句话在这里。" for i in range(12)]
+    per_seed = [{it["context"]: frozenset(it["candidates"]) for it in next_sentence_items(docs, 12, seed=s)}
+                for s in range(3)]
+    ctx = next(iter(per_seed[0]))
+    assert len({frozenset(p[ctx]) for p in per_seed}) > 1  # the same pair gets other distractors under another seed
+
+
+def test_balanced_shots_come_in_random_order():
+    pool = [(f"t{i}", "pos") for i in range(10)] + [(f"u{i}", "neg") for i in range(10)]
+    rng = random.Random(0)
+    firsts = {draw_shots(pool, 2, rng)[0][1] for _ in range(30)}
+    assert firsts == {"pos", "neg"}  # not always the labels' sorted order
+
+
 def test_next_sentence_prefers_the_continuation_a_model_knows():
     class Digits:
         def encode(self, text):
