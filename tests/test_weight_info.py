@@ -140,6 +140,61 @@ def test_stopping_rules_by_hand():
     assert distance_stop([10, 30, 20, 10, 11, 9, 20], window=1, rise=0.2) == 5
 
 
+def test_measures_edges_found_by_mutation():
+    # smoothing: one noisy step (epoch 5) does not stop training. Window 3 gives [4, 3, 2, 5/3, 4/3, 4/3, 1, 1, 5/3,
+    # 7/3, 3]: the minimum 1 is the window over epochs 6-8 and 5/3 > 1.15 rises past it, so the stop is epoch 7
+    assert distance_stop([5, 4, 3, 2, 1, 2, 1, 1, 1, 1, 3, 3, 3], window=3, rise=0.15) == 7
+    lin = nn.Linear(2, 2)
+    assert flat_params(lin).dtype == torch.float64  # distances summed over millions of weights in float64
+
+    class Flat(nn.Module):  # its parameters do not change its output: every σ leaves the loss as it is
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2, 2))
+
+        def forward(self, x):
+            return 0 * (x @ self.w) + torch.tensor([1.0, 0.0])
+
+    X, y = torch.randn(8, 2), torch.zeros(8, dtype=torch.long)
+    # tolerance 0 admits an unchanged loss: the bisection climbs to the top of [1e-4, 1]
+    assert sharpness_sigma(Flat(), X, y, tolerance=0.0) == pytest.approx(1.0, rel=0.02)
+
+
+def test_training_stops_once_fitted_and_memorised_without_redrawn_labels():
+    d = load_images("digits", n_train=100, n_val=20, n_test=20, seed=0)
+    torch.manual_seed(0)
+    none = torch.zeros(100, dtype=torch.bool)
+    rec = train_recording(make_model("mlp", (1, 8, 8), width=64), d["train"], d["val"], d["test"], redrawn=none,
+                          max_epochs=100, seed=0)
+    accs = [r["train_acc"] for r in rec["rows"]]
+    assert rec["fitted"] and accs[-1] == 1.0 and all(a < 1.0 for a in accs[:-1]) and len(accs) < 100
+    assert {r["memorised"] for r in rec["rows"]} == {0.0}  # no redrawn labels: 0, not the mean of nothing (nan)
+
+
+def test_prequential_blocks_start_from_the_seed_and_shuffle():
+    X = torch.randn(60, 3)
+    y = (X[:, 0] > 0).long()
+    make = lambda: nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 10))
+    a = prequential_bits(make, X, y, blocks=(0.5, 1.0), epochs=2, seed=3)
+    torch.randn(100)  # the global generator moves on between the two calls
+    assert prequential_bits(make, X, y, blocks=(0.5, 1.0), epochs=2, seed=3) == a  # each block's model from the seed
+    order = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 10)
+
+        def forward(self, x):
+            if torch.is_grad_enabled():
+                order.extend(x[:, 0].long().tolist())
+            return self.lin(x)
+
+    rows = torch.arange(40.0)[:, None].repeat(1, 3)
+    prequential_bits(Spy, rows, torch.zeros(40, dtype=torch.long), blocks=(0.5, 1.0), epochs=1, lr=0.0, batch=5)
+    assert sorted(order) == list(range(20)) and order != list(range(20))  # every row once, in shuffled order
+
+
 def test_prequential_code_separates_structure_from_noise():
     X = torch.randn(400, 3)
     make = lambda: nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 10))
