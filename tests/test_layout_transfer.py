@@ -148,6 +148,32 @@ def test_retrieval_candidates_sizes_order_and_the_index_path():
     assert [sorted(m.nodes) for m in via] == [sorted(m.nodes) for m in found]
 
 
+def test_retrieval_edges_found_by_mutation(tmp_path):
+    from collections import Counter
+
+    from sklearn.neighbors import NearestNeighbors
+
+    from paperbook.layout_transfer.retrieve import read_matrix_market, wl_features
+
+    # WL features of a path a-a-a, by hand: each round's labels counted under that round's number
+    P = nx.path_graph(3)
+    end, mid = ("a", ("a",)), ("a", ("a", "a"))
+    assert wl_features(P, {v: "a" for v in P}, h=2) == Counter({
+        (0, "a"): 3, (1, end): 2, (1, mid): 1, (2, (end, (mid,))): 2, (2, (mid, (end, end))): 1})
+    # exemplar {0, 1}; the rest falls into components {2, 3} and {4, 5, 6}; every node a candidate (eps -1)
+    G = nx.Graph([(0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6)])
+    emb = np.random.default_rng(0).normal(size=(7, 4))
+    found = retrieve(G, emb, [0, 1], eps=-1.0, k=7, size=(2, 3))
+    assert [sorted(m.nodes) for m in found] == [[2, 3]]  # size's lower end is included
+    # k = 1: each exemplar node's nearest row is its own, and the exemplar is never its own match
+    assert retrieve(G, emb, [0, 1], eps=-1.0, k=1, size=(1, 10)) == []
+    index = NearestNeighbors().fit(cosine(emb))
+    assert retrieve(G, emb, [0, 1], eps=-1.0, k=1, size=(1, 10), index=index) == []
+    assert len(retrieve(G, emb, [0, 1], eps=-1.0, k=7, size=(1, 10), index=index)) == 2
+    with pytest.raises(ValueError, match="not a readable Matrix Market file"):
+        read_matrix_market(tmp_path / "missing.mtx")
+
+
 def test_similarity_fit_recovers_a_transform():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 2))
