@@ -256,6 +256,7 @@ def test_swaps_stop_at_a_local_optimum(seed):
     Gt = nx.relabel_nodes(nx.gnm_random_graph(9, 11, seed=seed + 100), lambda v: v + 100)
     tg = list(Gt)
     m = improve_by_swaps(Gt, Ge, dict(zip(rng.permutation(tg)[:8].tolist(), Ge)), tg)
+    assert sorted(m.values()) == list(Ge)  # still one target node per exemplar node (none mapped to None)
     best = edge_agreement(Gt, Ge, m)
     for a, b in combinations(tg, 2):
         other = dict(m)  # a and b exchange partners (either may have none)
@@ -350,6 +351,79 @@ def test_radial_straighten_and_mirror_by_hand():
     # mirror about the vertical line through the centroid (x = 1.5)
     mirror = apply_edit("mirror", P, ppos, list(P), 1.0)
     assert np.allclose(mirror[1], [3.0, 0.0]) and np.allclose(mirror[2], [0.0, -0.1])
+
+
+def test_transfer_edges_found_by_mutation():
+    from networkx.algorithms.isomorphism import GraphMatcher
+
+    # an isomorphic copy with its nodes in another order: the isomorphism search finds an edge-preserving match
+    # where the embedding (no help here) and swaps alone would not
+    P = nx.petersen_graph()
+    perm = np.random.default_rng(0).permutation(10)
+    G = nx.union(P, nx.relabel_nodes(P, {v: 10 + int(perm[v]) for v in P}))
+    m = match_nodes(G, np.ones((10, 10)), list(range(10)), list(range(10, 20)))
+    assert edge_agreement(G.subgraph(range(10, 20)), P, m) == 15
+    # max_isomorphisms: only the first ones are looked at
+    G3 = nx.disjoint_union(nx.path_graph(3), nx.path_graph(3))
+    sim = np.zeros((3, 3))
+    sim[0, 2] = sim[2, 0] = 1.0  # the reversed path is the better match
+    first = next(GraphMatcher(G3.subgraph([3, 4, 5]), G3.subgraph([0, 1, 2])).isomorphisms_iter())
+    assert match_nodes(G3, sim, [0, 1, 2], [3, 4, 5], max_isomorphisms=1) == first
+    assert match_nodes(G3, sim, [0, 1, 2], [3, 4, 5], max_isomorphisms=2) == {3: 2, 4: 1, 5: 0}
+    with pytest.raises(ValueError, match="at least two matched points"):
+        similarity_fit([[0.0, 0.0]], [[1.0, 1.0]])
+    assert similarity_fit([[1.0, 1.0], [1.0, 1.0]], [[3.0, 4.0], [5.0, 6.0]])[0] == 1.0  # one point twice: no scale
+    steps = {0: np.zeros(2), 1: np.array([1.0, 0]), 2: np.array([2.0, 0]), 3: np.array([6.0, 0])}
+    assert mean_edge_length(nx.path_graph(4), steps) == 2.0  # lengths 1, 1, 4: the mean (the median would be 1)
+
+
+def test_transfer_scales_moves_unmatched_nodes_along_and_skips_partners_without_an_edit():
+    G = nx.disjoint_union(nx.wheel_graph(7), nx.wheel_graph(7))
+    rng = np.random.default_rng(2)
+    pos = {v: rng.normal(size=2) for v in range(7)}
+    pos |= {v + 7: 2 * pos[v] + [10.0, 0.0] for v in range(7)}  # the target: the exemplar doubled and shifted
+    ex, tg = list(range(7)), list(range(7, 14))
+    before = {v: pos[v] for v in ex}
+    after = apply_edit("radial", G, pos, ex, 1.0)
+    m = {v + 7: v for v in ex}
+    moved = transfer_edit(G, pos, before, after, tg, m, unit=1.0)
+    assert all(np.allclose(moved[v + 7], 2 * after[v] + [10.0, 0.0]) for v in ex)
+    # the edit shifts the exemplar by 100: node 13, unmatched, is placed among the matched nodes' new places
+    far = {v: before[v] + [100.0, 0.0] for v in ex}
+    part = transfer_edit(G, pos, before, far, tg, {k: v for k, v in m.items() if k != 13}, unit=1.0)
+    assert part[13][0] > 150  # the others moved by 2 × 100; 13 went with them
+    # a partner with no edited position counts as unmatched (placed by stress), not as an error
+    no_edit = {v: after[v] for v in ex if v != 6}
+    out = transfer_edit(G, pos, before, no_edit, tg, m, unit=1.0)
+    assert sorted(out) == tg and np.isfinite(out[13]).all()
+
+
+def test_radial_details_and_readability_edges():
+    # a path 0-1-2-3 with a leaf 4 on node 2: nodes 1 and 2 both have eccentricity 2, 2 has the higher degree
+    G = nx.Graph([(0, 1), (1, 2), (2, 3), (2, 4)])
+    pos = {v: np.random.default_rng(v).normal(size=2) for v in G}
+    assert np.allclose(apply_edit("radial", G, pos, list(G), 1.0)[2], pos[2])
+    # each outer node of a spider follows its parent: half a step (60°) further round
+    S = nx.Graph([(0, 1), (1, 4), (0, 2), (2, 5), (0, 3), (3, 6)])
+    for seed in range(5):
+        spos = {0: np.zeros(2), **{v: np.random.default_rng(seed * 10 + v).normal(size=2) for v in range(1, 7)}}
+        out = apply_edit("radial", S, spos, list(S), 1.0)
+        ang = {v: np.degrees(np.arctan2(out[v][1], out[v][0])) % 360 for v in range(1, 7)}
+        assert all(round((ang[c] - ang[p]) % 360) == 60 for p, c in ((1, 4), (2, 5), (3, 6))), seed
+    # a wheel whose rim runs counter-clockwise stays counter-clockwise (the rim is walked in angle order)
+    W = nx.wheel_graph(9)
+    wpos = {0: np.zeros(2), **{i: np.array([np.cos(0.8 * i), np.sin(0.8 * i)]) for i in range(1, 9)}}
+    out = apply_edit("radial", W, wpos, list(W), 1.0)
+    turns = [np.arctan2(*(out[i % 8 + 1] - out[0])[::-1]) - np.arctan2(*(out[i] - out[0])[::-1]) for i in range(1, 9)]
+    assert all(np.sin(t) > 0 for t in turns)  # each next rim node lies counter-clockwise of the one before
+    # the smallest gap between three edges at 170°, -170° and 0° is the 20° across the ±180° line: 1 - 100/120
+    tri = {0: np.zeros(2), **{i: np.array([np.cos(np.radians(a)), np.sin(np.radians(a))])
+                              for i, a in ((1, 170), (2, -170), (3, 0))}}
+    assert readability(nx.star_graph(3), tri, range(4))["minimum angle"] == pytest.approx(1 - 100 / 120)
+    assert readability(nx.star_graph(3), tri, range(4))["crosslessness"] == 1.0  # no pair of edges can cross
+    # shape-based is the mean over nodes: on a line 0, 1, 1.4, 5 with edges 0-1 and 2-3 the Jaccards are 1, 0, 0, 1
+    line = {0: np.zeros(2), 1: np.array([1.0, 0]), 2: np.array([1.4, 0]), 3: np.array([5.0, 0])}
+    assert readability(nx.Graph([(0, 1), (2, 3)]), line, range(4))["shape-based"] == 0.5
 
 
 def test_matrix_market_reader(tmp_path):
