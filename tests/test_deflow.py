@@ -323,6 +323,45 @@ def test_training_keeps_the_best_validation_epoch_and_predicts_on_the_data_scale
     assert np.allclose(predict(Zero(), te, scaler), (scaler.lo + scaler.hi) / 2)
 
 
+def test_the_external_part_inputs_on_the_scaled_range_ties_and_progress():
+    torch.manual_seed(0)
+    m = STResNet(2, 4, 4, lc=1, lp=0, lq=0, ext_dim=3, ch=4, units=1, bn=False)
+    with torch.no_grad():
+        m.W.zero_()  # no branch: what is left is tanh of the external part, ReLU(Linear(ReLU(Linear(e))))
+    e = torch.randn(5, 3)
+    lin1, lin2 = m.ext[0], m.ext[2]
+    hand = torch.tanh(torch.relu(torch.relu(e @ lin1.weight.T + lin1.bias) @ lin2.weight.T + lin2.bias))
+    out = m(torch.randn(5, 2, 4, 4), None, None, e)
+    assert hand.abs().sum() > 0 and torch.allclose(out, hand.view(5, 2, 4, 4), atol=1e-6)
+    flows = simulate_city("straight", size=6, days=10, corridors=2, seed=0)
+    s = make_samples(flows, lc=2, lp=1, lq=1)
+    tr, va, te, scaler = split(flows, s, test_days=1, val_share=0.2)
+    seen = []
+
+    class Spy(torch.nn.Module):  # records the inputs it is given
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, xc, xp, xq, ext):
+            seen.append(xc)
+            return torch.zeros(len(xc), 2, 6, 6) + self.p
+
+    predict(Spy(), te, scaler)
+    assert torch.allclose(torch.cat(seen), torch.as_tensor(scaler(te.xc), dtype=torch.float32))  # scaled inputs
+    assert float(torch.cat(seen).max()) <= 1.0 < float(te.xc.max())
+
+    class Ticks:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    ticks = Ticks()
+    res = train(Spy(), tr, va, scaler, epochs=3, lr=0.0, batch=8, progress=ticks)  # nothing changes: a tie
+    assert res["best_epoch"] == 0 and len(set(res["val"])) == 1 and ticks.n == 3  # the first of equal epochs
+
+
 def _cities(deflow_curved, deflow_straight, ha=1.0, copy=0.9):
     "Crafted RMSEs per seed: ST-ResNet 0.70 (curved) and 0.50 (straight), plus a little seed noise."
     out = {}
