@@ -179,6 +179,59 @@ def test_sgd_settings_loss_scale_and_centre_windows(monkeypatch):
     assert np.allclose(got[0], centre.numpy(), atol=1e-5)
 
 
+def test_model_details_found_by_mutation(monkeypatch):
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    st = Stream(8, 5, hidden=6, graph=False, attention=False)  # no context, even weights: the mean of [x, 0]
+    v = torch.randn(2, 5, 8)
+    lin1, lin2 = st.embed[0], st.embed[2]
+    x = F.relu(F.relu(v @ lin1.weight.T + lin1.bias) @ lin2.weight.T + lin2.bias)
+    assert torch.allclose(st(v)[0], torch.cat([x, torch.zeros_like(x)], -1).mean(1), atol=1e-6)
+    for kw, words in [({"streams": ()}, "non-empty subset"), ({"pooling": "max"}, "'attention' or 'mean'")]:
+        with pytest.raises(ValueError, match=words):
+            ActionNet(4, 3, 5, 6, 8, **kw)
+    # mean pooling: the sequences' means straight into the regressor, by hand; one stream alone has its own width
+    net = ActionNet(4, 3, 5, 6, 8, pooling="mean", dropout=0.0).eval()
+    dyn, sta = torch.randn(2, 5, 4), torch.randn(2, 6, 3)
+    want = torch.sigmoid(net.reg(torch.cat([dyn.mean(1), sta.mean(1)], -1))).squeeze(-1) * 25
+    assert torch.allclose(net(dyn, sta), want)
+    assert ActionNet(4, 3, 5, 6, 8, pooling="mean", streams=("static",))(dyn, sta).shape == (2,)
+    # dropout in training: two calls differ; and each copy of an ensemble draws its own masks
+    drop = ActionNet(4, 3, 5, 6, 8, dropout=0.5).train()
+    assert not torch.equal(drop(dyn, sta), drop(dyn, sta))
+    ens = Ensemble([drop, drop])
+    out = ens(torch.stack([dyn, dyn]), torch.stack([sta, sta]))
+    assert not torch.equal(out[0], out[1])  # the same weights and inputs, other masks
+    assert ens.member(0).training is False
+    rng = np.random.default_rng(1)
+    f = generate_features(_routines(rng.uniform(3, 12, 8).round(1), rng.uniform(4, 9, 8).round(2)), clips=16,
+                          frames=32, seed=0)
+    one = (f.dynamic, f.static, f.y)
+    with pytest.raises(ValueError, match="need 2 training sets of equal size"):
+        train_ensemble(ens, [one], epochs=1, batch=8, lr=0.0, clips=16, frames=32)
+    made, real = [], torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda groups, **kw: made.append(real(groups, **kw)) or made[-1])
+    torch.manual_seed(0)
+    quiet = Ensemble([ActionNet(32, 32, 16, 32, 16, dropout=0.0) for _ in range(2)])
+    with torch.no_grad():  # one batch of all eight, scored before the step: the copies' mean MSE of score / 25
+        pred = quiet(torch.as_tensor(np.stack([f.dynamic] * 2)), torch.as_tensor(np.stack([f.static] * 2)))
+        want = (((pred - torch.as_tensor(f.y)) / 25) ** 2).mean().item()
+    losses = train_ensemble(quiet, [one, one], epochs=1, batch=8, lr=1e-3, clips=16, frames=32, optimizer="adam")
+    assert losses[0] == pytest.approx(want, rel=1e-5)
+    assert [g["initial_lr"] for g in made[0].param_groups] == [1e-3, 1e-3]  # ours: one rate for all under Adam
+    trained = []
+    for seed in (0, 1):  # windows as long as the sequences: only the batches' order differs between the seeds
+        torch.manual_seed(0)
+        e = Ensemble([ActionNet(32, 32, 16, 32, 16, dropout=0.0)])
+        train_ensemble(e, [one], epochs=1, batch=4, lr=1e-2, clips=16, frames=32, optimizer="adam", seed=seed)
+        trained.append(predict(e, [one], clips=16, frames=32))
+    assert not np.allclose(*trained)
+    zeros = [(np.zeros((2, 5, 4), np.float32), np.zeros((2, 6, 3), np.float32), np.zeros(2))]
+    e = Ensemble([drop]).train()
+    assert np.array_equal(predict(e, zeros, clips=5, frames=6), predict(e, zeros, clips=5, frames=6))  # no dropout
+
+
 def test_spearman_and_fisher_by_hand():
     assert spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 30, 20, 40])) == pytest.approx(0.8)
     assert fisher_mean([0.2, 0.6]) == pytest.approx(math.tanh((math.atanh(0.2) + math.atanh(0.6)) / 2))

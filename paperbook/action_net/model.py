@@ -107,6 +107,7 @@ class Ensemble(nn.Module):
         from torch.func import functional_call, vmap
 
         params, buffers = self.state()
+        self._base.train(self.training)  # not a submodule, so eval() does not reach it: dropout off when asked
         one = lambda p, b, *x: functional_call(self._base, (p, b), x)
         return vmap(one, randomness="different")(params, buffers, *inputs)
 
