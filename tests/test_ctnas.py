@@ -168,6 +168,52 @@ def test_search_finds_a_good_architecture_of_a_toy_space():
         search(space, nac, labelled=(A, t, space.acc), steps=1, baseline="best")
 
 
+def test_model_details_found_by_mutation():
+    import copy
+
+    from paperbook.ctnas.model import regularized_evolution
+
+    space, _ = toy_space()
+    torch.manual_seed(0)
+    nac = NAC(space.n_ops + 2, width=8, layers=2)
+    A, t = batch_graphs(space, space.archs[:6])
+    with torch.no_grad():  # P(α better than β) = σ(w·[feat(α); feat(β)] + b), α's features first
+        hand = torch.sigmoid(nac.head(torch.cat([nac.encoder(A[:3], t[:3]), nac.encoder(A[3:], t[3:])], -1)))
+        assert torch.allclose(nac(A[:3], t[:3], A[3:], t[3:]), hand.squeeze(-1))
+    # pseudo-labelled pairs join the loss: four copies of one pair labelled 1 add -log NAC(pair) to the first loss
+    extra = (A[:1].repeat(4, 1, 1), t[:1].repeat(4, 1), A[1:2].repeat(4, 1, 1), t[1:2].repeat(4, 1), torch.ones(4))
+    before = copy.deepcopy(nac)
+    acc = np.arange(6.0)
+    plain = train_nac(copy.deepcopy(before), A, t, acc, epochs=1, batch=6, seed=0)
+    with_extra = train_nac(copy.deepcopy(before), A, t, acc, epochs=1, batch=6, seed=0, extra_pairs=extra)
+    with torch.no_grad():
+        add = -torch.log(before(A[:1], t[:1], A[1:2], t[1:2])).item()
+    assert with_extra[0] == pytest.approx(plain[0] + add, rel=1e-5)
+    # the NAC is updated every `update_every` steps, at steps 5 and 10 of 10
+    res = search(space, nac, labelled=(A, t, acc), steps=10, batch=4, update_every=5, explore=False, seed=0)
+    assert [h[0] for h in res["history"]] == [5, 10]
+
+    class Counting:  # the toy space, counting look-ups
+        def __init__(self, space):
+            self.space, self.looked = space, []
+            self.archs, self.choices = space.archs, space.choices
+
+        def __len__(self):
+            return len(self.space)
+
+        def accuracy(self, a):
+            self.looked.append((a, self.space.accuracy(a)))
+            return self.looked[-1][1]
+
+    small = Counting(space)
+    regularized_evolution(small, 3, population=10, seed=0)
+    assert len(small.looked) == 3  # the budget holds even below the population's size
+    for seed in range(10):  # the best architecture looked up, even once it has aged out of the population
+        c = Counting(space)
+        got = regularized_evolution(c, 40, population=3, seed=seed)
+        assert space.accuracy(got) == max(a for _, a in c.looked)
+
+
 class ByTypeSum(torch.nn.Module):
     "A stand-in comparator: P(first better) = sigmoid(sum of node types of the first - of the second + bias)."
 
