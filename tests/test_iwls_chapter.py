@@ -185,3 +185,49 @@ def test_experiment_records_the_real_data_it_used(monkeypatch, registry):
     registry["real"] = False
     res = ch.experiment(resolve("iwls2020", overrides={}), None)
     assert res.data == {"iwls2020": {"source": "generated"}} and res.metrics["source"] == "generated"
+
+
+# ---- found by mutation of iwls/select.py: stand-in learners record what they are given ----
+class _Circuit:
+    "A stand-in circuit: a size, a description, and cleanup() that returns itself."
+
+    def __init__(self, ands, description=""):
+        self.num_ands, self.description = ands, description
+
+    def cleanup(self):
+        return self
+
+
+def test_selection_details_with_stand_in_learners(monkeypatch):
+    from paperbook.iwls import select
+
+    rng = np.random.default_rng(0)
+    data = PLA(rng.integers(0, 2, (40, 5), dtype=np.uint8), rng.integers(0, 2, (40, 1), dtype=np.uint8))
+    monkeypatch.setattr(select, "accuracy", lambda aig, X, y: 0.75)
+    # over the limit: ABC is asked and the note says what it did
+    monkeypatch.setattr(select, "abc_command", lambda: "abc")
+    monkeypatch.setattr(select, "abc_optimize", lambda aig: _Circuit(10))
+    monkeypatch.setitem(select.LEARNERS, "big", lambda train: _Circuit(9000, "a big one"))
+    c = select.fit_candidate("big", {}, data, data, max_ands=5000)
+    assert c.ands == 10 and c.note == "a big one; ABC: 9000 -> 10 ANDs"
+    # the first fold's note is kept; a learner that delivers nothing on a fold is not tried on the others
+    calls = []
+
+    def noted(train):
+        calls.append(len(train))
+        return _Circuit(3, f"note {len(calls)}")
+
+    monkeypatch.setitem(select.LEARNERS, "noted", noted)
+    assert select.cross_validate("noted", {}, data, folds=4).note == "note 1"
+    calls.clear()
+    monkeypatch.setitem(select.LEARNERS, "none", lambda train: calls.append(1))  # returns None: nothing
+    cv = select.cross_validate("none", {}, data, folds=4)
+    assert calls == [1] and cv.accuracy == [0.0] * 4 and cv.delivered == [False] * 4
+    with pytest.raises(ValueError, match="no candidate produced a circuit"):
+        select.choose([cv])
+    with pytest.raises(ValueError, match=r"cannot join PLAs with \[4, 5\] inputs"):
+        select.join(data, PLA(data.X[:, :4], data.Y))
+    # the portfolio names its picks with their settings
+    a = CV("tree", {"depth": 3}, [0.9, 0.9], [5, 5], delivered=[True, True])
+    b = CV("lut", {}, [0.5, 0.5], [1, 1], delivered=[True, True])
+    assert select.portfolio_cv([a, b])[1] == ["tree {'depth': 3}"] * 2
