@@ -1,9 +1,10 @@
 """Attention kernels for the PanGu-α trainer on this machine: one layer's forward + backward, in milliseconds.
 
 The trainer calls `F.scaled_dot_product_attention` with the packed-document mask of `positions_and_mask`. This
-script times that call against variants that could skip the masked (upper) half of the score matrix, at the
-throughput benchmark's shape (batch 8, 6 heads of 64, sequences of 256, fp32), and checks each against the
-trainer's output and gradients. Prints, does not assert.
+script times that call against the unfused paths (PyTorch's math backend, and the formula written out and compiled,
+whose two products run on the matmul library) and variants that could skip the masked (upper) half of the score
+matrix, at the throughput benchmark's shape (batch 8, 6 heads of 64, sequences of 256, fp32), and checks each
+against the trainer's output and gradients. Prints, does not assert.
 
     python benchmarks/pangu_attention.py
     python benchmarks/pangu_attention.py --json nbs/records/pangu-alpha/attention.json   # the chapter shows it
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from paperbook.pangu.model import positions_and_mask
 
@@ -28,6 +30,18 @@ def sdpa_mask(q, k, v, mask):
 def sdpa_causal(q, k, v, mask):
     "SDPA with `is_causal=True` (ignores document boundaries: a bound on what a causal kernel gains)."
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def sdpa_math(q, k, v, mask):
+    "SDPA's unfused reference path: the score matrix by a batched matmul, the masked softmax, a second matmul."
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def explicit(q, k, v, mask):
+    "softmax(QKᵀ/√d + M) V written out, for torch.compile to fuse the scaling, mask and softmax between the matmuls."
+    s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1) @ v
 
 
 def causal_chunks(q, k, v, mask, chunks: int = 4):
@@ -94,6 +108,8 @@ def main():
     ref_out, ref_grads = grads(sdpa_mask)
     variants = {"SDPA, packed-document mask (the trainer)": (sdpa_mask, False),  # the reference itself
                 "SDPA, is_causal (no document boundaries)": (sdpa_causal, False),
+                "SDPA, math backend (unfused)": (sdpa_math, True),
+                "written out, torch.compile": (torch.compile(explicit), True),
                 "causal chunks (4), eager": (causal_chunks, True),
                 "causal chunks (4), torch.compile": (torch.compile(causal_chunks), True)}
     flex, why = flex_variant()
