@@ -552,3 +552,126 @@ def test_run_takes_its_device_from_the_config():
     cfg = resolve("acsl", "cpu-toy", {"device": "cuda:7" if not torch.cuda.is_available() else "cuda:999"})
     with pytest.raises(ValueError, match="cuda"):
         run_seed(cfg, 0)
+
+
+# ---- found by mutation of losses.py and detector.py ------------------------------------------------
+def test_loss_checks_name_negative_labels_short_groups_and_a_background_column_alone():
+    from paperbook.acsl.losses import group_masks
+
+    z = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.3 \(0 = background\), got -1\.\.2"):
+        bce_loss(z, torch.tensor([0, -1, 2]))
+    with pytest.raises(ValueError, match="groups must be '-' for background then"):
+        group_masks(["-"])  # no category
+    with pytest.raises(ValueError, match="groups has 3 entries; the logits have 4 columns"):
+        acsl_loss(z, torch.tensor([0, 0, 2]), background="code", groups=["-", "r", "f"])
+
+
+def test_code_background_rule_rounds_each_share_down():
+    # 250 background samples: 1% is 2.5 and 10% is 25, so 2 samples suppress the rare column and 25 the common one
+    z = torch.logit(torch.full((250, 5), 0.8))
+    w = acsl_weights(z, torch.zeros(250, dtype=torch.long), background="code", groups=GROUPS,
+                     generator=torch.Generator().manual_seed(0))
+    assert w[:, 1].sum().item() == 2 and w[:, 2].sum().item() == 25 and w[:, 3:].sum().item() == 2 * 250
+
+
+def test_class_loss_draws_the_code_rule_from_the_generator_it_is_given():
+    torch.manual_seed(0)
+    z, y = torch.randn(400, 5), torch.zeros(400, dtype=torch.long)
+    kw = dict(background="code", groups=GROUPS)
+
+    def seeded(s):
+        return torch.Generator().manual_seed(s)
+    assert torch.equal(class_loss("acsl", z, y, generator=seeded(3), **kw), acsl_loss(z, y, generator=seeded(3), **kw))
+    assert not torch.equal(acsl_loss(z, y, generator=seeded(3), **kw), acsl_loss(z, y, generator=seeded(4), **kw))
+
+
+def _coco_ap(scores, hits, num_gt):
+    "COCO's 101-point AP written out plainly: ties in input order (pycocotools sorts with mergesort)."
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    tp = fp = 0
+    recall, precision = [], []
+    for i in order:
+        tp, fp = tp + hits[i], fp + (not hits[i])
+        recall.append(tp / num_gt)
+        precision.append(tp / (tp + fp))
+    for j in range(len(precision) - 2, -1, -1):  # the best precision at this recall or beyond
+        precision[j] = max(precision[j], precision[j + 1])
+    points = []
+    for r in np.linspace(0, 1, 101):  # COCO's recall thresholds, compared exactly as its searchsorted does
+        reached = [j for j, rec in enumerate(recall) if rec >= r]
+        points.append(precision[reached[0]] if reached else 0.0)
+    return sum(points) / 101
+
+
+def test_average_precision_breaks_ties_in_input_order_as_coco():
+    rng = np.random.default_rng(0)
+    for n in (20, 60):
+        for _ in range(5):
+            scores = np.round(rng.random(n), 1)  # many ties
+            hits = rng.random(n) < 0.4
+            assert average_precision(scores, hits, int(hits.sum()) + 1) == pytest.approx(
+                _coco_ap(scores.tolist(), hits.tolist(), int(hits.sum()) + 1), abs=1e-12)
+
+
+def test_group_ap_leaves_out_categories_without_ground_truth():
+    # two rare categories; category 2 has no object, so APr is category 1's AP alone
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.6, 0.1], [0.1, 0.7, 0.9]])
+    labels, image = torch.tensor([1, 0, 3]), torch.tensor([0, 0, 0])
+    r = evaluate(scores, labels, image, ["-", "r", "r", "f"], max_dets=None)
+    assert np.isnan(r["per_class"][1]) and r["APr"] == 100.0 and r["APf"] == 100.0
+
+
+def test_draw_rois_takes_the_same_share_of_positives_as_sample_rois():
+    # 6 RoIs with a quarter positive: 1.5 rounds down to 1, as sample_rois does for stage 1
+    from paperbook.acsl.detector import draw_rois
+
+    labels = torch.tensor([1, 2, 3, 0, 0, 0, 0, 0, 0, 0])
+    rng = np.random.default_rng(0)
+    rows = draw_rois(labels, torch.zeros(10, dtype=torch.long), rng, rois_per_image=6, pos_fraction=0.25)
+    _, lab = sample_rois((np.zeros((10, 4)), labels.numpy()), rng, rois_per_image=6, pos_fraction=0.25)
+    assert (labels[rows] > 0).sum().item() == 1 == (lab > 0).sum()
+    assert len(rows) == 6
+
+
+def _scenes(sizes, S=48, seed=0):
+    "Scenes of random images with `sizes[i]` proposals each (boxes inside the image, labels 0..2)."
+    from paperbook.acsl.data import Scene
+
+    rng = np.random.default_rng(seed)
+    scenes, pools = [], []
+    for k in sizes:
+        lo = rng.uniform(0, S / 2, (k, 2))
+        P = np.concatenate([lo, lo + rng.uniform(4, S / 2, (k, 2))], 1)
+        L = np.r_[1, 2, np.zeros(k - 2, dtype=int)]
+        scenes.append(Scene(torch.rand(3, S, S, generator=torch.Generator().manual_seed(int(k))), P[:2], L[:2]))
+        pools.append((P, L))
+    return scenes, pools
+
+
+def test_roi_features_numbers_images_across_batches_and_drops_the_padding():
+    from paperbook.acsl.detector import Detector, roi_features
+
+    torch.manual_seed(0)
+    net = Detector(2, width=8, hidden=16).eval()
+    scenes, pools = _scenes([5, 3, 4])
+    feats, labels, image = roi_features(net, scenes, pools, batch=2)
+    assert image.tolist() == [0] * 5 + [1] * 3 + [2] * 4
+    assert labels.tolist() == [lab for _, L in pools for lab in L.tolist()]
+    alone = torch.cat([net.features(s.image[None], torch.tensor(P[None], dtype=torch.float32))
+                       for s, (P, _) in zip(scenes, pools, strict=True)])
+    torch.testing.assert_close(feats, alone.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_stage1_loss_is_the_mean_cross_entropy_per_roi_over_the_epochs_batches():
+    # a zeroed classification layer scores every class alike: log(C + 1) per RoI, whatever the batches; lr 0 keeps it
+    from paperbook.acsl.detector import Detector, train_representation
+
+    torch.manual_seed(0)
+    net = Detector(2, width=8, hidden=16)
+    torch.nn.init.zeros_(net.cls.weight)
+    torch.nn.init.zeros_(net.cls.bias)
+    scenes, pools = _scenes([8] * 5)
+    losses = train_representation(net, scenes, pools, epochs=2, batch=2, lr=0.0, rois_per_image=4,
+                                  pos_fraction=0.25, rng=np.random.default_rng(0))  # 3 batches per epoch
+    assert losses == pytest.approx([np.log(3)] * 2, rel=1e-6)
