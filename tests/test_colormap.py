@@ -376,6 +376,40 @@ def test_network_output_shape_range_and_knots():
         ColormapNet(knots=1)
 
 
+def test_backbone_is_the_official_vgg_stack():
+    # eight convolutions, each followed by ReLU: 5×5 then 3×3, stride 2 then 1 at each width, 64 to 512 channels
+    net = ColormapNet()
+    convs = [m for m in net.backbone if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size[0], c.stride[0], c.out_channels) for c in convs] == [
+        (5, 2, 64), (5, 1, 64), (3, 2, 128), (3, 1, 128), (3, 2, 256), (3, 1, 256), (3, 2, 512), (3, 1, 512)]
+    assert [type(m).__name__ for m in net.backbone] == ["Conv2d", "ReLU"] * 8
+    assert net.backbone(torch.rand(1, BINS, BINS, BINS)).shape == (1, 512, 2, 2)
+    # a narrow network keeps at least 4 channels per layer: 0.01 × (64, 128, 256, 512) rounds to (1, 1, 3, 5)
+    narrow = [m.out_channels for m in ColormapNet(width=0.01).backbone if isinstance(m, torch.nn.Conv2d)]
+    assert narrow == [4, 4, 4, 4, 4, 4, 5, 5]
+
+
+def test_convolutions_start_from_kaiming_normal():
+    # the official _init_weight: N(0, 2 / fan_in); PyTorch's default would give a std sqrt(6) times smaller
+    torch.manual_seed(0)
+    conv = ColormapNet().backbone[6]  # 3×3, 128 → 256 (fan_in 1152, 295k weights)
+    assert conv.weight.std().item() == pytest.approx((2 / 1152) ** 0.5, rel=0.02)
+    assert conv.weight.mean().abs().item() < 1e-3
+
+
+def test_knots_are_interpolated_end_to_end_then_squashed():
+    # two knots k0, k1: entry t is sigmoid(k0 + (k1 − k0) t / 255), first and last entries exactly at the knots
+    net = ColormapNet(width=0.125, knots=2, aspp=False).eval()
+    torch.nn.init.zeros_(net.legend.weight)
+    k = torch.tensor([[-2.0, 1.0], [0.5, 0.5], [3.0, -1.0]])  # (L, a, b) × (first knot, last knot)
+    with torch.no_grad():
+        net.legend.bias.copy_(k.flatten())
+    y = net(torch.rand(1, BINS, BINS, BINS))[0]
+    t = torch.arange(256) / 255
+    expect = torch.sigmoid(k[:, :1] + (k[:, 1:] - k[:, :1]) * t).T
+    torch.testing.assert_close(y, expect, rtol=1e-5, atol=1e-6)
+
+
 def test_order_free_mse_by_hand():
     p = torch.zeros(2, 256, 3)
     t = torch.zeros(2, 256, 3)
@@ -415,6 +449,22 @@ def test_training_lowers_the_loss_and_recalibrates_bn(tiny):
                                          for k in tiny.__dataclass_fields__}), steps=1, batch=1, lr=1e-3, seed=0)
 
 
+def test_recalibrated_bn_holds_the_mean_of_the_first_images_and_the_mode_is_kept(tiny):
+    from paperbook.colormap.model import corpus_inputs, recalibrate_bn
+
+    bn = torch.nn.BatchNorm2d(BINS)  # on the input itself: its statistics are the inputs' channel means
+    net = torch.nn.Sequential(bn).eval()
+    bn.running_mean.fill_(5.0)
+    recalibrate_bn(net, tiny, batch=16, images=40)  # batches of 16, 16 and 8 of the 60 training images
+    x = corpus_inputs(tiny, range(40))
+    means = [x[lo:hi].mean((0, 2, 3)) for lo, hi in ((0, 16), (16, 32), (32, 40))]
+    torch.testing.assert_close(bn.running_mean, sum(means) / 3, rtol=1e-4, atol=1e-6)  # the batches' average
+    assert int(bn.num_batches_tracked) == 3 and not net.training
+    net.train()
+    recalibrate_bn(net, tiny, batch=16, images=40)
+    assert net.training
+
+
 def test_ddp_two_processes_equal_one(tmp_path):
     a, b = one_and_two_processes(Path(__file__).parent / "dist_scripts" / "colormap_ddp.py", tmp_path)
     assert a["losses"][0] > 0
@@ -446,12 +496,69 @@ def test_discrete_refinement_and_features_by_hand():
     out = refine_discrete(pred, colours, weights)
     assert out[:, 0].tolist() == pytest.approx([50.5, 50.5, 80.0]) and not out[:, 1:].any()
     assert np.allclose(refine_discrete(pred, colours, weights / weights.sum()), out)  # shares, not counts: the same
+    assert np.allclose(refine_discrete(pred, colours, weights * 1000), out)  # and counts: L 20 still under 1%
+    # no cluster holds min_share of the mass: the heaviest one (L 50, 45%) takes every entry
+    thirds = refine_discrete(pred, colours[[3, 0, 2]], np.array([0.3, 0.45, 0.25]), min_share=0.6)
+    assert thirds[:, 0].tolist() == [50.0, 50.0, 50.0]
     # the black and white bins are not colours of the map: their counts do not move the features
     h = np.zeros((8, 8, 8))
     h[2, 3, 3], h[5, 5, 5] = 5, 3
     lit = h.copy()
     lit.reshape(-1)[list(background_bins(8))] = 1000
     assert np.allclose(histogram_features(lit), histogram_features(h))
+
+
+def test_histogram_features_by_hand():
+    from paperbook.colormap.data import background_bins
+
+    # 40 isolated bins of 1..40 pixels, one bin of 2 beside the 40 (not a peak), and a background bin
+    h = np.zeros((BINS, BINS, BINS))
+    cells = [(3 * i % 30 + 1, 3 * (i // 10) + 1, 10) for i in range(40)]
+    for m, c in enumerate(cells, start=1):
+        h[c] = m
+    h[cells[-1][0], cells[-1][1], 11] = 2
+    h.reshape(-1)[background_bins(BINS)[1]] = 10_000
+    total = 822
+    p = np.r_[np.arange(40, 0, -1), 2] / total
+    expect = [32 / 10,  # peaks above 1% of the pixels: 9..40
+              820 / total,  # pixels in peaks
+              sum(range(29, 41)) / total,  # the 12 largest peaks: 40..29
+              np.log(41),  # occupied bins
+              -(p * np.log(p)).sum(),
+              sum(range(33, 41)) / total,  # the 8 largest bins
+              sum(range(9, 41)) / total]  # the 32 largest bins
+    assert histogram_features(h) == pytest.approx(expect, rel=1e-12)
+
+
+def test_kind_classifier_is_a_standardised_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 7)) * np.array([1, 10, 0.1, 5, 1, 100, 0.01]) + 3  # features on very different scales
+    y = (X[:, 0] + X[:, 1] / 10 + rng.normal(size=80) > 3).astype(int)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=5000)).fit(X, y)
+    clf = KindClassifier().fit(X, y)
+    np.testing.assert_allclose(clf.probability(X), ref.predict_proba(X)[:, 1], atol=1e-4)
+    again = KindClassifier.from_state(clf.state())
+    np.testing.assert_allclose(again.probability(X[:5]), clf.probability(X[:5]))
+
+
+def test_training_loss_is_the_per_image_mean_of_the_order_free_mse(tiny):
+    # without batch normalisation and with lr 0 the network is fixed: each step's loss lies between the smallest and
+    # the largest image's loss, and over many steps approaches their mean (a sum over the batch would be 16 times it)
+    from paperbook.colormap.model import corpus_inputs
+
+    torch.manual_seed(0)
+    net = ColormapNet(width=0.125, aspp=False, knots=8)
+    losses = train_net(net, tiny, steps=30, batch=16, lr=0.0, seed=0)
+    with torch.no_grad():
+        pred = net(corpus_inputs(tiny, range(len(tiny))))
+    target = torch.tensor(lab_to_unit(tiny.lab()), dtype=torch.float32)
+    per = torch.stack([order_free_mse(pred[i:i + 1], target[i:i + 1]) for i in range(len(tiny))])
+    assert per.min().item() - 1e-6 <= min(losses) and max(losses) <= per.max().item() + 1e-6
+    assert np.mean(losses) == pytest.approx(per.mean().item(), rel=0.15)
 
 
 def test_discrete_refinement_snaps_to_the_image_colours(cmaps):
@@ -487,6 +594,47 @@ def test_continuous_refinement_and_principal_axis_move_towards_the_map():
         refine(line, np.zeros((BINS,) * 3), discrete=False)
 
 
+def test_continuous_refinement_by_hand():
+    from paperbook.colormap.model import refine_continuous
+
+    def grey(*L):
+        return np.stack([np.asarray(L, dtype=float), np.zeros(len(L)), np.zeros(len(L))], 1)
+    # entries L 0, 50, 100; colours L 10, 60, 90 (weights 1, 1, 2) each nearest to one entry. With window 1 the
+    # kernel weighs entries one apart by e^-1/2 and two apart by e^-2: entry 0 moves to
+    # (10 + 60 e^-1/2 + 2·90 e^-2) / (1 + e^-1/2 + 2 e^-2)
+    a, b = np.exp(-0.5), np.exp(-2)
+    out = refine_continuous(grey(0, 50, 100), grey(10, 60, 90), np.array([1.0, 1, 2]), iters=1, window=1)
+    assert out[:, 0].tolist() == pytest.approx([(10 + 60 * a + 180 * b) / (1 + a + 2 * b),
+                                                (10 * a + 60 + 180 * a) / (a + 1 + 2 * a),
+                                                (10 * b + 60 * a + 180) / (b + a + 2)])
+    # a window of 1.5 weighs entries by their distance in entries, e^(-(1/1.5)²/2) and e^(-(2/1.5)²/2)
+    a, b = np.exp(-0.5 / 1.5 ** 2), np.exp(-2 / 1.5 ** 2)
+    out = refine_continuous(grey(0, 50, 100), grey(10, 60, 90), np.array([1.0, 1, 2]), iters=1, window=1.5)
+    assert out[0, 0] == pytest.approx((10 + 60 * a + 180 * b) / (1 + a + 2 * b))
+    # one colour at L 5, nearest to entry 0: the kernel reaches entries 1..3 (weights e^-1/2, e^-2, e^-9/2, all
+    # above 1e-9 of the mass) and they move onto it; entries 4.. meet no colour and keep their value
+    out = refine_continuous(grey(*range(0, 100, 10)), grey(5), np.array([1.0]), iters=2, window=1)
+    assert out[:, 0].tolist() == pytest.approx([5, 5, 5, 5, 40, 50, 60, 70, 80, 90])
+
+
+def test_refine_passes_its_settings_on():
+    from paperbook.colormap.data import histogram_colours
+    from paperbook.colormap.model import refine_continuous, refine_discrete
+
+    rng = np.random.default_rng(0)
+    counts = lab_histogram(render("heatmap", data.make_field("ramp", 64, rng), viridis(), rng))
+    colours, weights = histogram_colours(counts)
+    line = np.linspace(rgb_to_lab(viridis())[0], rgb_to_lab(viridis())[-1], 256)
+    d = [refine(line, counts, discrete=True, eps=e) for e in (3.0, 30.0)]
+    assert not np.allclose(*d)
+    for e, got in zip((3.0, 30.0), d, strict=True):
+        assert np.array_equal(got, refine_discrete(line, colours, weights, eps=e))
+    c = [refine(line, counts, discrete=False, window=w, iters=2) for w in (2.0, 20.0)]
+    assert not np.allclose(*c)
+    for w, got in zip((2.0, 20.0), c, strict=True):
+        assert np.array_equal(got, refine_continuous(line, colours, weights, window=w, iters=2))
+
+
 def test_nearest_neighbour_ignores_the_white_background():
     # the query is a blue patch on white; training image 0 is a red patch on as much white, image 1 all blue
     def item(img):
@@ -509,6 +657,21 @@ def test_principal_axis_follows_the_heavy_colours():
     path = model.principal_axis_path(counts)
     dL, da = np.abs(path[-1] - path[0])[:2]
     assert dL > 50 and da < 0.05 * dL  # unweighted, the two outliers tilt the axis towards a
+
+
+def test_principal_axis_is_the_weighted_covariance_eigenvector_through_the_weighted_mean():
+    from paperbook.colormap.data import histogram_colours
+
+    counts = np.zeros((BINS,) * 3)
+    counts[5, 10, 16], counts[25, 12, 16], counts[15, 28, 20], counts[20, 6, 3] = 1, 2, 9, 4
+    c, w = histogram_colours(counts)
+    mu = (c * w[:, None]).sum(0) / w.sum()
+    cov = ((c - mu) * w[:, None]).T @ (c - mu) / w.sum()
+    v = np.linalg.eigh(cov)[1][:, -1]  # the direction of largest weighted variance
+    t = (c - mu) @ v
+    expect = mu + np.linspace(t.min(), t.max(), 256)[:, None] * v
+    path = model.principal_axis_path(counts)
+    assert min(np.abs(path - expect).max(), np.abs(path - expect[::-1]).max()) < 1e-9  # v or −v
 
 
 def test_nearest_neighbour_finds_the_same_image(tiny):

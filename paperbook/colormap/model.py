@@ -128,7 +128,7 @@ def corpus_inputs(corpus: Corpus, idx, transform: str = "minmax", inputs: str = 
 @torch.no_grad()
 def recalibrate_bn(net: nn.Module, corpus: Corpus, *, transform: str = "minmax", batch: int = 128,
                    images: int = 1024, device=None) -> None:
-    "Recompute BatchNorm running statistics as exact averages over the first `images` training images."
+    "Recompute BatchNorm running statistics as averages of the batch statistics over the first `images` training images."
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     if not bns:
         return
@@ -261,14 +261,14 @@ def refine_continuous(pred_lab: np.ndarray, colours: np.ndarray, weights: np.nda
     "Principal-curve iterations from the prediction through the histogram's colours."
     path = np.array(pred_lab, dtype=np.float64)
     n = len(path)
-    kernel = np.exp(-0.5 * (np.arange(-3 * window, 3 * window + 1) / window) ** 2)
+    gap = np.abs(np.arange(n)[:, None] - np.arange(n)[None])  # entries apart; the Gaussian is cut at 3 windows
+    kernel = np.where(gap <= 3 * window, np.exp(-0.5 * (gap / window) ** 2), 0.0)
     for _ in range(iters):
         t = ((colours[:, None, :] - path[None]) ** 2).sum(-1).argmin(1)  # nearest entry of each bin
         num, den = np.zeros((n, 3)), np.zeros(n)
         np.add.at(num, t, colours * weights[:, None])
         np.add.at(den, t, weights)
-        num = np.stack([np.convolve(num[:, c], kernel, mode="same") for c in range(3)], -1)
-        den = np.convolve(den, kernel, mode="same")
+        num, den = kernel @ num, kernel @ den
         ok = den > 1e-9 * weights.sum()
         path[ok] = num[ok] / den[ok, None]
     return path
