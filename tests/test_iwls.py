@@ -779,3 +779,119 @@ def test_leaf_quantisation_and_the_boosting_fallbacks():
     full = learn_boost(tr, trees=32)
     small = learn_boost(tr, trees=32, max_ands=full.num_ands // 3)  # a shorter prefix of the trees fits
     assert small.num_ands <= full.num_ands // 3 and not small.description.startswith("32 of")
+
+
+# ---- found by mutation of learn.py, ensemble.py and structure.py ----------------------------------
+def test_tree_circuit_of_one_label_and_with_a_leaf_minimum():
+    from sklearn.tree import DecisionTreeClassifier
+
+    X = all_minterms(4)
+    for label in (0, 1):  # sklearn's tree then knows one class only: the circuit is that constant
+        g = learn_tree(PLA(X, np.full((16, 1), label, np.uint8)))
+        assert simulate(g, X)[:, 0].tolist() == [label] * 16
+    tr, va, _ = generate("comparator-6", seed=0, size=800)
+    clf = DecisionTreeClassifier(criterion="entropy", max_depth=7, min_samples_leaf=30, random_state=0).fit(tr.X, tr.y)
+    g = learn_tree(tr, max_depth=7, min_samples_leaf=30)
+    assert (simulate(g, va.X)[:, 0] == clf.predict(va.X)).all()
+    assert (simulate(g, va.X)[:, 0] != simulate(learn_tree(tr, max_depth=7), va.X)[:, 0]).any()
+
+
+def test_espresso_single_expand_follows_fast(monkeypatch):
+    import pyeda.boolalg.espresso as esp
+
+    from paperbook.iwls.learn import _espresso_cover
+
+    seen = []
+    real = esp.set_config
+    monkeypatch.setattr(esp, "set_config", lambda **kw: (seen.append(kw["single_expand"]), real(**kw))[1])
+    tr, _, _ = generate("comparator-4", seed=0, size=40)
+    for fast in (True, False):
+        _espresso_cover(tr.X, tr.y, fast)
+    assert seen == [True, False]
+
+
+def test_lut_table_that_reads_every_input_memorises_any_function():
+    # one 8-input table over 3 inputs (drawn with replacement: seed 0 reads all three), trained on every minterm
+    X = all_minterms(3)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        y = rng.integers(0, 2, 8).astype(np.uint8)
+        assert accuracy(learn_lut(PLA(X, y[:, None]), k=8, widths=(), seed=0), X, y) == 1.0
+
+
+def test_lut_unseen_entries_take_label_1_when_the_labels_are_balanced():
+    # x = 0 seen once with each label, x = 1 never: both entries take the default, 1 on a tie of the whole set
+    g = learn_lut(PLA(np.array([[0], [0]], np.uint8), np.array([[1], [0]], np.uint8)), k=1, widths=(), seed=0)
+    assert simulate(g, all_minterms(1))[:, 0].tolist() == [1, 1]
+
+
+def test_fringe_pairs_by_hand_largest_leaf_first():
+    from sklearn.tree import DecisionTreeClassifier
+
+    from paperbook.iwls.learn import _fringe_pairs
+
+    # y = x0 ∧ x1; x1 splits first (x1 = 0 is a leaf one deep), then x0 under x1 = 1: the leaves two deep are
+    # (x1 = 1, x0 = 1) with 6 rows and (x1 = 1, x0 = 0) with 1; each pair is (last test, went right, the one above)
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 0], [1, 1], [1, 1], [1, 1], [1, 1], [1, 1], [1, 1]], np.uint8)
+    tree = DecisionTreeClassifier(criterion="entropy", random_state=0).fit(X, X[:, 0] & X[:, 1])
+    assert tree.tree_.feature[0] == 1
+    assert _fringe_pairs(tree) == [(0, True, 1, True), (0, False, 1, True)]
+
+
+def test_fringe_rounds_keep_their_quota_and_add_no_feature_twice():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 2, (2000, 10), dtype=np.uint8)
+    tr = PLA(X, ((X[:, 0] ^ X[:, 1]) & (X[:, 2] | X[:, 3]) ^ X[:, 4])[:, None])
+    wide, _ = fringe_features(tr, rounds=3)
+    assert len(wide) > 6 and len(set(wide)) == len(wide)
+    few, cols = fringe_features(tr, rounds=3, per_round=2)  # the same training set: not the cached answer
+    assert 0 < len(few) <= 6 and cols.shape[1] == 10 + len(few)
+
+
+def test_fringe_description_counts_the_first_feature_as_used():
+    # y = x0 ∧ x1 with the x0 = x1 = 1 minterms repeated: the largest leaf's pair comes first, so column n is
+    # x0 ∧ x1 itself, and a tree of depth 1 needs only it
+    X = all_minterms(3)
+    rows = np.r_[np.tile(X, (3, 1)), np.tile(X[X[:, 0] & X[:, 1] == 1], (2, 1))]
+    tr = PLA(rows, (rows[:, 0] & rows[:, 1])[:, None])
+    assert fringe_features(tr)[0][0] == ("and", 0, True, 1, True)
+    g = learn_fringe(tr, max_depth=1)
+    assert (simulate(g, X)[:, 0] == X[:, 0] & X[:, 1]).all()
+    assert g.description.endswith(", 1 used")
+
+
+def test_boosting_returns_its_smallest_prefix_when_nothing_fits():
+    from paperbook.iwls.ensemble import learn_boost
+
+    tr, _, _ = generate("comparator-8", seed=1, size=800)
+    g = learn_boost(tr, trees=32, max_ands=1)
+    assert g is not None and g.description.startswith("8 of 32") and g.num_ands > 1
+
+
+def test_symmetric_learner_refuses_one_dissenting_label_and_wide_inputs():
+    from paperbook.iwls.structure import learn_symmetric
+
+    X = all_minterms(3)
+    y = (X.sum(1) >= 2).astype(np.uint8)
+    y[1] = 1  # popcount 1: one minterm labelled 1, two labelled 0
+    assert learn_symmetric(PLA(X, y[:, None])) is None
+    ok = PLA(X, (X.sum(1) >= 2).astype(np.uint8)[:, None])
+    assert learn_symmetric(ok) is not None and learn_symmetric(ok, max_inputs=2) is None
+
+
+def test_arithmetic_multiplier_at_the_operand_limit_and_chains():
+    from paperbook.iwls.structure import _extrapolate, find_arithmetic, find_chain, learn_chain
+
+    X = all_minterms(8)
+    a, b = _lsb(X[:, :4].astype(int)), _lsb(X[:, 4:].astype(int))
+    mul = PLA(X, ((a * b) >> 5 & 1).astype(np.uint8)[:, None])
+    assert find_arithmetic(mul, max_mul_k=4)["op"] == "mul" and find_arithmetic(mul, max_mul_k=3) is None
+    # the pairs never reached continue the order in its direction, with the last pair's polarity
+    assert _extrapolate([(2, 7, 0), (3, 8, 1), (4, 9, 1)], [(0, 5), (5, 10), (6, 11)]) == [(5, 10, 1), (6, 11, 1)]
+    assert _extrapolate([(4, 9, 0), (3, 8, 0), (2, 7, 1)], [(0, 5), (5, 10), (1, 6)]) == [(1, 6, 1), (0, 5, 1)]
+    # a < b: at the top differing pair y is b's bit, the opposite of a's: found with the other polarity
+    X = all_minterms(6)
+    a, b = _lsb(X[:, :3].astype(int)), _lsb(X[:, 3:].astype(int))
+    less = PLA(X, (a < b).astype(np.uint8)[:, None])
+    assert [pol for _, _, pol in find_chain(less)[:-1]] == [1, 1, 1]
+    assert (simulate(learn_chain(less), X)[:, 0] == (a < b)).all()
