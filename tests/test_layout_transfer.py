@@ -38,6 +38,7 @@ def test_graphwave_structural_equivalence():
     emb = graphwave(G, method="dense")
     cheb = graphwave(G, method="cheb", order=40)
     assert np.allclose(emb, cheb, atol=1e-6)
+    assert np.abs(graphwave(G, method="cheb", order=2) - emb).max() > 0.05  # the order reaches the expansion
     assert np.linalg.norm(emb[0] - emb[12]) < 1e-8  # mirror images
     assert np.linalg.norm(emb[0] - emb[6]) > 0.5  # a clique node and a path node
     with pytest.raises(ValueError, match="'auto', 'dense' or 'cheb'"):
