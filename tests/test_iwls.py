@@ -895,3 +895,24 @@ def test_arithmetic_multiplier_at_the_operand_limit_and_chains():
     less = PLA(X, (a < b).astype(np.uint8)[:, None])
     assert [pol for _, _, pol in find_chain(less)[:-1]] == [1, 1, 1]
     assert (simulate(learn_chain(less), X)[:, 0] == (a < b)).all()
+
+
+def test_boosted_circuit_does_not_wrap_around_when_the_threshold_is_far_from_the_sums():
+    # noise labels with a 10% prior and two weak trees: θ ≈ −F_0/δ (F_0 = log(0.1 / 0.9), the prior's log-odds) is
+    # around 64 while Σ q_t stays within a few units; the circuit must still compute [Σ q_t ≥ θ] for a θ near it,
+    # as accurately as the best such θ (here: never 1)
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from paperbook.iwls.ensemble import boosted_aig, quantise
+
+    rng = np.random.default_rng(2)
+    X = rng.integers(0, 2, (2000, 8)).astype(np.uint8)
+    y = (rng.random(2000) < 0.1).astype(np.uint8)
+    gb = GradientBoostingClassifier(n_estimators=2, max_depth=3, learning_rate=0.2, random_state=0).fit(X, y)
+    q, step = quantise(gb, 2, bits=3)
+    sums = sum(qt[e[0].apply(X)] for qt, e in zip(q, gb.estimators_))
+    centre = round(-np.log(y.mean() / (1 - y.mean())) / step)
+    assert centre > 4 * np.abs(sums).max()
+    out = simulate(boosted_aig(gb, 8, 2, 3, X, y), X)[:, 0]
+    near = [th for th in range(centre - 3, centre + 4) if ((sums >= th) == out).all()]
+    assert near and (out == y).mean() == max(((sums >= th) == y).mean() for th in range(centre - 3, centre + 4))

@@ -52,12 +52,15 @@ def quantise(gb, trees: int, bits: int) -> tuple[list[np.ndarray], float]:
 def boosted_aig(gb, n: int, trees: int, bits: int, X: np.ndarray, y: np.ndarray) -> AIG:
     "The circuit of the first `trees` boosted trees, quantised, with the threshold that fits (X, y) best."
     q, step = quantise(gb, trees, bits)
-    width = bits + int(np.ceil(np.log2(max(trees, 2)))) + 1
     ests = [est[0] for est in gb.estimators_[:trees]]
     sums = sum(qt[est.apply(X)] for qt, est in zip(q, ests))  # each minterm's Σ q_t, here in integers
     f0 = float(gb.decision_function(X[:1])[0] - sum(gb.learning_rate * e[0].predict(X[:1])[0] for e in gb.estimators_))
     centre = int(np.round(-f0 / step))
     theta = max(range(centre - 3, centre + 4), key=lambda th: (((sums >= th) == y).mean(), -abs(th - centre)))
+    # every partial sum and Σ q_t − θ lie within ±(Σ_t max|q_t| + |θ|): that many bits and a sign bit. θ near −F_0/δ
+    # can be far larger than the sums (a skewed prior with weak trees), so the sums' own width is not enough
+    bound = sum(int(np.abs(qt).max()) for qt in q) + abs(theta)
+    width = max(bits + int(np.ceil(np.log2(max(trees, 2)))) + 1, bound.bit_length() + 1)
     g = AIG(n)
     g.outputs = [sum_at_least(g, [tree_value_bits(est, qt, g, width) for est, qt in zip(ests, q)], theta, width)]
     return g
