@@ -916,3 +916,24 @@ def test_boosted_circuit_does_not_wrap_around_when_the_threshold_is_far_from_the
     out = simulate(boosted_aig(gb, 8, 2, 3, X, y), X)[:, 0]
     near = [th for th in range(centre - 3, centre + 4) if ((sums >= th) == out).all()]
     assert near and (out == y).mean() == max(((sums >= th) == y).mean() for th in range(centre - 3, centre + 4))
+
+
+def test_boosted_threshold_ties_go_to_the_one_nearest_the_models_own():
+    # 120 of the 1,024 minterms of 10 inputs: thresholds 0 and 1 fit them equally well, but differ on unseen
+    # minterms; the circuit takes the one nearest −F_0/δ (F_0: the prior's log-odds), here 1
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from paperbook.iwls.ensemble import boosted_aig, quantise
+
+    Z = all_minterms(10)
+    rng = np.random.default_rng(2)
+    X = Z[rng.choice(1024, 120, replace=False)]
+    y = (X[:, 0] & X[:, 1] | (rng.random(120) < 0.1)).astype(np.uint8)
+    gb = GradientBoostingClassifier(n_estimators=4, max_depth=2, learning_rate=0.5, random_state=0).fit(X, y)
+    q, step = quantise(gb, 4, bits=3)
+    total = {name: sum(qt[e[0].apply(A)] for qt, e in zip(q, gb.estimators_)) for name, A in (("tr", X), ("all", Z))}
+    centre = round(-np.log(y.mean() / (1 - y.mean())) / step)
+    acc = {th: ((total["tr"] >= th) == y).mean() for th in range(centre - 3, centre + 4)}
+    best = sorted(th for th, a in acc.items() if a == max(acc.values()))
+    assert centre == 1 and best == [0, 1] and ((total["all"] >= 0) != (total["all"] >= 1)).any()
+    assert (simulate(boosted_aig(gb, 10, 4, 3, X, y), Z)[:, 0] == (total["all"] >= 1)).all()
