@@ -311,3 +311,59 @@ def test_the_authors_data_gives_giant_fluctuations_and_a_steep_spectrum():
     assert 0.55 < real["gamma"] < 0.75 and all(abs(c - 0.5) < 0.03 for c in real["control"].values())
     assert 2.3 < real["beta"] < 3.3
     assert real["fields"][0]["replaced"] < 0.05
+
+
+# ---- found by mutation of measures.py --------------------------------------------------------------------
+def test_more_shapes_and_sizes_are_refused():
+    with pytest.raises(ValueError, match="positions must be"):
+        count_fluctuations(np.zeros((3, 5, 3)), 4.0, [1.0])  # three coordinates
+    with pytest.raises(ValueError, match="box size 8.0 is larger than the domain 4.0"):
+        count_fluctuations(np.zeros((3, 5, 2)), 4.0, [1.0, 8.0])
+    with pytest.raises(ValueError, match="at least 4 × 4"):
+        energy_spectrum(np.zeros((3, 3)), np.zeros((3, 3)), 1.0)
+    a = random_dots(48, seed=0)
+    with pytest.raises(ValueError, match="window <= frame side"):
+        piv(a, a, window=64, overlap=16)
+
+
+def test_fits_include_both_ends_of_their_range_and_skip_empty_values():
+    x = np.array([1.0, 2, 4, 8, 16])
+    assert fit_exponent(x, x ** 2, lo=2, hi=8) == pytest.approx(2.0)  # exactly three points: 2, 4 and 8
+    assert spectral_exponent(x, x ** -3.0, 2, 8) == pytest.approx(3.0)
+    assert fit_exponent(x, np.r_[0.0, x[1:] ** 1.5]) == pytest.approx(1.5)  # ΔN = 0 has no logarithm: left out
+    hand = {"l": np.array([1, 2, 4, 8, 16]), "N": np.array([1.0, 4, 16, 64, 256]), "dN": np.array([9.0, 4, 4, 8, 1])}
+    assert gnf_exponent(hand, lmin=2, lmax=8) == pytest.approx(0.25)  # l = 8 counts, l = 16 does not
+
+
+@pytest.mark.parametrize("n, dx", [(32, 1.0), (28, 1.0), (21, 0.5), (43, 0.5)])
+def test_the_fundamental_mode_falls_in_the_first_ring(n, dx):
+    # one wavelength across the box, along x. For 28 × 28 at Δx = 1 (and the others) 10**log10(2π/(nΔx)), the
+    # rings' first edge, rounds above the grid's own 2π/(nΔx): that mode, the largest scale, was dropped
+    x = np.arange(n) * dx
+    u = np.cos(2 * math.pi * x / (n * dx))[None, :].repeat(n, 0)
+    k, E = energy_spectrum(u, np.zeros_like(u), dx)
+    assert k[0] == pytest.approx(2 * math.pi / (n * dx)) and np.argmax(E) == 0
+
+
+def test_piv_replaces_vectors_below_the_signal_to_noise_floor():
+    img = random_dots(128, seed=2)
+    moved = advect(img, np.full((128, 128), 2.5), np.full((128, 128), -1.5))
+    s2n = piv(img, moved, window=32, overlap=16)["s2n"]
+    floor = float(np.median(s2n))  # about half the vectors fall below it
+    got = piv(img, moved, window=32, overlap=16, min_s2n=floor)
+    assert got["replaced"] == pytest.approx(float((s2n < floor).mean())) and 0.2 < got["replaced"] < 0.8
+
+
+def test_local_coupling_by_hand_with_vertical_motion_and_a_vector_beyond_the_boxes():
+    rng = np.random.default_rng(1)
+    T, side, l = 4, 100, 32  # boxes of 32 cover [0, 96)²: 3 × 3 boxes
+    frames = rng.normal(size=(T, side, side)) * np.kron(rng.uniform(0.5, 2, (4, 4)), np.ones((25, 25)))
+    dn = np.array([[frames[:, l * i:l * i + l, l * j:l * j + l].mean((1, 2)).std(ddof=1) for j in range(3)]
+                   for i in range(3)]).ravel()
+    ys, xs = np.mgrid[16:96:32, 16:96:32]
+    v = rng.uniform(0.5, 2, (3, 3))
+    fields = [{"x": np.c_[xs, [[98]] * 3], "y": np.c_[ys, ys[:, :1]], "u": np.zeros((3, 4)),
+               "v": np.c_[v, [[50.0]] * 3]}]  # the fourth column lies beyond the boxes (x = 98)
+    out = local_coupling(frames, fields, [l])
+    assert out["boxes"][0] == 9
+    assert out["r"][0] == pytest.approx(np.corrcoef(dn, (v ** 2 / 2).ravel())[0, 1])

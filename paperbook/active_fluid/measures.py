@@ -76,6 +76,7 @@ def energy_spectrum(u: np.ndarray, v: np.ndarray, dx: float, bins: int = 24) -> 
     e = (np.abs(np.fft.fft2(u)) ** 2 + np.abs(np.fft.fft2(v)) ** 2) / 2 * dx * dx / ((2 * np.pi) ** 2 * nx * ny)
     k = np.hypot(*np.meshgrid(2 * np.pi * np.fft.fftfreq(nx, d=dx), 2 * np.pi * np.fft.fftfreq(ny, d=dx)))
     edges = np.logspace(np.log10(2 * np.pi / (max(nx, ny) * dx)), np.log10(np.pi / dx), bins + 1)
+    edges[0] = k[k > 0].min()  # the grid's own fundamental: 10**log10 can round above it and drop the largest scales
     kc, ek = [], []
     for a, b in zip(edges[:-1], edges[1:]):
         ring = (k >= a) & (k < b)
