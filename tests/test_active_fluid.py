@@ -367,3 +367,33 @@ def test_local_coupling_by_hand_with_vertical_motion_and_a_vector_beyond_the_box
     out = local_coupling(frames, fields, [l])
     assert out["boxes"][0] == 9
     assert out["r"][0] == pytest.approx(np.corrcoef(dn, (v ** 2 / 2).ravel())[0, 1])
+
+
+# ---- found by mutation of models.py ----------------------------------------------------------------------
+def test_vicsek_needs_a_box_of_three_cells():
+    with pytest.raises(ValueError, match="box >= 3"):
+        vicsek(n=8, box=2, steps=2, keep_from=0)
+
+
+def test_the_cutoff_damps_each_mode_by_a_gaussian():
+    # the same seed draws the same random modes: with and without kcut the Fourier amplitudes differ by
+    # e^{-(k/kcut)²} times one constant (the RMS rescaling)
+    n, kcut = 32, 1.2
+    u0, _ = random_velocity_field(n, 2.0, seed=5)
+    u1, _ = random_velocity_field(n, 2.0, seed=5, kcut=kcut)
+    k1 = 2 * math.pi * np.fft.fftfreq(n)
+    k = np.hypot(*np.meshgrid(k1, k1))
+    a0, a1 = np.fft.fft2(u0), np.fft.fft2(u1)
+    live = np.abs(a0) > 1e-8 * np.abs(a0).max()
+    ratio = np.abs(a1[live]) / np.abs(a0[live]) / np.exp(-((k[live] / kcut) ** 2))
+    assert ratio == pytest.approx(np.full(live.sum(), ratio[0]), rel=1e-6)
+
+
+def test_advect_moves_a_periodic_image_by_a_fraction_of_a_pixel():
+    # a smooth periodic pattern shifted by 2.5 px right and 1.5 px down, wrapping at the edges: cubic
+    # interpolation reproduces the shifted pattern within 1e-3 (linear interpolation is off by ~1e-2)
+    n = 64
+    yy, xx = np.mgrid[0:n, 0:n].astype(float)
+    pattern = lambda x, y: np.sin(2 * math.pi * 3 * x / n) * np.cos(2 * math.pi * 2 * y / n)
+    moved = advect(pattern(xx, yy), np.full((n, n), 2.5), np.full((n, n), 1.5))
+    assert np.abs(moved - pattern(xx - 2.5, yy - 1.5)).max() < 1e-3
