@@ -1,6 +1,7 @@
 """Chapter 3 (CTNAS): graph encodings, loaders and their refusals, Kendall's τ, the comparator, the searches."""
 
 import builtins
+import gzip
 import io
 import json
 import pickle
@@ -353,6 +354,8 @@ def test_nasbench101_json_loader_and_its_refusals(tmp_path):
         check_nb101(np.eye(8, k=1).tolist(), ["input"] + ["conv1x1-bn-relu"] * 6 + ["output"])
     with pytest.raises(ValueError, match="ops must be input, then"):
         check_nb101(good["matrix"], ["input", "conv3x3-bn-relu", "maxpool3x3"])  # no output node
+    with pytest.raises(ValueError, match="2..7 nodes"):  # an input alone
+        check_nb101([[0]], ["input"])
     p.write_text(json.dumps([good | {"valid_accuracy": 88.0}]))
     assert load_nasbench101_json(p, key="valid_accuracy")[1].tolist() == [88.0]
     ops5 = ["input"] + ["conv3x3-bn-relu", "maxpool3x3", "conv1x1-bn-relu"] + ["output"]
@@ -379,6 +382,9 @@ def test_macro_loader_reads_and_checks_a_small_file(tmp_path):
     assert len(s) == 2 and s.accuracy((2,) * 8) == 92.5 and s.rank_percentile((2,) * 8) == 50.0
     with pytest.raises(ValueError, match="not in the space"):
         s.accuracy((0,) * 8)
+    gz = tmp_path / "macro.json.gz"  # the registry's file is gzipped
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    assert load_nasbench_macro(gz).accuracy((0, 1, 2, 0, 1, 2, 0, 1)) == 91.0
     p.write_text(json.dumps({"0120": {"mean_acc": 91.0}}))
     with pytest.raises(ValueError, match="8-character keys"):
         load_nasbench_macro(p)
