@@ -128,7 +128,7 @@ def corpus_inputs(corpus: Corpus, idx, transform: str = "minmax", inputs: str = 
 @torch.no_grad()
 def recalibrate_bn(net: nn.Module, corpus: Corpus, *, transform: str = "minmax", batch: int = 128,
                    images: int = 1024, device=None) -> None:
-    "Recompute BatchNorm running statistics as averages of the batch statistics over the first `images` training images."
+    "Reset BatchNorm running statistics to the average of batch statistics over the first `images` training images."
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     if not bns:
         return
