@@ -45,6 +45,9 @@ def test_scores_reader_and_its_refusals(tmp_path):
     hoop = r.of("Hoop")  # every array of the routine, penalty included
     assert (hoop.names, hoop.D.tolist(), hoop.E.tolist(), hoop.P.tolist(), hoop.length.tolist()) == (
         ("Hoop_002",), [7.2], [4.2], [0.6], [93.0])
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match="blank.txt: empty"):
+        read_scores(tmp_path / "blank.txt")
     (tmp_path / "short.txt").write_text(HEADER + rows + "Ball_003\t1\t1\n")
     with pytest.raises(ValueError, match=r"line\(s\) \[4\] do not have 6 fields"):  # the header is line 1
         read_scores(tmp_path / "short.txt")
@@ -66,6 +69,8 @@ def test_generated_elements_are_adjacent_pairs_and_the_mean_hides_them():
     # execution errors: one per half point below 10 (8.0: four), in distinct frames
     assert [len(e) for e in f.errors] == [4, 4] and all(len(set(e)) == len(e) for e in f.errors)
     assert [len(e) for e in generate_features(_routines([2.4, 2.4], [10.0, 7.5]), seed=0).errors] == [0, 5]
+    # at most half the frames carry an error: E = 0 would be 20 errors, capped at 36 // 2 = 18
+    assert [len(e) for e in generate_features(_routines([2.4], [0.0]), seed=0).errors] == [18]
 
 
 def test_random_crops_are_each_routines_own_window():
@@ -82,6 +87,8 @@ def test_crop_and_temporal_graph_by_hand():
     assert crop(x, 4)[0, :, 0].tolist() == [3, 4, 5, 6]
     with pytest.raises(ValueError, match="crop of 12"):
         crop(x, 12)
+    with pytest.raises(ValueError, match="crop of 11 steps from sequences of 10"):  # one step too many
+        crop(x, 11)
     A = temporal_graph(2)  # A = [[1, e^-1], [e^-1, 1]], degrees 1 + e^-1 on both rows
     e = math.exp(-1)
     assert torch.allclose(A, torch.tensor([[1, e], [e, 1]]) / (1 + e))
