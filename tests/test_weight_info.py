@@ -258,6 +258,9 @@ def test_the_cifar_reader_refuses_code(tmp_path):
     (tmp_path / "wrong").write_bytes(pickle.dumps({b"x": 1}))
     with pytest.raises(ValueError, match="not a CIFAR-10 batch"):
         read_cifar_batch(tmp_path / "wrong")
+    (tmp_path / "unlabelled").write_bytes(pickle.dumps({b"data": data}))
+    with pytest.raises(ValueError, match="not a CIFAR-10 batch"):
+        read_cifar_batch(tmp_path / "unlabelled")
     (tmp_path / "flat").write_bytes(pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}))
     with pytest.raises(ValueError, match=r"data of shape \(2, 1024\), expected \(n, 3072\)"):
         read_cifar_batch(tmp_path / "flat")
@@ -305,6 +308,8 @@ def test_image_splits_are_disjoint_and_sized():
     assert not torch.equal(load_images("digits", n_train=300, n_val=100, n_test=50, seed=4)["train"].y, s["train"].y)
     with pytest.raises(ValueError, match=r"1000 \+ 400 \+ 398 images asked for, digits has 1797"):
         load_images("digits", n_train=1000, n_val=400, n_test=398)
+    with pytest.raises(ValueError, match=r"100 \+ 0 \+ 50 images asked for"):  # an empty split
+        load_images("digits", n_train=100, n_val=0, n_test=50)
 
 
 def test_models_and_bad_names():
