@@ -565,3 +565,166 @@ def test_the_chapter_runs_small(tmp_path):
     assert len(rec["reproduction"]) == 5
     assert set(rec["metrics"]["cities"]["0"]["curved"]) == {"historical average", "copy last", "ST-ResNet",
                                                             "DeFlow-Net"}
+
+
+# --- found by mutation: one-line changes of deflow/data.py that the tests above let pass ---
+
+
+def test_flows_refuse_an_empty_or_ragged_series():
+    with pytest.raises(ValueError, match="non-empty"):
+        Flows(np.zeros((0, 1, 2, 2)), np.arange(0), np.zeros((0, 33)))
+    with pytest.raises(ValueError, match="3 rasters, 2 times, 3 external rows"):
+        Flows(np.zeros((3, 1, 2, 2)), np.arange(2), np.zeros((3, 33)))
+
+
+def test_every_hour_of_the_day_has_its_own_column():
+    f = calendar_features(np.arange(48))
+    assert f[:, :24].sum(1).tolist() == [1] * 48 and f[:, :24].argmax(1).tolist() == list(range(24)) * 2
+
+
+def test_a_vehicle_crosses_one_cell_in_two_intervals_at_half_a_cell_per_hour():
+    X = simulate_city("straight", size=10, days=8, corridors=1, speed=0.5, jitter=0.0, seed=2).rasters
+    assert np.nonzero(X.sum((0, 1, 3)))[0].tolist() == [5]  # the one corridor, on row 5.5
+    inflow, outflow = X[:, 0, 5], X[:, 1, 5]
+    assert inflow[:, 0].sum() > 100
+    for c in range(10):  # cell c is entered 2c intervals after cell 0, by the same vehicles
+        assert np.array_equal(inflow[2 * c:, c], inflow[:len(inflow) - 2 * c, 0])
+    assert np.array_equal(outflow[2:], inflow[:-2])  # each stays exactly two intervals, the last cell included
+    assert np.array_equal(outflow[:, :-1], inflow[:, 1:])  # what leaves a cell enters the next one
+    with pytest.raises(ValueError, match="days must be >= 8"):
+        simulate_city(days=7)
+
+
+def test_weekdays_have_a_midday_bump():
+    r = daily_rate(np.arange(24))  # a Monday: 0.15 at night; at 13 h about 0.15 + 0.3 + the peaks' tails
+    assert r[1] == pytest.approx(0.15, abs=1e-3) and r[13] > 3 * r[1]
+
+
+def test_sample_windows_and_split_at_their_limits():
+    T = 24 * 15
+    X = np.arange(T, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 1, 1), np.float32)
+    flows = Flows(X, np.arange(T), calendar_features(np.arange(T)))
+    s = make_samples(flows, lc=1, lp=0, lq=2)
+    assert s.xq[0, :, 0, 0].tolist() == [s.t[0] - 336, s.t[0] - 168] and s.t[0] == 336  # oldest week first
+    with pytest.raises(ValueError, match="need lc >= 1"):
+        make_samples(flows, lc=0)
+    week = Flows(X[:168], np.arange(168), calendar_features(np.arange(168)))
+    with pytest.raises(ValueError, match="needs 168 intervals .* only 168"):
+        make_samples(week, lc=1, lp=0, lq=1)  # the first prediction would need interval 168
+    nine = Flows(X[:216], np.arange(216), calendar_features(np.arange(216)))
+    s9 = make_samples(nine, lc=1, lp=0, lq=1)  # predictions from interval 168 on
+    with pytest.raises(ValueError, match="2 test days leave no training samples"):
+        split(nine, s9, test_days=2)
+    train_, val, test, _ = split(nine, s9, test_days=1, val_share=0.0)
+    assert (len(train_), len(val), len(test)) == (23, 1, 24)  # validation keeps at least one sample
+
+
+def test_sensor_reader_follows_the_column_field_and_refuses_mismatches(tmp_path):
+    np.savez(tmp_path / "c.npz", counts=np.array([[1, 2], [3, 4]], dtype=np.int16))
+    (tmp_path / "s.csv").write_text("column,latitude,longitude\n1,-37.82,144.97\n0,-37.81,144.96\n")
+    s = read_sensors(tmp_path / "c.npz", tmp_path / "s.csv")
+    assert s.coords.tolist() == [[-37.81, 144.96], [-37.82, 144.97]]  # row i: the station of counts column i
+    np.savez(tmp_path / "x.npz", values=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="no 'counts' array"):
+        read_sensors(tmp_path / "x.npz", tmp_path / "s.csv")
+    np.savez(tmp_path / "c3.npz", counts=np.ones((2, 3), dtype=np.int16))
+    with pytest.raises(ValueError, match="do not match 2 stations"):
+        read_sensors(tmp_path / "c3.npz", tmp_path / "s.csv")
+
+
+def test_missing_counts_take_the_mean_at_the_same_hour_of_the_week():
+    counts = np.tile(np.arange(168.0), 3)[:, None]  # each hour of the week has its own level
+    counts[30] = counts[2 * 168 + 30] = counts[2 * 168 + 54] = np.nan  # hours 30 and 54: same time of day
+    filled = fill_missing(counts, train_until=2 * 168)
+    assert filled[[30, 2 * 168 + 30, 2 * 168 + 54], 0].tolist() == [30.0, 30.0, 54.0]
+
+
+def test_hex_partition_by_hand_and_its_hexagon_area():
+    # centres (0, 0), (0, 2) and, on the shifted second row, (√3, 1): cell centres (i + ½, j + ½) go to the nearest
+    assert hex_partition(2, 1.0).tolist() == [[0, 1], [2, 2]]
+    for radius in (3, 4, 5):  # inner regions hold about one hexagon's area, 2√3·r², of cells
+        H = hex_partition(80, radius)
+        border = set(H[0]) | set(H[-1]) | set(H[:, 0]) | set(H[:, -1])
+        sizes = np.bincount(H.ravel())
+        inner = [r for r in range(len(sizes)) if r not in border]
+        assert np.mean(sizes[inner]) == pytest.approx(2 * np.sqrt(3) * radius ** 2, rel=0.02)
+
+
+def test_relabel_numbers_regions_by_first_appearance():
+    from paperbook.deflow.data import relabel
+
+    assert relabel(np.array([[9, 3], [5, 9]])).tolist() == [[0, 1], [2, 0]]
+
+
+def _ward_by_hand(profiles, k):
+    "Greedy Ward merging of grid-adjacent clusters: the cheapest n_a·n_b/(n_a+n_b)·‖μ_a − μ_b‖² first."
+    g = profiles.shape[0]
+    X = profiles.reshape(g * g, -1).astype(float)
+    members = {i: [i] for i in range(g * g)}
+    adj = {i: set() for i in range(g * g)}
+    for r in range(g):
+        for c in range(g):
+            for r2, c2 in ((r + 1, c), (r, c + 1)):
+                if r2 < g and c2 < g:
+                    adj[r * g + c].add(r2 * g + c2), adj[r2 * g + c2].add(r * g + c)
+
+    def cost(a, b):
+        na, nb = len(members[a]), len(members[b])
+        return na * nb / (na + nb) * ((X[members[a]].mean(0) - X[members[b]].mean(0)) ** 2).sum()
+
+    while len(members) > k:
+        a, b = min(((a, b) for a in adj for b in adj[a] if a < b), key=lambda p: cost(*p))
+        members[a] += members.pop(b)
+        adj[a] = (adj[a] | adj.pop(b)) - {a, b}
+        for n in adj:
+            if b in adj[n]:
+                adj[n] = (adj[n] - {b}) | {a}
+    labels = np.zeros(g * g, int)
+    for lab, cells in enumerate(sorted(members.values(), key=min)):  # numbered by first cell, as relabel does
+        labels[cells] = lab
+    return labels.reshape(g, g)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_self_organised_partition_is_wards_greedy_merging(seed):
+    profiles = np.random.default_rng(seed).random((5, 5, 3))
+    assert self_organised_partition(profiles, 6).tolist() == _ward_by_hand(profiles, 6).tolist()
+
+
+def test_morans_i_refuses_a_single_cell():
+    with pytest.raises(ValueError, match="at least two cells"):
+        morans_i(np.ones((1, 1)))
+
+
+def test_st_h5_half_hour_slots_and_refusals(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    p = tmp_path / "taxi.h5"
+    dates = [f"201311{d:02d}{s:02d}".encode() for d in (1, 2) for s in range(1, 49)]  # TaxiBJ: 48 slots a day
+    with h5py.File(p, "w") as f:
+        f["data"], f["date"] = np.ones((96, 2, 3, 3), np.float32), dates
+    flows = load_st_h5(p)
+    assert flows.intervals_per_day == 48 and flows.hours.tolist() == list(range(96))
+    assert flows.external[:, :24].argmax(1).tolist() == [h // 2 for h in range(48)] * 2  # slot 3 is 01:00-01:30
+    assert flows.external[0, 24 + 4] == 1 and flows.external[48, 24 + 5] == 1  # 2013-11-01 was a Friday
+    with h5py.File(p, "w") as f:
+        f["data"], f["date"] = np.ones((96, 3, 3, 3), np.float32), dates
+    with pytest.raises(ValueError, match=r"must be \(T, 2, H, W\), got \(96, 3, 3, 3\)"):
+        load_st_h5(p)
+    with h5py.File(p, "w") as f:
+        f["data"], f["date"] = np.ones((96, 2, 3, 3), np.float32), dates[:-1]
+    with pytest.raises(ValueError, match="96 rasters but 95 dates"):
+        load_st_h5(p)
+
+
+def test_curved_corridors_are_arcs_inside_the_city_sampled_every_half_cell():
+    from paperbook.deflow.data import _corridors
+
+    radii = []
+    for seed in range(10):
+        for pts in _corridors("curved", 16, 8, np.random.default_rng(seed)):
+            assert (pts >= 0).all() and (pts < 16).all()
+            assert np.allclose(np.linalg.norm(np.diff(pts, axis=0), axis=1), 0.5, atol=1e-3)
+            y, x = pts[:, 0], pts[:, 1]  # the circle x² + y² + Dx + Ey + F = 0 through the points, least squares
+            D, E, F_ = np.linalg.lstsq(np.stack([x, y, np.ones_like(x)], 1), -(x ** 2 + y ** 2), rcond=None)[0]
+            radii.append(np.sqrt(D ** 2 / 4 + E ** 2 / 4 - F_) / 16)
+    assert 0.3 <= min(radii) < 0.35 and 0.65 < max(radii) <= 0.7  # radii drawn from 0.3-0.7 of the city's side
