@@ -153,3 +153,20 @@ def test_generation_stops_once_the_stop_text_appears_and_samples_among_the_top_k
     assert set(drawn) == {"2", "7"}  # both of the top two, nothing else
     assert drawn == [generate(m, Tok(), "1", max_new_tokens=1, top_k=2, seed=s, stop="") for s in range(30)]
     assert generate(m, Tok(), "1", max_new_tokens=1, stop="") == "2"  # greedy: the first of the tied maxima
+
+
+def test_generation_reads_the_end_of_a_long_prompt():
+    # a 20-token prompt in a 16-token model: the next token follows the prompt's last token, not its 16th
+    assert generate(Counting(), Tok(), "1" * 19 + "5", max_new_tokens=2, stop="") == "67"
+
+
+def test_the_seed_draws_the_examples(monkeypatch):
+    seen = []
+    monkeypatch.setattr(fewshot, "classify", lambda m, t, text, shots, max_len: seen.append(shots) or "pos")
+    pool = [(str(i), "pos" if i % 2 else "neg") for i in range(40)]
+    draws = []
+    for seed in (0, 0, 1):
+        seen.clear()
+        few_shot_accuracy(None, None, [("x", "pos")] * 5, pool, k=4, seed=seed)
+        draws.append(list(seen))
+    assert draws[0] == draws[1] != draws[2]

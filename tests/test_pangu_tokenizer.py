@@ -90,3 +90,38 @@ def test_a_character_below_the_coverage_is_spelled_in_bytes():
     assert t.sp.piece_to_id("鑫") == t.sp.unk_id()
     assert t.sp.encode(segment("鑫"), out_type=str) == ["▁", "<0xE9>", "<0x91>", "<0xAB>"]  # UTF-8 of 鑫
     assert t.decode(t.encode("鑫")) == "鑫"
+
+
+def test_the_eod_id_is_read_from_the_model_and_the_smallest_vocabulary_is_named():
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()  # a model whose <eod> is not the first user-defined piece
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([segment(t) for t in TEXTS]), model_writer=out,
+                                   vocab_size=400, byte_fallback=True, user_defined_symbols=[SPACE, NEWLINE, "<eod>"],
+                                   minloglevel=2)
+    t = Tokenizer(out.getvalue())
+    assert t.eod_id == 5 and t.sp.id_to_piece(5) == "<eod>"
+    with pytest.raises(ValueError, match="vocab_size 260 is too small: byte fallback alone needs 261"):
+        Tokenizer.train(TEXTS, vocab_size=260)
+
+
+def test_a_sample_keeps_the_corpus_order(monkeypatch):
+    import paperbook.pangu.tokenizer as tokenizer
+
+    seen = []
+
+    class Enough(Exception):
+        pass
+
+    def record(text):
+        seen.append(text)
+        if len(seen) == 50:
+            raise Enough
+
+    monkeypatch.setattr(tokenizer, "segment", record)
+    corpus = [f"文本{i:03d}" for i in range(200)]
+    with pytest.raises(Enough):
+        Tokenizer.train(corpus, vocab_size=400, max_sentences=50, seed=3)
+    assert seen == sorted(seen) and len(set(seen)) == 50  # 50 of the 200, in the corpus's order
