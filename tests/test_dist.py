@@ -145,3 +145,78 @@ def test_thread_ceiling_by_hand(monkeypatch):
     assert thread_ceiling(4) == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert (thread_ceiling(4), thread_ceiling(2)) == (3, 2)
+
+
+def test_under_torchrun_each_local_process_takes_its_share_of_the_cores(monkeypatch):
+    # WORLD_SIZE 4 with 2 processes on this node and 8 cores: 4 threads each (at most OMP_NUM_THREADS when set)
+    import os
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from paperbook.dist import DistInfo, init_distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(calls))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: calls.append((backend, timeout)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setenv("WORLD_SIZE", "4"), monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2"), monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        info = init_distributed("cpu", timeout_s=7)
+        assert info == DistInfo(3, 4, 1, torch.device("cpu"), "gloo") and calls == [("gloo", timedelta(seconds=7))]
+        assert torch.get_num_threads() == 4
+        calls.clear()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        init_distributed("cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_process_group_of_one_is_joined_and_reduces_in_double_precision(tmp_path, monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from paperbook.dist import all_reduce_mean, all_reduce_sum, init_distributed
+
+    for name in ("WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert init_distributed("cpu").backend == "gloo"  # a group someone else started is used, not ignored
+        assert all_reduce_sum(1.0 + 1e-9) == 1.0 + 1e-9  # a Python number goes over the wire as float64
+        assert all_reduce_mean({"x": 3.0, "t": torch.tensor([2.0])}) == {"x": 3.0, "t": torch.tensor([2.0])}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_threads_leave_other_devices_alone_and_restore_the_count(monkeypatch):
+    import torch
+
+    from paperbook.dist import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with threads(1, "cuda"):  # the CPU's thread count is not the GPU's business
+            assert torch.get_num_threads() == 3
+        with threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_an_empty_environment_variable_is_not_a_number(monkeypatch):
+    from paperbook.dist import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "")
+    with pytest.raises(ValueError, match="WORLD_SIZE='' is not an integer"):
+        init_distributed("cpu")
