@@ -4,6 +4,7 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,71 @@ def test_a_notebook_that_writes_no_metrics_or_raises_is_a_failed_job(tmp_path, m
     assert _execute(job)["error"] == "ValueError: unknown override 'x'"  # the last line of the error
     monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: (tmp_path / "o/metrics.json").write_text("{}"))
     assert _execute(job)["status"] == "ok"
+
+
+def test_slurm_batches_go_through_submitit_with_the_jobs_partition_and_timeout(tmp_path, monkeypatch):
+    # no Slurm here: a stand-in for submitit records what run_batch asks of it
+    import types
+
+    from paperbook.cli import run_batch
+
+    asked = {}
+
+    class Done:
+        def __init__(self, job):
+            self.job = job
+
+        def result(self):
+            return self.job | {"status": "ok", "error": ""}
+
+    class Executor:
+        def __init__(self, folder, cluster=None):
+            asked["made"] = (Path(folder), cluster)
+
+        def update_parameters(self, **kw):
+            asked["params"] = kw
+
+        def map_array(self, fn, jobs):
+            asked["fn"] = fn.__name__
+            return [Done(j) for j in jobs]
+
+    fake = types.SimpleNamespace(AutoExecutor=Executor, LocalExecutor=lambda folder: Executor(folder, "local"))
+    monkeypatch.setitem(sys.modules, "submitit", fake)
+    todo = [{"chapter": "example", "preset": "cpu-toy", "seed": s, "timeout": 150} for s in (0, 1)]
+    done = run_batch(todo, out=tmp_path, jobs=3, executor="slurm", partition="gpu")
+    assert [j["seed"] for j in done] == [0, 1] and asked["fn"] == "_execute"
+    assert asked["made"] == (tmp_path / "_submitit", "slurm")
+    assert asked["params"] == {"timeout_min": 2, "slurm_array_parallelism": 3, "slurm_partition": "gpu"}
+    run_batch(todo, out=tmp_path, jobs=3, executor="slurm")
+    assert asked["params"] == {"timeout_min": 2, "slurm_array_parallelism": 3}  # no partition: Slurm's default
+    run_batch([j | {"timeout": 30} for j in todo], out=tmp_path, jobs=3, executor="submitit-local")
+    assert asked["made"][1] == "local" and asked["params"] == {"timeout_min": 1}  # at least a minute
+
+
+def test_a_batch_job_runs_its_notebook_with_its_folder_threads_and_parameters(tmp_path, monkeypatch):
+    import os
+
+    import papermill
+
+    from paperbook.cli import _execute
+
+    for key in ("PAPERBOOK_RUN_DIR", "PAPERBOOK_PROGRESS", "OMP_NUM_THREADS"):  # _execute sets them: restored after
+        monkeypatch.setenv(key, "")
+    seen = {}
+
+    def record(nb, out, **kw):
+        seen.update(nb=nb, out=out, kw=kw, env={k: os.environ[k] for k in ("PAPERBOOK_RUN_DIR", "PAPERBOOK_PROGRESS",
+                                                                           "OMP_NUM_THREADS")})
+        (tmp_path / "o/metrics.json").write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", record)
+    (tmp_path / "nbs").mkdir()
+    monkeypatch.chdir(tmp_path)  # a relative --out: the notebook runs in nbs/, so it gets the absolute folder
+    job = {"notebook": str(tmp_path / "nbs/ch.ipynb"), "out": "o", "preset": "gpu-1",
+           "overrides": {"seed": 4}, "threads": 3, "timeout": 10}
+    assert _execute(job)["status"] == "ok"
+    assert seen["env"] == {"PAPERBOOK_RUN_DIR": str((tmp_path / "o").resolve()), "PAPERBOOK_PROGRESS": "0",
+                           "OMP_NUM_THREADS": "3"}
+    assert (seen["nb"], seen["out"]) == (job["notebook"], "o/ch.ipynb")
+    assert seen["kw"]["parameters"] == {"preset": "gpu-1", "overrides": {"seed": 4}}
+    assert seen["kw"]["cwd"] == str(tmp_path / "nbs") and seen["kw"]["execution_timeout"] == 10
