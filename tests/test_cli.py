@@ -95,6 +95,7 @@ def test_batch_local_two_seeds(tmp_path):
         assert (d / "00b_example.ipynb").is_file()
     csv = (out / "results.csv").read_text()
     assert csv.count("example,cpu-toy,") == 8  # 4 claims x 2 seeds
+    assert "path" not in csv.splitlines()[0].split(",") and str(tmp_path) not in csv  # no machine's own paths
     md = (out / "results.md").read_text()
     assert md.startswith("| chapter | preset | claim |") and "2/2" in md
     assert "2 of 2 jobs ok" in r.stdout
@@ -226,6 +227,7 @@ def test_slurm_batches_go_through_submitit_with_the_jobs_partition_and_timeout(t
     assert [j["seed"] for j in done] == [0, 1] and asked["fn"] == "_execute"
     assert asked["made"] == (tmp_path / "_submitit", "slurm")
     assert asked["params"] == {"timeout_min": 2, "slurm_array_parallelism": 3, "slurm_partition": "gpu"}
+    assert not (tmp_path / "results.csv").exists()  # no job wrote metrics: no table
     run_batch(todo, out=tmp_path, jobs=3, executor="slurm")
     assert asked["params"] == {"timeout_min": 2, "slurm_array_parallelism": 3}  # no partition: Slurm's default
     run_batch([j | {"timeout": 30} for j in todo], out=tmp_path, jobs=3, executor="submitit-local")
@@ -259,3 +261,32 @@ def test_a_batch_job_runs_its_notebook_with_its_folder_threads_and_parameters(tm
     assert (seen["nb"], seen["out"]) == (job["notebook"], "o/ch.ipynb")
     assert seen["kw"]["parameters"] == {"preset": "gpu-1", "overrides": {"seed": 4}}
     assert seen["kw"]["cwd"] == str(tmp_path / "nbs") and seen["kw"]["execution_timeout"] == 10
+
+
+def test_two_processes_are_launched_by_torchrun_and_a_chapter_adds_its_own_plan():
+    two = plan_info("example", "cpu-toy", {"nproc_per_node": 2})
+    assert two["launch"] == ("torchrun --standalone --nproc_per_node=2 -m paperbook.cli run example --preset cpu-toy "
+                             "--set nproc_per_node=2") and "papermill" not in two
+    pangu = plan_info("pangu-alpha", "cpu-toy")  # chapter 1 adds its mesh and per-rank memory lines
+    assert pangu["mesh"].endswith("= 1") and pangu["rank_0"].startswith("the whole model")
+
+
+def test_run_prints_the_chapters_report_and_the_run_stamp(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    import paperbook.cli as pcli
+
+    example = pcli.get_chapter("example")
+    monkeypatch.setattr(pcli, "get_chapter", lambda name: replace(example, report=lambda r: "REPORT: per family"))
+    monkeypatch.delenv("RANK", raising=False)
+    assert pcli.main(["run", "example", "--set", "repeats=5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "REPORT: per family" in out
+    assert out[-1].startswith("paperbook example · preset cpu-toy · device ")  # the stamp, last without --out
+
+
+def test_the_books_notebooks_are_found_beside_the_package_from_any_folder(root, tmp_path, monkeypatch):
+    from paperbook.cli import default_nbs
+
+    monkeypatch.chdir(tmp_path)  # no nbs/ here: the checkout's own
+    assert default_nbs() == root / "nbs"

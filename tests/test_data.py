@@ -171,6 +171,8 @@ def test_cli_fetch_path_and_verify(toy, capsys):
     from paperbook.cli import main
 
     assert main(["data", "path", "toy"]) == 2 and "not on this machine" in capsys.readouterr().err
+    assert main(["data", "fetch", "toy", "nope"]) == 2 and "unknown data set 'nope'" in capsys.readouterr().err
+    assert not toy["cache"].exists()  # a bad name among the good ones: nothing is fetched
     assert main(["data", "verify", "toy"]) == 0 and capsys.readouterr().out == "toy: missing (not checked)\n"
     assert main(["data", "fetch"]) == 2 and "needs data set names" in capsys.readouterr().err
     assert main(["data", "fetch", "toy"]) == 0 and capsys.readouterr().out == f"toy: {toy['cache']}\n"
