@@ -129,7 +129,11 @@ def test_generate_contest_split():
     assert (len(tr), len(va), len(te)) == (6400, 6400, 6400) and tr.n == 32 and tr.type == "fr"
     assert len({r.tobytes() for r in np.vstack([tr.X, va.X, te.X])}) == 19200
     d_tr, d_va, d_te = generate("digits-0_1", seed=0)
-    assert d_tr.n == 64 and len(d_tr) + len(d_va) + len(d_te) == 1797
+    assert d_tr.n == 64 and len(d_tr) + len(d_va) + len(d_te) == 1750  # 1,797 images, 1,750 distinct once binarised
+    for spec in ("digits-0_1", "digits-3_5_8"):
+        for seed in range(3):  # copies of an image would put a test minterm in training
+            rows = np.vstack([s.X for s in generate(spec, seed=seed)])
+            assert len({r.tobytes() for r in rows}) == len(rows) == 1750
 
 
 @needs_data
@@ -937,3 +941,14 @@ def test_boosted_threshold_ties_go_to_the_one_nearest_the_models_own():
     best = sorted(th for th, a in acc.items() if a == max(acc.values()))
     assert centre == 1 and best == [0, 1] and ((total["all"] >= 0) != (total["all"] >= 1)).any()
     assert (simulate(boosted_aig(gb, 10, 4, 3, X, y), Z)[:, 0] == (total["all"] >= 1)).all()
+
+
+def test_held_out_copies_by_hand():
+    from paperbook.iwls.select import held_out_copies
+
+    a, b, c = [0, 0, 1], [0, 1, 0], [1, 1, 1]
+    pla = lambda rows: PLA(np.array(rows, np.uint8), np.zeros((len(rows), 1), np.uint8))
+    # leave one out: a held-out minterm is a copy when its input occurs in another row (a, a, c, c, c: 5 of 6)
+    assert held_out_copies(pla([a, a, b, c, c, c]), folds=6) == pytest.approx(5 / 6)
+    assert held_out_copies(pla([a, b, c, [1, 0, 0]]), folds=2) == 0.0
+    assert held_out_copies(pla([a] * 8), folds=4, seed=3) == 1.0

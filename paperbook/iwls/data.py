@@ -229,10 +229,13 @@ def sample_minterms(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _digits(groups: set[int]):
+    "Binarised digits, each distinct image once (the first of its copies), and whether its digit is in `groups`."
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return (d.data >= 8).astype(np.uint8), np.isin(d.target, list(groups)).astype(np.uint8)
+    X = (d.data >= 8).astype(np.uint8)
+    keep = np.sort(np.unique(X, axis=0, return_index=True)[1])  # copies would land on both sides of the split
+    return X[keep], np.isin(d.target[keep], list(groups)).astype(np.uint8)
 
 
 def generate(spec: str, *, seed: int = 0, size: int = 6400) -> tuple[PLA, PLA, PLA]:

@@ -17,8 +17,8 @@ from paperbook.iwls.learn import (
 from .structure import learn_arithmetic, learn_chain, learn_symmetric
 
 # %% auto #0
-__all__ = ['LEARNERS', 'NOTHING', 'Candidate', 'fit_candidate', 'fold_indices', 'rows_of', 'join', 'CV', 'cross_validate',
-           'constant_cv', 'choose', 'portfolio_cv', 'deliver']
+__all__ = ['LEARNERS', 'NOTHING', 'Candidate', 'fit_candidate', 'fold_indices', 'held_out_copies', 'rows_of', 'join', 'CV',
+           'cross_validate', 'constant_cv', 'choose', 'portfolio_cv', 'deliver']
 
 # %% ../../nbs/08f_iwls_select.ipynb #c615e6c3
 @dataclass
@@ -62,6 +62,17 @@ def fold_indices(m: int, k: int, seed: int = 0) -> list[np.ndarray]:
     if not 2 <= k <= m:
         raise ValueError(f"folds must be between 2 and the number of minterms ({m}), got {k}")
     return np.array_split(np.random.default_rng(seed).permutation(m), k)
+
+
+def held_out_copies(data: PLA, folds: int = 4, seed: int = 0) -> float:
+    "The share of held-out minterms whose input also occurs in the fitting folds, averaged over the folds."
+    keys = np.array([r.tobytes() for r in data.X], dtype=object)
+    parts = fold_indices(len(data), folds, seed)
+    shares = []
+    for f, held in enumerate(parts):
+        seen = set(keys[np.concatenate([q for g, q in enumerate(parts) if g != f])])
+        shares.append(float(np.mean([k in seen for k in keys[held]])))
+    return float(np.mean(shares))
 
 
 def rows_of(data: PLA, idx: np.ndarray, part: str) -> PLA:
