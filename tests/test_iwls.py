@@ -80,7 +80,10 @@ def test_minterms_are_distinct_and_digits_split_shuffled():
     d = load_digits()
     d_tr = generate("digits-0_1", seed=0)[0]
     pixels = (d.data >= 8).astype(np.uint8)  # a pixel of intensity 8 of 16 is on
-    assert (d.data == 8).any() and not np.array_equal(d_tr.X, pixels[:len(d_tr)])  # shuffled before the split
+    distinct = pixels[np.sort(np.unique(pixels, axis=0, return_index=True)[1])]  # each image once, in order
+    assert (d.data == 8).any() and not np.array_equal(d_tr.X, distinct[:len(d_tr)])  # shuffled before the split
+    assert sorted(r.tobytes() for r in np.vstack([s.X for s in generate("digits-0_1", seed=0)])) == sorted(
+        r.tobytes() for r in distinct)
     assert {r.tobytes() for r in d_tr.X} <= {r.tobytes() for r in pixels}
 
 
@@ -952,3 +955,9 @@ def test_held_out_copies_by_hand():
     assert held_out_copies(pla([a, a, b, c, c, c]), folds=6) == pytest.approx(5 / 6)
     assert held_out_copies(pla([a, b, c, [1, 0, 0]]), folds=2) == 0.0
     assert held_out_copies(pla([a] * 8), folds=4, seed=3) == 1.0
+
+
+def test_a_multi_output_pla_has_no_single_output_column():
+    two = PLA(np.zeros((3, 2), np.uint8), np.zeros((3, 2), np.uint8), name="two")
+    with pytest.raises(ValueError, match="two has 2 outputs; expected 1"):
+        _ = two.y
