@@ -961,3 +961,11 @@ def test_a_multi_output_pla_has_no_single_output_column():
     two = PLA(np.zeros((3, 2), np.uint8), np.zeros((3, 2), np.uint8), name="two")
     with pytest.raises(ValueError, match="two has 2 outputs; expected 1"):
         _ = two.y
+
+
+def test_an_aig_input_outside_the_inputs_is_an_error():
+    g = AIG(3)
+    assert [g.input(i) for i in range(3)] == [2, 4, 6]  # AIGER literals of variables 1, 2, 3
+    for bad in (3, -1):
+        with pytest.raises(IndexError, match=f"input {bad} of an AIG with 3 inputs"):
+            g.input(bad)
