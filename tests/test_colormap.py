@@ -964,3 +964,93 @@ def test_experiment_runs_seeds_from_the_config_and_records_the_last_losses(monke
     monkeypatch.setattr(chapter, "values_table", lambda results: pd.DataFrame())
     got = metrics_of(runs, pd.DataFrame())
     assert got["final_loss"] == {3: {"aspp": 1.0}}  # the mean of the last 20 steps
+
+
+# ---- found by mutation of colormap/model.py ----------------------------------------------------------
+def test_training_batches_are_drawn_from_the_seed_not_the_global_stream(tiny):
+    # lr 0 and no batch normalisation: the network is fixed, so step i's loss is the mean per-image loss of the
+    # 16 images a generator seeded with `seed` draws for it, whatever the global stream holds
+    from paperbook.colormap.model import corpus_inputs
+
+    torch.manual_seed(0)
+    net = ColormapNet(width=0.03, aspp=False, knots=4)
+    with torch.no_grad():
+        pred = net(corpus_inputs(tiny, range(len(tiny))))
+    target = torch.tensor(lab_to_unit(tiny.lab()), dtype=torch.float32)
+    per = np.array([order_free_mse(pred[i:i + 1], target[i:i + 1]).item() for i in range(len(tiny))])
+    g = torch.Generator().manual_seed(7)
+    want = [per[torch.randint(0, len(tiny), (16,), generator=g).numpy()].mean() for _ in range(4)]
+    torch.manual_seed(123)
+    first = train_net(net, tiny, steps=4, batch=16, lr=0.0, seed=7)
+    torch.manual_seed(456)
+    again = train_net(net, tiny, steps=4, batch=16, lr=0.0, seed=7)
+    assert first == pytest.approx(want, rel=1e-5) and again == first
+    assert train_net(net, tiny, steps=4, batch=16, lr=0.0, seed=8) != first
+
+
+def test_predict_in_batches_equals_one_batch():
+    from paperbook.colormap.model import predict
+
+    torch.manual_seed(0)
+    net = ColormapNet(width=0.03, knots=4)
+    x = torch.rand(7, BINS, BINS, BINS)
+    whole = predict(net, x, batch=7)
+    assert whole.shape == (7, 256, 3) and np.allclose(predict(net, x, batch=3), whole, atol=1e-4)
+
+
+def test_delta_e_refuses_colours_without_three_coordinates():
+    with pytest.raises(ValueError, match=r"\(\.\.\., entries, 3\)"):
+        delta_e(np.zeros((5, 4)), np.zeros((5, 4)))
+
+
+def test_discrete_refinement_keeps_a_cluster_of_exactly_min_share():
+    from paperbook.colormap.model import refine_discrete
+
+    # L 80 holds 1 of 100: exactly min_share 1%, so it is kept and entry L 79 snaps to it (not to L 50)
+    colours, weights = np.array([[50.0, 0, 0], [80, 0, 0]]), np.array([99.0, 1.0])
+    assert refine_discrete(np.array([[79.0, 0, 0]]), colours, weights)[0, 0] == 80.0
+
+
+def test_continuous_refinement_moves_entries_reached_only_by_a_light_colour():
+    from paperbook.colormap.model import refine_continuous
+
+    # entries L 0..255; a colour at L -1 (weight 1) nearest entry 0 and one at L 300 (weight 1e-5, far under 1e-3 of
+    # the mass but over 1e-9) nearest entry 255. The kernel (window 8) reaches 3 windows = 24 entries: entries 0..24
+    # move to -1 and 231..255 to 300; entries 25..230 meet no colour and stay
+    path = np.stack([np.arange(256.0), np.zeros(256), np.zeros(256)], 1)
+    colours = np.array([[-1.0, 0, 0], [300.0, 0, 0]])
+    out = refine_continuous(path, colours, np.array([1.0, 1e-5]), iters=1, window=8)
+    assert out[:, 0].tolist() == pytest.approx([-1.0] * 25 + list(range(25, 231)) + [300.0] * 25)
+
+
+def test_extractor_calls_discrete_above_one_half(tiny):
+    torch.manual_seed(0)
+    net = ColormapNet(width=0.03, knots=4)
+
+    def kind(p):  # a classifier that answers p for every image
+        return KindClassifier(np.zeros(7), np.ones(7), np.zeros(7), np.log(p / (1 - p)))
+    img = tiny.images[0]
+    assert Extractor(net, kind(0.55))(img, refined=False)[1] is True
+    assert Extractor(net, kind(0.45))(img, refined=False)[1] is False
+
+
+def test_extractor_round_trips_networks_without_aspp_or_dilation_and_refuses_other_inputs(tmp_path, tiny):
+    img = tiny.images[0]
+    for kw in ({"aspp": False}, {"multiscale": False}):
+        torch.manual_seed(0)
+        ex = Extractor(ColormapNet(width=0.03, knots=4, **kw), KindClassifier(np.zeros(7), np.ones(7), np.zeros(7)))
+        back = load_extractor(save_extractor(ex, tmp_path / "m.pt"))
+        assert back.settings() == ex.settings()
+        assert np.allclose(back(img, refined=False)[0], ex(img, refined=False)[0], atol=1e-4)
+    with pytest.raises(ValueError, match="inputs='hist3d'"):
+        Extractor(ColormapNet(width=0.03, knots=4, inputs="hist2d"), KindClassifier())
+
+
+def test_recover_values_leaves_out_pixels_beyond_max_distance():
+    from skimage.color import rgb2lab
+
+    lut = np.array([[1.0, 0, 0], [0, 0, 1.0]])  # red at value 0, blue at value 1
+    img = np.full((1, 1, 3), [0.0, 0.6, 0.2])  # a green: far from both
+    d = min(np.linalg.norm(rgb2lab(img[0, 0]) - rgb2lab(c)) for c in lut)
+    assert np.isnan(recover_values(img, lut, max_distance=d - 0.5)[0, 0])
+    assert not np.isnan(recover_values(img, lut, max_distance=d + 0.5)[0, 0])

@@ -74,7 +74,7 @@ class ColormapNet(nn.Module):
         channels, side = {"hist3d": (bins, bins), "hist2d": (1, bins), "pixels": (3, px)}[inputs]
         if side % 16 or knots < 2:
             raise ValueError(f"need an input side divisible by 16 and knots >= 2, got side={side}, knots={knots}")
-        self.width, self.knots, self.inputs = width, knots, inputs
+        self.width, self.knots, self.inputs, self.multiscale = width, knots, inputs, multiscale
         c = [max(4, round(ch * width)) for ch in (64, 128, 256, 512)]
         layers = _conv(channels, c[0], 5, 2) + _conv(c[0], c[0], 5, 1)
         for a, b in zip(c[:-1], c[1:]):
@@ -317,12 +317,14 @@ class Extractor:
 
     def __init__(self, net: ColormapNet, classifier: KindClassifier, *, transform: str = "minmax",
                  eps: float = 9.0, iters: int = 3, window: float = 8.0):
+        if net.inputs != "hist3d":  # __call__ feeds it the image's 3-D Lab histogram
+            raise ValueError(f"an Extractor needs a network of 3-D histograms (inputs='hist3d'), got {net.inputs!r}")
         self.net, self.classifier = net.eval(), classifier
         self.transform, self.eps, self.iters, self.window = transform, eps, iters, window
 
     def settings(self) -> dict:
         n = self.net
-        return {"width": n.width, "aspp": isinstance(n.aspp, ASPP), "knots": n.knots,
+        return {"width": n.width, "aspp": isinstance(n.aspp, ASPP), "multiscale": n.multiscale, "knots": n.knots,
                 "bins": n.backbone[0].in_channels, "transform": self.transform, "eps": self.eps,
                 "iters": self.iters, "window": self.window}
 
@@ -359,7 +361,8 @@ def load_extractor(path: str | Path | None = None, device="cpu") -> Extractor:
                                 "(it saves one there) or pass model=Extractor/path")
     state = torch.load(path, map_location=device, weights_only=True)
     s = state["settings"]
-    net = ColormapNet(width=s["width"], aspp=s["aspp"], knots=s["knots"], bins=s["bins"])
+    net = ColormapNet(width=s["width"], aspp=s["aspp"], knots=s["knots"], bins=s["bins"],
+                      multiscale=s.get("multiscale", True))  # files saved before it was recorded: the default
     net.load_state_dict(state["net"])
     return Extractor(net.to(device), KindClassifier.from_state(state["classifier"]), transform=s["transform"],
                      eps=s["eps"], iters=s["iters"], window=s["window"])
