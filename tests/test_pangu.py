@@ -299,3 +299,81 @@ def test_schedule_and_weight_decay_groups_by_hand():
     assert sorted(names[id(p)] for p in decay["params"]) == ["0.weight", "2.weight"] and decay["weight_decay"] == 0.1
     assert sorted(names[id(p)] for p in no_decay["params"]) == ["1.bias", "1.weight", "2.bias"]
     assert no_decay["weight_decay"] == 0.0
+
+
+# ---- found by mutation of pangu/train.py ---------------------------------------------------------------
+def test_train_config_refuses_a_zero_rate_and_a_warm_up_as_long_as_training():
+    from paperbook.pangu.train import TrainConfig
+
+    with pytest.raises(ValueError, match="steps, batch_size and lr must be positive, got 10, 16, 0.0"):
+        TrainConfig(steps=10, lr=0.0, warmup=1)
+    with pytest.raises(ValueError, match=r"train.warmup \(10\) must be below train.steps \(10\)"):
+        TrainConfig(steps=10, warmup=10)
+    assert TrainConfig(steps=10, warmup=9).warmup == 9
+
+
+def test_frozen_parameters_are_in_no_optimizer_group():
+    from paperbook.pangu.train import param_groups
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+    model[0].weight.requires_grad_(False)
+    model[1].bias.requires_grad_(False)
+    decay, no_decay = param_groups(model, 0.1)
+    assert [p is model[2].weight for p in decay["params"]] == [True]
+    assert {id(p) for p in no_decay["params"]} == {id(model[1].weight), id(model[2].bias)}
+
+
+def test_next_token_targets_by_hand():
+    from paperbook.pangu.train import next_token_targets
+
+    # eod 0: each position predicts the next token; the EOD itself is predicted (it ends its document), but not
+    # the first token of the next document from the EOD, and the last position has no next token
+    ids = torch.tensor([[5, 0, 7, 8], [0, 3, 0, 4]])
+    assert next_token_targets(ids, 0).tolist() == [[0, -100, 8, -100], [-100, 0, -100, -100]]
+
+
+def test_perplexity_keeps_the_models_mode_and_is_exp_of_the_token_mean():
+    import torch.nn.functional as F
+
+    from paperbook.pangu.train import perplexity
+
+    torch.manual_seed(0)
+    model = PanguAlpha(ModelConfig(vocab_size=20, seq_len=8, num_layers=2, d=16, num_heads=2, dropout=0.0))
+    data = torch.randint(1, 20, (3, 8))
+    data[0, 3] = 0
+    model.eval()
+    ppl = perplexity(model, data, eod_id=0, batch_size=2)
+    assert not model.training
+    model.train()
+    perplexity(model, data, eod_id=0)
+    assert model.training
+    with torch.no_grad():  # by hand: the 3 × 7 next tokens less the one after the EOD, in one mean
+        logits = model.eval()(data, eod_id=0)
+    keep = [(r, t) for r in range(3) for t in range(7) if (r, t) != (0, 3)]
+    nll = [F.cross_entropy(logits[r, t][None], data[r, t + 1][None]).item() for r, t in keep]
+    assert ppl == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
+
+
+def test_the_trainer_follows_the_schedule_step_by_step(monkeypatch):
+    import paperbook.pangu.train as pt
+    from paperbook.pangu.distributed import synthetic_rows
+
+    seen = []
+    make = pt.make_optimizer
+
+    def spying(*a, **kw):  # records the rate of every step
+        opt = make(*a, **kw)
+        step = opt.step
+
+        def recording(*sa, **skw):
+            seen.append(opt.param_groups[0]["lr"])
+            return step(*sa, **skw)
+        opt.step = recording
+        return opt
+    monkeypatch.setattr(pt, "make_optimizer", spying)
+    cfg = ModelConfig(vocab_size=20, seq_len=8, num_layers=2, d=16, num_heads=2, dropout=0.0)
+    train = pt.TrainConfig(steps=6, warmup=2, lr=1.0, batch_size=2, optimizer="sgd", clip=0.0)
+    pt.train_lm(PanguAlpha(cfg), synthetic_rows(8, 8, 20), eod_id=0, train=train)
+    # warm-up 0.5, 1; then the cosine from 1 to 0.1 over steps 2..6, at 0, 1/4, 2/4, 3/4 of it
+    cos = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)) for f in (0, 0.25, 0.5, 0.75)]
+    assert seen == pytest.approx([0.5, 1.0, *cos])

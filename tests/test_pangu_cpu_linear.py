@@ -159,3 +159,28 @@ def test_both_trainers_use_onednn_unless_told_not_to_and_train_alike(monkeypatch
     assert len(ref) == len(one) == len(two) == 3
     assert max(abs(a - b) for a, b in zip(ref, one)) < 1e-5 and max(abs(a - b) for a, b in zip(ref, two)) < 1e-5
     assert not any("forward" in vars(m) for m in par.modules[0].modules())  # nothing left rerouted
+
+
+# ---- found by mutation of pangu/train.py ---------------------------------------------------------------
+def test_cpu_vendor_falls_back_on_the_platform_for_amd_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(pt.platform, "processor", lambda: "AMD64 Family 25 Model 33 Stepping 0, AuthenticAMD")
+    assert cpu_vendor(str(tmp_path / "none-here")) == "AuthenticAMD"
+
+
+def test_cpuinfo_field_matches_the_whole_name(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU model 9\nmodel\t: 143\n")
+    assert cpuinfo_field("model", str(info)) == "143" and cpuinfo_field("model name", str(info)) == "Some CPU model 9"
+
+
+@needs_onednn
+def test_onednn_linear_without_bias_has_the_aten_gradients():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3, bias=False)
+    x = torch.randn(2, 4, 5, requires_grad=True)
+    ref_x, ref_w = torch.autograd.grad(F.linear(x, layer.weight).pow(2).sum(), (x, layer.weight))
+    with cpu_linear(layer, "onednn") as n:
+        assert n == 1
+        gx, gw = torch.autograd.grad(layer(x).pow(2).sum(), (x, layer.weight))
+    torch.testing.assert_close(gx, ref_x)
+    torch.testing.assert_close(gw, ref_w)
