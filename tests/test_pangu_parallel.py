@@ -548,3 +548,38 @@ def test_checkpoint_resumes_identically_and_loads_into_another_layout(tmp_path):
     assert pipe["start"] == 3 and pipe["world_size"] == 2
     assert len(pipe["losses"]) == len(whole["losses"][3:]) > 0
     assert max(abs(a - b) for a, b in zip(pipe["losses"], whole["losses"][3:])) < 1e-5
+
+
+# ---- found by mutation of pangu/parallel.py --------------------------------------------------------------
+def test_a_middle_pipeline_rank_has_no_tied_gradient_to_exchange():
+    # pp = 3: rank 1 holds neither the embedding nor the output layer, so it sends and receives nothing (its mesh
+    # is never asked for; the equivalence runs use pp = 2, which has no middle rank)
+    from paperbook.pangu.parallel import Parallelized, sync_tied_grads
+
+    cfg = ModelConfig(vocab_size=96, seq_len=16, num_layers=3, d=32, num_heads=4, dropout=0.0)
+    plan = ParallelPlan(pp=3)
+    middle = split_stages(PanguAlpha(cfg), plan, pp_rank=1)
+    assert [(s, m.is_first, m.is_last) for s, m in middle] == [(1, False, False)]
+    sync_tied_grads(Parallelized(plan, None, middle, pp_rank=1))
+
+
+@pytest.mark.parametrize("pp, reshard", [(1, True), (2, False)])
+def test_fsdp_keeps_layers_gathered_between_forward_and_backward_under_a_pipeline(monkeypatch, pp, reshard):
+    import torch.distributed.fsdp as fsdp
+
+    from paperbook.pangu.parallel import apply_dp
+
+    calls = []
+    monkeypatch.setattr(fsdp, "fully_shard", lambda m, mesh, reshard_after_forward: calls.append(
+        (type(m).__name__, mesh, reshard_after_forward)))
+    plan = ParallelPlan(dp_shard=2, pp=pp)
+
+    class Mesh(dict):
+        def __missing__(self, key):
+            return f"mesh{key}"
+    (_, stage), *_ = split_stages(PanguAlpha(SMALL), plan, pp_rank=0)
+    apply_dp(stage, Mesh(), plan)
+    layers = len(stage.blocks) + stage.is_last
+    assert calls == [("Block", "meshdp_shard", reshard)] * len(stage.blocks) + \
+        [("QueryLayer", "meshdp_shard", reshard)] * stage.is_last + [("PanguStage", "meshdp_shard", reshard)]
+    assert layers == (4 if pp == 1 else 2)
