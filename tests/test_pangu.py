@@ -372,7 +372,7 @@ def test_the_trainer_follows_the_schedule_step_by_step(monkeypatch):
         return opt
     monkeypatch.setattr(pt, "make_optimizer", spying)
     cfg = ModelConfig(vocab_size=20, seq_len=8, num_layers=2, d=16, num_heads=2, dropout=0.0)
-    train = pt.TrainConfig(steps=6, warmup=2, lr=1.0, batch_size=2, optimizer="sgd", clip=0.0)
+    train = pt.TrainConfig(steps=6, warmup=2, lr=1.0, batch_size=2, optimizer="sgd")
     pt.train_lm(PanguAlpha(cfg), synthetic_rows(8, 8, 20), eod_id=0, train=train)
     # warm-up 0.5, 1; then the cosine from 1 to 0.1 over steps 2..6, at 0, 1/4, 2/4, 3/4 of it
     cos = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)) for f in (0, 0.25, 0.5, 0.75)]
