@@ -53,7 +53,7 @@ class Space:
         return self.encoder(tuple(arch))
 
 # %% ../../nbs/03a_ctnas_spaces.ipynb #9efeaac6
-NB201_EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+NB201_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))  # analog-nasbench's tuple order (see above)
 
 
 def nb201_graph(arch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
