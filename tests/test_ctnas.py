@@ -57,6 +57,12 @@ def test_nb201_edge_order_matches_the_benchmarks_data():
     space = load_nasbench201()
     dead = [a for a in space.archs if not reaches_output(a)]
     assert len(dead) == 341 and {space.accuracy(a) for a in dead} == {10.0}
+    # cells that compute the same function (nb201_function) were trained apart: their accuracies differ by noise
+    groups = {}
+    for a, acc in zip(space.archs, space.acc):
+        groups.setdefault(space.function(a), []).append(acc)
+    spread = [np.ptp(v) for v in groups.values() if len(v) > 1]
+    assert len(groups) == 8765 and np.median(spread) < 0.3 and np.percentile(spread, 90) < 1.0
 
 
 def test_chain_graph():
@@ -427,10 +433,44 @@ def test_labelled_and_held_out_architectures_by_hand():
     from paperbook.ctnas.chapter import labelled
 
     lab, held = labelled(range(1000), 0.001, min_labels=10, heldout=5, seed=3)  # 0.1% of 1,000 is 1 < 10
-    drawn = np.random.default_rng(3).choice(1000, size=15, replace=False)
-    assert lab.tolist() == drawn[:10].tolist() and held.tolist() == drawn[10:].tolist()
+    drawn = np.random.default_rng(3).permutation(1000)
+    assert lab.tolist() == drawn[:10].tolist() and held.tolist() == drawn[10:15].tolist()
     lab, held = labelled(range(1000), 0.02, min_labels=10, heldout=5, seed=3)
     assert len(lab) == 20 and len(held) == 5 and not set(lab) & set(held)
+
+
+def test_held_out_architectures_compute_nothing_a_labelled_one_computes():
+    from paperbook.ctnas.chapter import labelled
+
+    # a stand-in space of 100 architectures whose function is i mod 10: the 2 labelled ones take 2 residues, and
+    # the held-out ones are the next draws with the other 8 residues, in draw order
+    space = Space("toy", [(i,) for i in range(100)], np.zeros(100), (100,), 1, None, lambda a: a[0] % 10)
+    lab, held = labelled(space, 0.001, min_labels=2, heldout=20, seed=0)
+    drawn = np.random.default_rng(0).permutation(100)
+    taken = {int(i) % 10 for i in drawn[:2]}
+    assert lab.tolist() == drawn[:2].tolist() and len(taken) == 2
+    assert held.tolist() == [int(i) for i in drawn[2:] if i % 10 not in taken][:20]
+    with pytest.raises(ValueError, match="only 80 architectures compute something no labelled one does; "
+                                         "study.heldout asks for 81"):
+        labelled(space, 0.001, min_labels=2, heldout=81, seed=0)
+    nb201 = load_nasbench201()  # the real space: 156 labelled, no held-out cell shares a function with them
+    lab, held = labelled(nb201, 0.01, min_labels=10, heldout=100, seed=1)
+    fn = [nb201.function(nb201.archs[i]) for i in range(len(nb201))]
+    assert len(lab) == 156 and len(held) == 100 and not {fn[i] for i in lab} & {fn[i] for i in held}
+
+
+def test_nb201_function_by_hand():
+    from paperbook.ctnas.spaces import nb201_function
+
+    # tuple order (c0→c1, c0→c2, c0→c3, c1→c2, c1→c3, c2→c3); operation 1 is none
+    assert nb201_function((1,) * 6) == () == nb201_function((3, 3, 1, 3, 1, 1))  # nothing reaches c3
+    assert nb201_function((1, 1, 4, 1, 1, 1)) == ((0, 3, 4),)  # one edge c0→c3
+    # c0→c1→c3 with a dangling c0→c2 and c1→c2 (c2 feeds nothing): only the path counts
+    assert nb201_function((2, 3, 1, 0, 4, 1)) == ((0, 1, 2), (1, 3, 4)) == nb201_function((2, 1, 1, 1, 4, 1))
+    # c1 and c2 unjoined: naming them the other way round is the same cell ...
+    assert nb201_function((2, 3, 1, 1, 4, 0)) == nb201_function((3, 2, 1, 1, 0, 4))
+    # ... but with c1→c2 they are not interchangeable
+    assert nb201_function((2, 3, 1, 0, 4, 0)) != nb201_function((3, 2, 1, 0, 0, 4))
 
 
 def test_missing_spaces_are_left_out_and_a_missing_search_space_refused(monkeypatch):

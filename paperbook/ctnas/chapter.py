@@ -3,6 +3,7 @@
 # %% ../../nbs/03_ctnas.ipynb #e6811a0f
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -32,10 +33,18 @@ def load_spaces(names) -> dict:
 
 # %% ../../nbs/03_ctnas.ipynb #10069765
 def labelled(space, budget: float, min_labels: int, heldout: int, seed: int):
-    "Indices of the labelled architectures (a share `budget` of the space) and of held-out ones."
+    """Indices of the labelled architectures (a share `budget` of the space) and of `heldout` others, none of which
+    computes what a labelled one computes (`space.function`, where the space has one)."""
     n = max(min_labels, int(round(budget * len(space))))
-    idx = np.random.default_rng(seed).choice(len(space), size=n + heldout, replace=False)
-    return idx[:n], idx[n:]
+    order = np.random.default_rng(seed).permutation(len(space))
+    fn = getattr(space, "function", None)
+    key = (lambda i: i) if fn is None else (lambda i: fn(space.archs[i]))
+    taken = {key(i) for i in order[:n]}
+    held = list(itertools.islice((i for i in order[n:] if key(i) not in taken), heldout))
+    if len(held) < heldout:
+        raise ValueError(f"only {len(held)} architectures compute something no labelled one does; "
+                         f"study.heldout asks for {heldout}")
+    return order[:n], np.array(held, dtype=order.dtype)
 
 # %% ../../nbs/03_ctnas.ipynb #dbf5245f
 def ranking_study(space, cfg: Config, seed: int) -> dict:

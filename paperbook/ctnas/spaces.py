@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['NB201_EDGES', 'NB101_OPS', 'Space', 'nb201_graph', 'load_nasbench201', 'chain_graph', 'load_nasbench_macro',
-           'check_nb101', 'load_nasbench101_json']
+__all__ = ['NB201_EDGES', 'NB201_NONE', 'NB101_OPS', 'Space', 'nb201_function', 'nb201_graph', 'load_nasbench201', 'chain_graph',
+           'load_nasbench_macro', 'check_nb101', 'load_nasbench101_json']
 
 # %% ../../nbs/03a_ctnas_spaces.ipynb #9b15e232
 @dataclass
@@ -26,6 +26,7 @@ class Space:
     choices: tuple[int, ...]  # number of options of each decision (the controller's vocabulary)
     n_ops: int
     encoder: object = field(repr=False, default=None)  # arch -> (A (n, n), op types (n,))
+    function: object = field(repr=False, default=None)  # arch -> key of what it computes (None: the arch itself)
     index: dict = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -54,6 +55,26 @@ class Space:
 
 # %% ../../nbs/03a_ctnas_spaces.ipynb #9efeaac6
 NB201_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))  # analog-nasbench's tuple order (see above)
+NB201_NONE = 1  # analog-nasbench's number of the `none` operation (see above)
+
+
+def nb201_function(arch: tuple[int, ...]) -> tuple:
+    """What a NAS-Bench-201 cell computes, as a key: its edges (source, target, operation) less `none` and less those
+    on no path from c0 to c3, under the smaller of the two namings of c1 and c2 where no edge joins them; () when no
+    path reaches c3 (the cell outputs zeros)."""
+    edges = sorted((s, t, o) for (s, t), o in zip(NB201_EDGES, arch) if o != NB201_NONE)  # by source: topological
+    fed, feeds = {0}, {3}
+    for s, t, _ in edges:
+        if s in fed:
+            fed.add(t)
+    for s, t, _ in reversed(edges):
+        if t in feeds:
+            feeds.add(s)
+    live = tuple(e for e in edges if e[0] in fed and e[1] in feeds)
+    if not live or any(e[:2] == (1, 2) for e in live):
+        return live
+    swap = {0: 0, 1: 2, 2: 1, 3: 3}
+    return min(live, tuple(sorted((swap[s], swap[t], o) for s, t, o in live)))
 
 
 def nb201_graph(arch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +126,7 @@ def load_nasbench201() -> Space:
         data = _AllowListUnpickler(io.BytesIO(fh.read())).load()
     archs = sorted(data)
     return Space("nas-bench-201", archs, np.array([data[a].baseline_accuracy for a in archs]), (5,) * 6, 5,
-                 nb201_graph)
+                 nb201_graph, nb201_function)
 
 # %% ../../nbs/03a_ctnas_spaces.ipynb #6826d0b0
 def chain_graph(arch: tuple[int, ...], n_ops: int = 3) -> tuple[np.ndarray, np.ndarray]:
