@@ -112,6 +112,29 @@ def test_comparator_learns_a_toy_space():
     assert np.allclose(M + M.T, 1.0, atol=0.35)  # roughly antisymmetric, though nothing forces it
 
 
+def test_nac_matrix_is_the_pairwise_forward_on_every_ordered_pair():
+    space, _ = toy_space()
+    torch.manual_seed(3)
+    nac = NAC(space.n_ops + 2, width=16, layers=2)
+    torch.nn.init.normal_(nac.head.bias)  # a nonzero bias: counted once per pair, not once per graph
+    A, t = batch_graphs(space, space.archs[:7])
+    with torch.no_grad():
+        by_pair = np.array([[nac(A[[i]], t[[i]], A[[j]], t[[j]]).item() for j in range(7)] for i in range(7)])
+    M = nac_matrix(nac, A, t)
+    assert M.shape == (7, 7) and np.allclose(M, by_pair, atol=1e-6)
+    assert not np.allclose(M, M.T, atol=1e-3)  # row = first argument: a transposed matrix fails
+    assert nac.training  # left in training mode
+
+    class Pairwise(torch.nn.Module):  # a comparator without all_pairs: run on the 49 pairs, 5 at a time
+        def __init__(self):
+            super().__init__()
+            self.inner = nac
+
+        def forward(self, *graphs):
+            return self.inner(*graphs)
+    assert np.allclose(nac_matrix(Pairwise(), A, t, chunk=5), by_pair, atol=1e-6)
+
+
 def test_pairs_of_equal_accuracy_teach_the_comparator_nothing():
     space, _ = toy_space()
     A, t = batch_graphs(space, space.archs[:20])

@@ -41,6 +41,12 @@ class NAC(nn.Module):
     def forward(self, A1, t1, A2, t2) -> torch.Tensor:
         return torch.sigmoid(self.head(torch.cat([self.encoder(A1, t1), self.encoder(A2, t2)], -1))).squeeze(-1)
 
+    def all_pairs(self, A, t) -> torch.Tensor:
+        "NAC(i, j) for every ordered pair of n graphs, (n, n): w = [w_α; w_β] splits, so each graph is embedded once."
+        f = self.encoder(A, t)
+        w_a, w_b = self.head.weight[0].split(f.shape[-1])
+        return torch.sigmoid((f @ w_a)[:, None] + (f @ w_b)[None, :] + self.head.bias)
+
 # %% ../../nbs/03b_ctnas_model.ipynb #9e593c60
 class Predictor(nn.Module):
     "The regression baseline: accuracy from the same graph embedding."
@@ -122,16 +128,19 @@ def kendall_from_verdicts(better: np.ndarray, acc: np.ndarray) -> float:
 
 # %% ../../nbs/03b_ctnas_model.ipynb #85ca4aba
 @torch.no_grad()
-def nac_matrix(nac: NAC, A, t, chunk: int = 4096) -> np.ndarray:
-    "NAC(i, j) for every ordered pair of the given graphs: (n, n)."
+def nac_matrix(nac: nn.Module, A, t, chunk: int = 4096) -> np.ndarray:
+    """NAC(i, j) for every ordered pair of the given graphs: (n, n). A comparator without `all_pairs` (any
+    module called as nac(A1, t1, A2, t2)) is run on the n² pairs, `chunk` at a time."""
     nac.eval()
-    n = len(t)
-    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    i, j = i.reshape(-1), j.reshape(-1)
-    out = torch.cat([nac(A[i[k:k + chunk]], t[i[k:k + chunk]], A[j[k:k + chunk]], t[j[k:k + chunk]])
-                     for k in range(0, len(i), chunk)])
+    if hasattr(nac, "all_pairs"):
+        out = nac.all_pairs(A, t)
+    else:
+        n = len(t)
+        i, j = (x.reshape(-1) for x in torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"))
+        out = torch.cat([nac(A[i[k:k + chunk]], t[i[k:k + chunk]], A[j[k:k + chunk]], t[j[k:k + chunk]])
+                         for k in range(0, len(i), chunk)]).view(n, n)
     nac.train()
-    return out.view(n, n).numpy()
+    return out.numpy()
 
 # %% ../../nbs/03b_ctnas_model.ipynb #dc46b561
 class Controller(nn.Module):
