@@ -578,19 +578,25 @@ def test_search_study_starts_every_variant_from_the_trained_comparator(monkeypat
     assert out["regularized evolution"]["acc"] == space.accuracy(space.archs[7])
 
 
-def test_experiment_runs_every_seed_from_the_config(monkeypatch):
+@pytest.mark.parametrize("study_seeds, ranked_seeds", [(None, [4, 5]), (3, [4, 5, 6])])
+def test_experiment_runs_every_seed_from_the_config(monkeypatch, study_seeds, ranked_seeds):
+    # the ranking study runs study.seeds seeds (None: seeds), the search the first `seeds` of them, each from the
+    # ranking models of its own seed
     import paperbook.ctnas.chapter as chapter
 
-    cfg = resolve("ctnas", "cpu-toy", {"seed": 4, "seeds": 2, "study.spaces": ["nas-bench-201"]})
+    cfg = resolve("ctnas", "cpu-toy", {"seed": 4, "seeds": 2, "study.seeds": study_seeds,
+                                       "study.spaces": ["nas-bench-201"]})
     ranked, searched = [], []
-    monkeypatch.setattr(chapter, "ranking_study", lambda sp, cfg, s: ranked.append(s) or {0.01: {"nac": 0.5}})
-    monkeypatch.setattr(chapter, "search_study", lambda sp, cfg, r, s: searched.append(s) or {
+    monkeypatch.setattr(chapter, "ranking_study", lambda sp, cfg, s: ranked.append(s) or {0.01: {"nac": s / 10}})
+    monkeypatch.setattr(chapter, "search_study", lambda sp, cfg, r, s: searched.append((s, r[0.01]["nac"])) or {
         "ctnas": {"arch": (1,), "acc": 1.0, "rank": 0.5}})
     monkeypatch.setattr(chapter, "make_claims", lambda rank, found, cfg: [])
     from types import SimpleNamespace
 
     m = chapter.experiment(cfg, SimpleNamespace(device=torch.device("cpu"))).metrics
-    assert ranked == [4, 5] and searched == [4, 5] and list(m["search"]) == [4, 5]
+    assert ranked == ranked_seeds and searched == [(4, 0.4), (5, 0.5)] and list(m["search"]) == [4, 5]
+    assert list(m["tau"]["nas-bench-201"]) == ranked_seeds
+    assert resolve("ctnas", "cpu-toy", {}).study.seeds == 10  # the default ranks on more seeds than it searches
 
 
 def test_claims_follow_crafted_results():
@@ -617,6 +623,8 @@ def test_claims_follow_crafted_results():
     ({"study.spaces": ["nas-bench-101"]}, "unknown space"),
     ({"search.budget": 0.05}, "must be one of study.budgets"),
     ({"seeds": 1}, "seeds must be >= 2"),
+    ({"seeds": 11}, r"study.seeds \(10\) must be >= seeds \(11\)"),
+    ({"study.seeds": 1}, "'study.seeds' expects int that must be >= 2 or None, got 1"),
     ({"study.budgets": [0.01]}, "at least two shares"),
     ({"study.budgets": [0.01, 1]}, r"study.budgets\[1\] must lie in \(0, 1\), got 1"),
     ({"study.heldout": 1}, "study.heldout must be >= 2, got 1"),
