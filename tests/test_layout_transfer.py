@@ -503,3 +503,13 @@ def test_the_chapter_runs_small(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads((tmp_path / "metrics.json").read_text())
     assert len(rec["reproduction"]) == 6 and set(rec["metrics"]["0"]["retrieval"]) == {"GraphWave", "degree histogram"}
+
+
+def test_boundary_cv_by_hand_and_its_refusal():
+    from paperbook.layout_transfer.chapter import boundary_cv
+
+    G = nx.path_graph(5)  # 0-1-2-3-4 on a line; nodes 1 and 2 modified: boundary edges (0, 1) and (2, 3)
+    pos = {0: (0, 0), 1: (1, 0), 2: (2, 0), 3: (5, 0), 4: (6, 0)}  # lengths 1 and 3 (inner edge 1-2 and 3-4 left out)
+    assert boundary_cv(G, {1, 2}, pos) == pytest.approx(0.5)  # std 1 / mean 2
+    with pytest.raises(ValueError, match=r"no edge joins .* \(5 of 5 nodes modified\).*retrieval.top"):
+        boundary_cv(G, set(G), pos)

@@ -17,10 +17,21 @@ from .transfer import (apply_edit, blend, edge_agreement, match_nodes, mean_edge
                                                 readability, transfer_edit)
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHAPTER', 'one_seed', 'direction_share', 'make_claims', 'experiment', 'real_graphs', 'GraphConfig',
-           'RetrievalConfig', 'EditConfig', 'ClaimsConfig', 'Config']
+__all__ = ['PRESETS', 'CHAPTER', 'boundary_cv', 'one_seed', 'direction_share', 'make_claims', 'experiment', 'real_graphs',
+           'GraphConfig', 'RetrievalConfig', 'EditConfig', 'ClaimsConfig', 'Config']
 
 # %% ../../nbs/10_layout_transfer.ipynb #90b4798a
+def boundary_cv(G: nx.Graph, modified: set, pos: dict) -> float:
+    "std / mean of the lengths of the edges that join a modified node to an unmodified one."
+    L = [np.linalg.norm(np.asarray(pos[a]) - np.asarray(pos[b]))
+         for a, b in G.edges if (a in modified) != (b in modified)]
+    if not L:
+        raise ValueError(f"no edge joins a modified node to an unmodified one ({len(modified)} of {len(G)} nodes "
+                         "modified), so the blending rows have nothing to measure: lower retrieval.top or raise "
+                         "graph.backbone")
+    return float(np.std(L) / np.mean(L))
+
+
 def one_seed(cfg: Config, seed: int) -> dict:
     "Retrieval, correspondence, transfer and blending on one planted-motif graph."
     g = cfg.graph
@@ -66,11 +77,10 @@ def one_seed(cfg: Config, seed: int) -> dict:
                 "edges kept (embedding only)": edge_agreement(Gt, Ge, plain) / max(1, Ge.number_of_edges()),
                 "before": readability(G, pos, target), "after": readability(G, {**pos, **moved}, target),
                 "exemplar": (before_read, after_read)})
-    boundary = [(a, b) for a, b in G.edges if (a in modified) != (b in modified)]
     blended = blend(G, new_pos, modified, hops=cfg.edit.blend_hops, unit=unit)
-    cv = lambda P: float(np.std(L := [np.linalg.norm(P[a] - P[b]) for a, b in boundary]) / np.mean(L))
-    out["boundary_cv"] = {"before the edit": cv(pos), "transferred, not blended": cv(new_pos),
-                          "transferred and blended": cv(blended)}
+    out["boundary_cv"] = {"before the edit": boundary_cv(G, modified, pos),
+                          "transferred, not blended": boundary_cv(G, modified, new_pos),
+                          "transferred and blended": boundary_cv(G, modified, blended)}
     out["layouts"] = {"before": pos, "transferred": new_pos, "blended": blended, "modified": modified}
     return out
 
