@@ -531,6 +531,11 @@ def test_ranking_study_trains_by_the_budget_and_scores_each_model_in_its_directi
     assert [out[b]["labels"] for b in (0.001, 0.01)] == [16, 156]
     assert epochs == [("nac", 187), ("pred", 187), ("nac", 30), ("pred", 30)]
     assert all(out[b]["nac"] == pytest.approx(1.0) and out[b]["predictor"] == pytest.approx(1.0) for b in out)
+    # one draw: the 16 labelled are the first of the 156, and both budgets are scored on the 1% draw's held-out
+    drawn = np.random.default_rng(1).permutation(len(space))
+    assert out[0.001]["lab"].tolist() == drawn[:16].tolist() and out[0.01]["lab"].tolist() == drawn[:156].tolist()
+    held = chapter.labelled(space, 0.01, 10, 30, seed=1)[1]
+    assert out[0.001]["held"].tolist() == out[0.01]["held"].tolist() == held.tolist()
 
 
 def test_search_study_starts_every_variant_from_the_trained_comparator(monkeypatch):

@@ -48,12 +48,15 @@ def labelled(space, budget: float, min_labels: int, heldout: int, seed: int):
 
 # %% ../../nbs/03_ctnas.ipynb #dbf5245f
 def ranking_study(space, cfg: Config, seed: int) -> dict:
-    "Kendall's τ of the NAC and of the predictor on held-out architectures, per label budget."
+    """Kendall's τ of the NAC and of the predictor per label budget, every budget on the same held-out architectures:
+    the labelled sets are prefixes of one draw, and the held-out ones are drawn against the largest of them."""
     out = {}
-    for budget in cfg.study.budgets:
-        lab, held = labelled(space, budget, cfg.study.min_labels, cfg.study.heldout, seed)
+    s = cfg.study
+    held = labelled(space, max(s.budgets), s.min_labels, s.heldout, seed)[1]
+    hA, ht = batch_graphs(space, [space.archs[i] for i in held])
+    for budget in s.budgets:
+        lab = labelled(space, budget, s.min_labels, s.heldout, seed)[0]
         A, t = batch_graphs(space, [space.archs[i] for i in lab])
-        hA, ht = batch_graphs(space, [space.archs[i] for i in held])
         epochs = max(cfg.nac.min_epochs, cfg.nac.steps_per_budget // len(lab))
         torch.manual_seed(seed)
         nac = NAC(space.n_ops + 2, cfg.nac.width, cfg.nac.layers)
