@@ -342,7 +342,8 @@ def test_claims_follow_crafted_runs():
     from paperbook.weight_info.chapter import estimation_errors, make_claims
 
     cfg = resolve("weight-info", "cpu-toy")
-    preq = {p: 100 + 500 * p for p in cfg.train.levels}
+    code = {p: 100 + 500 * p for p in cfg.train.levels}
+    preq = {s: code for s in range(6)}  # per seed: the code length of each level's labels
     rows = make_claims(_runs(), preq, cfg)
     assert all(r["holds"] for r in rows), [r["claim"] for r in rows if not r["holds"]]
     # p̂ of seed 1 from the other five seeds (mean offset -0.02): its D is 0.12 above that curve, so p̂ - p = 0.006
@@ -360,8 +361,11 @@ def test_claims_follow_crafted_runs():
     # the bound ranks the levels backwards: row 2 needs both Spearman ρ ≥ 0.9; then the code length backwards
     backwards = make_claims(_runs(kl=lambda p: 1 - p), preq, cfg)[1]
     assert backwards["per_seed"][0]["value"] == pytest.approx([1.0, -1.0]) and not backwards["holds"]
-    reversed_code = make_claims(_runs(), {p: 600 - 500 * p for p in cfg.train.levels}, cfg)[1]
-    assert reversed_code["per_seed"][0]["value"] == pytest.approx([-1.0, -1.0])
+    # each seed against its own code lengths: seed 4's reversed fails that seed only
+    reversed_code = make_claims(_runs(), {**preq, 4: {p: 600 - 500 * p for p in cfg.train.levels}}, cfg)[1]
+    assert [v["value"] for v in reversed_code["per_seed"]] == [pytest.approx([1.0, 1.0])] * 4 + [
+        pytest.approx([-1.0, -1.0]), pytest.approx([1.0, 1.0])]
+    assert reversed_code["k_of_n"] == "5/6" and not reversed_code["holds"]
 
 
 @pytest.mark.parametrize("overrides, words", [

@@ -119,12 +119,13 @@ def test_experiment_runs_the_seeds_and_the_code_lengths(monkeypatch):
                                             "train.batch": 8})
     res = ch.experiment(cfg, SimpleNamespace(device="cpu"))
     assert calls[0] == ("threads", 2, "cpu")
-    assert calls[1:9] == [("splits", 3), ("run", 0.0, 3), ("run", 0.5, 3), ("run", 1.0, 3),
-                          ("splits", 4), ("run", 0.0, 4), ("run", 0.5, 4), ("run", 1.0, 4)]
-    assert calls[9] == ("splits", 3)
-    kw = {"epochs": 6, "lr": 0.2, "batch": 8, "seed": 3}
-    assert calls[10:] == [("preq", [300.0 + v + 10 * p for v in (0, 1, 2, 0)], kw) for p in (0.0, 0.5, 1.0)]
-    assert res.metrics["prequential_bits"] == {0.0: 1.0, 0.5: 1.0, 1.0: 1.0} and len(res.metrics["runs"]) == 6
+    # per seed: its split, its runs, then the code lengths of its labels, corrupted with its seed
+    kw = lambda s: {"epochs": 6, "lr": 0.2, "batch": 8, "seed": s}
+    preqs = lambda s: [("preq", [100.0 * s + v + 10 * p for v in (0, 1, 2, 0)], kw(s)) for p in (0.0, 0.5, 1.0)]
+    assert calls[1:] == [("splits", 3), ("run", 0.0, 3), ("run", 0.5, 3), ("run", 1.0, 3), *preqs(3),
+                         ("splits", 4), ("run", 0.0, 4), ("run", 0.5, 4), ("run", 1.0, 4), *preqs(4)]
+    assert res.metrics["prequential_bits"] == {s: {0.0: 1.0, 0.5: 1.0, 1.0: 1.0} for s in (3, 4)}
+    assert len(res.metrics["runs"]) == 6
 
 
 def test_runs_record_which_images_they_used(monkeypatch):

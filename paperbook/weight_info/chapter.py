@@ -17,8 +17,8 @@ from .measures import (calibrate, distance_stop, invert, kl_bits, layer_distance
                                             prequential_bits, sharpness_sigma, train_recording, validation_stop)
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHAPTER', 'splits', 'one_run', 'estimation_errors', 'make_claims', 'data_used', 'experiment', 'DataConfig',
-           'TrainConfig', 'MeasureConfig', 'Config']
+__all__ = ['PRESETS', 'CHAPTER', 'splits', 'one_run', 'estimation_errors', 'make_claims', 'data_used', 'code_lengths',
+           'experiment', 'DataConfig', 'TrainConfig', 'MeasureConfig', 'Config']
 
 # %% ../../nbs/05_weight_info.ipynb #944c955a
 def splits(cfg: Config, seed: int) -> dict[str, Split]:
@@ -67,7 +67,7 @@ def estimation_errors(runs: list[dict], key: str, seeds) -> dict[int, float]:
     return out
 
 # %% ../../nbs/05_weight_info.ipynb #2b976916
-def make_claims(runs: list[dict], preq: dict[float, float], cfg: Config) -> list[dict]:
+def make_claims(runs: list[dict], preq: dict[int, dict[float, float]], cfg: Config) -> list[dict]:
     "The chapter's rows: monotone distance, agreement with the code length, the two applications."
     from scipy.stats import spearmanr
 
@@ -75,8 +75,8 @@ def make_claims(runs: list[dict], preq: dict[float, float], cfg: Config) -> list
     by = lambda s: sorted((r for r in runs if r["seed"] == s), key=lambda r: r["p"])
     rho = {s: float(spearmanr([r["p"] for r in by(s)], [r["distance"] for r in by(s)]).statistic) for s in seeds}
     first = by(cfg.seed)
-    kl_vs_code = float(spearmanr([r["kl_bits"] for r in first], [preq[r["p"]] for r in first]).statistic)
-    d_vs_code = float(spearmanr([r["distance"] for r in first], [preq[r["p"]] for r in first]).statistic)
+    code = lambda s, key: float(spearmanr([r[key] for r in by(s)], [preq[s][r["p"]] for r in by(s)]).statistic)
+    agree = {s: (code(s, "distance"), code(s, "kl_bits")) for s in seeds}  # Spearman with the seed's code lengths
     mid = [p for p in cfg.train.levels if 0 < p < 1]  # levels with both clean and corrupted labels
     stop = lambda rule: {s: float(np.mean([r["test_at"][rule] for r in by(s) if r["p"] in mid])) for s in seeds}
     err_d, err_b = estimation_errors(runs, "distance", seeds), estimation_errors(runs, "probe_train_acc", seeds)
@@ -86,10 +86,11 @@ def make_claims(runs: list[dict], preq: dict[float, float], cfg: Config) -> list
               paper="distance estimates accumulated information (abstract); random labels hold more",
               ours="; ".join(f"seed {s}: " + " / ".join(f"{r['distance']:.1f}" for r in by(s)) for s in seeds)),
         claim("the distance and its information bound rank the levels as the labels' code length does",
-              paper="verified by experiment (abstract)", values={cfg.seed: (d_vs_code, kl_vs_code)},
+              paper="verified by experiment (abstract)", values=agree,
               rule=lambda v: min(v) >= 0.9, threshold="Spearman ≥ 0.9 for both",
-              ours=f"Spearman with prequential bits: distance {d_vs_code:.2f}, KL bound {kl_vs_code:.2f}; "
-                   f"bits: code " + " / ".join(f"{preq[r['p']]:.0f}" for r in first)
+              ours="Spearman with prequential bits, distance / KL bound: "
+                   + "; ".join(f"seed {s}: {d:.2f} / {k:.2f}" for s, (d, k) in agree.items())
+                   + f"; bits (seed {cfg.seed}): code " + " / ".join(f"{preq[cfg.seed][r['p']]:.0f}" for r in first)
                    + "; bound " + " / ".join(f"{r['kl_bits']:.1e}" for r in first)),
         claim("application: the corruption rate read off the distance", values=err_d, rule=lambda e: e < 0.1,
               paper="an application related to label corruption (abstract)", threshold="mean |p̂ − p| < 0.1",
@@ -118,21 +119,25 @@ def data_used(cfg: Config) -> dict:
     return {"digits": {"source": "package", "note": "scikit-learn's digits"}}
 
 
+def code_lengths(cfg: Config, data: dict[str, Split], seed: int) -> dict[float, float]:
+    "Per level: the prequential code length (bits) of the training labels corrupted as `one_run` corrupts them."
+    t = cfg.train
+    shape = tuple(data["train"].X.shape[1:])
+    return {p: prequential_bits(lambda: make_model(t.model, shape, width=t.width), data["train"].X,
+                                corrupt(data["train"].y, p, seed=seed)[0], epochs=cfg.measure.preq_epochs, lr=t.lr,
+                                batch=t.batch, seed=seed) for p in t.levels}
+
+
 def experiment(cfg: Config, info) -> Result:
     "The chapter's experiment (`paperbook run weight-info`)."
     t = cfg.train
     seeds = list(range(cfg.seed, cfg.seed + t.seeds))
-    runs = []
+    runs, preq = [], {}
     with threads(cfg.cpu_threads, info.device):  # small networks: see paperbook.dist.threads
         for s in progress(seeds, desc="seeds"):
             data = splits(cfg, s)
             runs += [one_run(cfg, data, p, s, info) for p in t.levels]
-        data = splits(cfg, cfg.seed)
-        shape = tuple(data["train"].X.shape[1:])
-        preq = {p: prequential_bits(lambda: make_model(t.model, shape, width=t.width),
-                                    data["train"].X, corrupt(data["train"].y, p, seed=cfg.seed)[0],
-                                    epochs=cfg.measure.preq_epochs, lr=t.lr, batch=t.batch, seed=cfg.seed)
-                for p in progress(t.levels, desc="code lengths")}
+            preq[s] = code_lengths(cfg, data, s)
     keep = ("p", "seed", "fitted", "distance", "path", "sigma", "kl_bits", "layers", "changed", "stop", "test_at",
             "probe_train_acc")
     metrics = {"runs": [{k: r[k] for k in keep} for r in runs], "prequential_bits": preq}
