@@ -92,13 +92,16 @@ def test_estimation_errors_calibrate_on_the_other_seeds(monkeypatch):
     assert fits == [([0, 1], [-1, 0])] and errs == {0: pytest.approx(1.0)}  # |−(1 − p) − p| = 1
 
 
+RUN_KEYS = ("p", "seed", "fitted", "distance", "path", "sigma", "kl_bits", "layers", "changed", "stop", "test_at",
+            "probe_train_acc")
+
+
 def test_experiment_runs_the_seeds_and_the_code_lengths(monkeypatch):
     calls = []
     data = {"train": Split(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))}
     monkeypatch.setattr(ch, "splits", lambda cfg, s: calls.append(("splits", s)) or data)
-    monkeypatch.setattr(ch, "one_run", lambda cfg, d, p, s, info: calls.append(("run", p, s)) or {
-        k: 0 for k in ("p", "seed", "fitted", "distance", "path", "sigma", "kl_bits", "layers", "changed", "stop",
-                       "test_at", "probe_train_acc")})
+    monkeypatch.setattr(ch, "one_run",
+                        lambda cfg, d, p, s, info: calls.append(("run", p, s)) or dict.fromkeys(RUN_KEYS, 0))
     monkeypatch.setattr(ch, "corrupt", lambda y, p, seed: (y + 10 * p + 100 * seed, None))
 
     def preq(factory, X, y, **kw):
@@ -148,3 +151,27 @@ def test_runs_record_which_images_they_used(monkeypatch):
 def test_inconsistent_settings_are_refused_by_name(overrides, message):
     with pytest.raises(ValueError, match=message):
         resolve("weight-info", overrides=overrides)
+
+
+def test_code_lengths_train_on_the_runs_device(monkeypatch):
+    # the code lengths' networks and data go where the runs go (a GPU preset would otherwise train them on the CPU);
+    # the meta device stands in for an accelerator: the stand-in records where everything is
+    seen = []
+
+    def preq(make, X, y, **kw):
+        seen.append((X.device.type, y.device.type, next(make().parameters()).device.type, kw["seed"]))
+        return 0.0
+
+    monkeypatch.setattr(ch, "prequential_bits", preq)
+    data = {"train": Split(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))}
+    cfg = resolve("weight-info", overrides={"train.levels": [0.0, 0.5, 1.0]})
+    assert ch.code_lengths(cfg, data, seed=7, device="meta") == {0.0: 0.0, 0.5: 0.0, 1.0: 0.0}
+    assert seen == [("meta", "meta", "meta", 7)] * 3
+    got = []  # and the experiment hands them the run's device
+    monkeypatch.setattr(ch, "splits", lambda cfg, s: data)
+    monkeypatch.setattr(ch, "one_run", lambda cfg, d, p, s, info: dict.fromkeys(RUN_KEYS, 0))
+    monkeypatch.setattr(ch, "threads", lambda n, device: contextlib.nullcontext())
+    monkeypatch.setattr(ch, "code_lengths", lambda cfg, d, s, device: got.append((s, device)) or {})
+    monkeypatch.setattr(ch, "make_claims", lambda runs, preq, cfg: [])
+    ch.experiment(cfg, SimpleNamespace(device="meta"))
+    assert got == [(0, "meta"), (1, "meta"), (2, "meta")]

@@ -119,13 +119,15 @@ def data_used(cfg: Config) -> dict:
     return {"digits": {"source": "package", "note": "scikit-learn's digits"}}
 
 
-def code_lengths(cfg: Config, data: dict[str, Split], seed: int) -> dict[float, float]:
-    "Per level: the prequential code length (bits) of the training labels corrupted as `one_run` corrupts them."
+def code_lengths(cfg: Config, data: dict[str, Split], seed: int, device="cpu") -> dict[float, float]:
+    """Per level: the prequential code length (bits) of the training labels corrupted as `one_run` corrupts them,
+    its networks trained on `device`."""
     t = cfg.train
-    shape = tuple(data["train"].X.shape[1:])
-    return {p: prequential_bits(lambda: make_model(t.model, shape, width=t.width), data["train"].X,
-                                corrupt(data["train"].y, p, seed=seed)[0], epochs=cfg.measure.preq_epochs, lr=t.lr,
-                                batch=t.batch, seed=seed) for p in t.levels}
+    X = data["train"].X.to(device)
+    make = lambda: make_model(t.model, tuple(X.shape[1:]), width=t.width).to(device)
+    return {p: prequential_bits(make, X, corrupt(data["train"].y, p, seed=seed)[0].to(device),
+                                epochs=cfg.measure.preq_epochs, lr=t.lr, batch=t.batch, seed=seed)
+            for p in t.levels}
 
 
 def experiment(cfg: Config, info) -> Result:
@@ -137,7 +139,7 @@ def experiment(cfg: Config, info) -> Result:
         for s in progress(seeds, desc="seeds"):
             data = splits(cfg, s)
             runs += [one_run(cfg, data, p, s, info) for p in t.levels]
-            preq[s] = code_lengths(cfg, data, s)
+            preq[s] = code_lengths(cfg, data, s, info.device)
     keep = ("p", "seed", "fitted", "distance", "path", "sigma", "kl_bits", "layers", "changed", "stop", "test_at",
             "probe_train_acc")
     metrics = {"runs": [{k: r[k] for k in keep} for r in runs], "prequential_bits": preq}
