@@ -246,6 +246,13 @@ def test_claims_follow_crafted_runs():
     # a one-point dip between sizes is allowed, a larger one is not
     assert make_claims(table, [_pangu_run(s, next_acc=(0.40, 0.39, 0.5)) for s in range(3)], cfg)[6]["holds"]
     assert not make_claims(table, [_pangu_run(s, next_acc=(0.40, 0.38, 0.5)) for s in range(3)], cfg)[6]["holds"]
+    # the rise must beat chance on the same items: by hand, the largest right on 8 more of the 400 nested items than
+    # the smallest (8 discordant pairs, all its own): p = 2·0.5⁸ ≈ 0.0078; on 4 more: p = 2·0.5⁴ = 0.125
+    rises = make_claims(table, [_pangu_run(s, next_acc=(0.40, 0.41, 0.42)) for s in range(3)], cfg)[6]
+    assert rises["per_seed"][0]["value"][1] == pytest.approx(2 * 0.5 ** 8) and rises["holds"]
+    noise = make_claims(table, [_pangu_run(s, next_acc=(0.40, 0.405, 0.41)) for s in range(3)], cfg)[6]
+    accs, p = noise["per_seed"][0]["value"]
+    assert accs == pytest.approx([0.40, 0.405, 0.41]) and p == pytest.approx(0.125) and not noise["holds"]
 
 
 def test_perplexity_by_hand():
