@@ -590,7 +590,7 @@ def test_experiment_runs_every_seed_from_the_config(monkeypatch, study_seeds, ra
     import paperbook.ctnas.chapter as chapter
 
     cfg = resolve("ctnas", "cpu-toy", {"seed": 4, "seeds": 2, "study.seeds": study_seeds,
-                                       "study.spaces": ["nas-bench-201"]})
+                                       "study.spaces": ["nas-bench-201"], "workers": 1})
     ranked, searched = [], []
     monkeypatch.setattr(chapter, "ranking_study", lambda sp, cfg, s: ranked.append(s) or {0.01: {"nac": s / 10}})
     monkeypatch.setattr(chapter, "search_study", lambda sp, cfg, r, s: searched.append((s, r[0.01]["nac"])) or {
@@ -601,7 +601,54 @@ def test_experiment_runs_every_seed_from_the_config(monkeypatch, study_seeds, ra
     m = chapter.experiment(cfg, SimpleNamespace(device=torch.device("cpu"))).metrics
     assert ranked == ranked_seeds and searched == [(4, 0.4), (5, 0.5)] and list(m["search"]) == [4, 5]
     assert list(m["tau"]["nas-bench-201"]) == ranked_seeds
-    assert resolve("ctnas", "cpu-toy", {}).study.seeds == 10  # the default ranks on more seeds than it searches
+    toy = resolve("ctnas", "cpu-toy", {})
+    assert (toy.seeds, toy.study.seeds, toy.workers) == (10, None, 2)  # every seed ranks and searches, two at a time
+
+
+def _small(**over):
+    "A small CTNAS config on NAS-Bench-201 alone: a seed takes about a second."
+    return resolve("ctnas", "cpu-toy", {"study.spaces": ["nas-bench-201"], "study.heldout": 20, "nac.width": 8,
+                                        "nac.layers": 1, "nac.steps_per_budget": 50, "nac.min_epochs": 2,
+                                        "search.steps": 20, "search.update_every": 10, "search.ablations": False}
+                   | over)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])  # cpu: forked workers; otherwise (as under a GPU) spawned
+def test_seeds_in_worker_processes_compute_what_one_process_computes(device):
+    from paperbook.ctnas.chapter import map_seeds
+
+    spaces = {"nas-bench-201": load_nasbench201()}
+    jobs = [(3, True), (4, False), (5, True)]
+    alone = map_seeds(spaces, _small(workers=1), jobs, "cpu")
+    side = map_seeds(spaces, _small(workers=2), jobs, device)
+    assert len(alone) == len(side) == 3 and [f is None for _, f in side] == [False, True, False]
+    weights = lambda m: [p.detach().numpy() for p in m.parameters()]
+    for (r1, f1), (r2, f2) in zip(alone, side, strict=True):
+        for b, x in r1["nas-bench-201"].items():
+            y = r2["nas-bench-201"][b]
+            assert (x["nac"], x["predictor"], x["labels"]) == (y["nac"], y["predictor"], y["labels"])
+            assert np.array_equal(x["lab"], y["lab"]) and np.array_equal(x["held"], y["held"])
+            for m1, m2 in zip(x["models"], y["models"], strict=True):
+                assert all(np.array_equal(a, b) for a, b in zip(weights(m1), weights(m2), strict=True))
+        assert f1 == f2
+    seeds_of = lambda out: [r["nas-bench-201"][0.01]["lab"][0] for r, _ in out]  # each seed draws its own labels
+    assert len(set(seeds_of(side))) == 3
+
+
+def test_workers_run_seeds_in_other_processes_in_order(monkeypatch):
+    import os
+    import time
+
+    import paperbook.ctnas.chapter as chapter
+
+    def stand_in(spaces, cfg, seed, search):
+        time.sleep(0.2)  # long enough that both workers take jobs
+        return os.getpid(), (seed, search, torch.get_num_threads())
+
+    monkeypatch.setattr(chapter, "seed_study", stand_in)  # forked workers see it
+    out = chapter.map_seeds({}, _small(workers=2), [(s, s < 2) for s in range(6)], "cpu")
+    assert [r for _, r in out] == [(s, s < 2, 1) for s in range(6)]  # in order, on cpu_threads threads
+    assert os.getpid() not in {p for p, _ in out} and len({p for p, _ in out}) == 2
 
 
 def test_claims_follow_crafted_results():
@@ -628,7 +675,8 @@ def test_claims_follow_crafted_results():
     ({"study.spaces": ["nas-bench-101"]}, "unknown space"),
     ({"search.budget": 0.05}, "must be one of study.budgets"),
     ({"seeds": 1}, "seeds must be >= 2"),
-    ({"seeds": 11}, r"study.seeds \(10\) must be >= seeds \(11\)"),
+    ({"seeds": 11, "study.seeds": 10}, r"study.seeds \(10\) must be >= seeds \(11\)"),
+    ({"workers": 0}, "workers must be >= 1, got 0"),
     ({"study.seeds": 1}, "'study.seeds' expects int that must be >= 2 or None, got 1"),
     ({"study.budgets": [0.01]}, "at least two shares"),
     ({"study.budgets": [0.01, 1]}, r"study.budgets\[1\] must lie in \(0, 1\), got 1"),

@@ -17,8 +17,8 @@ from .spaces import load_nasbench201, load_nasbench_macro
 from ..dist import threads
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHAPTER', 'load_spaces', 'labelled', 'ranking_study', 'search_study', 'make_claims', 'experiment',
-           'StudyConfig', 'NACConfig', 'SearchConfig', 'Config']
+__all__ = ['PRESETS', 'CHAPTER', 'load_spaces', 'labelled', 'ranking_study', 'search_study', 'make_claims', 'seed_study',
+           'map_seeds', 'experiment', 'StudyConfig', 'NACConfig', 'SearchConfig', 'Config']
 
 # %% ../../nbs/03_ctnas.ipynb #70f5713f
 def load_spaces(names) -> dict:
@@ -146,20 +146,52 @@ def make_claims(rank: dict, found: dict, cfg: Config) -> list[dict]:
     return rows
 
 # %% ../../nbs/03_ctnas.ipynb #70007e24
+def seed_study(spaces: dict, cfg: Config, seed: int, search: bool) -> tuple[dict, dict | None]:
+    "One seed: the ranking study in every space; then, if `search`, the search from this seed's comparator."
+    rank = {n: ranking_study(space, cfg, seed) for n, space in spaces.items()}
+    return rank, search_study(spaces[cfg.search.space], cfg, rank[cfg.search.space], seed) if search else None
+
+
+_WORKER = {}  # a worker process's spaces and config, given once when it starts
+
+
+def _start_worker(spaces: dict, cfg: Config) -> None:
+    _WORKER.update(spaces=spaces, cfg=cfg)
+
+
+def _seed_job(job: tuple[int, bool]):
+    "`seed_study` in a worker process, on `cpu_threads` threads."
+    with threads(_WORKER["cfg"].cpu_threads):
+        return seed_study(_WORKER["spaces"], _WORKER["cfg"], *job)
+
+
+def map_seeds(spaces: dict, cfg: Config, jobs: list[tuple[int, bool]], device) -> list:
+    """`seed_study` of each (seed, search) job, in order: in `cfg.workers` processes side by side, else one after
+    another in this process. Each seed seeds its own draws, so both ways compute the same numbers. The chapter
+    computes on the CPU on every preset; a worker is forked where the run's device is the CPU, and started afresh
+    (spawn) where the parent may hold a GPU."""
+    if cfg.workers == 1 or len(jobs) == 1:
+        with threads(cfg.cpu_threads, device):
+            return [seed_study(spaces, cfg, *job) for job in progress(jobs, desc="seeds")]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    fork = torch.device(device).type == "cpu" and "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if fork else "spawn")
+    with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx, initializer=_start_worker,
+                             initargs=(spaces, cfg)) as pool:
+        return list(progress(pool.map(_seed_job, jobs), total=len(jobs), desc="seeds"))
+
+
 def experiment(cfg: Config, info) -> Result:
     "The chapter's experiment (`paperbook run ctnas`)."
     spaces = load_spaces(cfg.study.spaces)
     if cfg.search.space not in spaces:
         raise ValueError(f"search.space {cfg.search.space!r} is not available here; loaded: {list(spaces)}")
-    searched = range(cfg.seed, cfg.seed + cfg.seeds)  # the search starts from the ranking models of its seed
-    rank = {n: {} for n in spaces}
-    found = {}
-    with threads(cfg.cpu_threads, info.device):
-        for s in progress(range(cfg.seed, cfg.seed + (cfg.study.seeds or cfg.seeds)), desc="seeds"):
-            for n, space in spaces.items():
-                rank[n][s] = ranking_study(space, cfg, s)
-            if s in searched:
-                found[s] = search_study(spaces[cfg.search.space], cfg, rank[cfg.search.space][s], s)
+    seeds = range(cfg.seed, cfg.seed + (cfg.study.seeds or cfg.seeds))
+    done = dict(zip(seeds, map_seeds(spaces, cfg, [(s, s < cfg.seed + cfg.seeds) for s in seeds], info.device)))
+    rank = {n: {s: r[n] for s, (r, _) in done.items()} for n in spaces}
+    found = {s: f for s, (_, f) in done.items() if f is not None}
     strip = lambda r: {b: {k: v for k, v in x.items() if k not in ("models", "lab", "held")} for b, x in r.items()}
     metrics = {"tau": {n: {s: strip(r) for s, r in per.items()} for n, per in rank.items()},
                "search": {s: {k: {"arch": list(v["arch"]), "acc": v["acc"], "rank_percentile": v["rank"],
@@ -225,11 +257,12 @@ class SearchConfig:
 # %% ../../nbs/03_ctnas.ipynb #7a71606a
 @dataclass(kw_only=True)
 class Config(BaseConfig):
-    seeds: Annotated[int, Bound(ge=2)] = 4  # seeds of the search (paired intervals need two); ~6.5 s each on 2 cores
+    seeds: Annotated[int, Bound(ge=2)] = 4  # seeds of the search (paired intervals need two); ~11 CPU-s each at cpu-toy
     study: StudyConfig = field(default_factory=StudyConfig)
     nac: NACConfig = field(default_factory=NACConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     cpu_threads: Count = 1  # small graph networks run faster on one CPU thread
+    workers: Count = 2  # processes that run seeds side by side on the CPU, each on cpu_threads (1: in this process)
 
     def __post_init__(self):
         if self.study.seeds is not None and self.study.seeds < self.seeds:
@@ -242,11 +275,11 @@ class Config(BaseConfig):
 
 # %% ../../nbs/03_ctnas.ipynb #3d1a329a
 PRESETS = {
-    "cpu-toy": Config(study=StudyConfig(seeds=10)),  # the ranking rows need more seeds; ~5 s each on 2 cores
+    "cpu-toy": Config(seeds=10),  # every seed ranks and searches: ~11 CPU-s each, two at a time (~65 s on 2 cores)
     "gpu-1": Config(nac=NACConfig(steps_per_budget=20000, min_epochs=100), search=SearchConfig(steps=3000),
-                    study=StudyConfig(heldout=500)),
+                    study=StudyConfig(heldout=500), workers=4),  # the comparator runs on the CPU: a seed per core
     "node-8": Config(seeds=8, nac=NACConfig(steps_per_budget=20000, min_epochs=100),
-                     search=SearchConfig(steps=3000), study=StudyConfig(heldout=500)),
+                     search=SearchConfig(steps=3000), study=StudyConfig(heldout=500), workers=8),
 }
 
 # %% ../../nbs/03_ctnas.ipynb #a4c595d4
