@@ -16,7 +16,7 @@ from .core.records import pick_device
 
 # %% auto #0
 __all__ = ['DistInfo', 'init_distributed', 'shutdown', 'distributed', 'print0', 'all_reduce_sum', 'all_reduce_mean', 'wrap_ddp',
-           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean', 'thread_ceiling', 'threads',
+           'my_blocks', 'block_generator', 'rank_slice', 'share_of_mean', 'thread_ceiling', 'threads', 'process_map',
            'reuse_freed_memory']
 
 # %% ../nbs/00a_dist.ipynb #c137c48c
@@ -157,6 +157,40 @@ def threads(n: int, device: torch.device | str = "cpu"):
         yield
     finally:
         torch.set_num_threads(before)
+
+# %% ../nbs/00a_dist.ipynb #pm0a1b2d
+_POOL: dict = {}  # a worker's function, shared arguments and thread count, given once as it starts
+
+
+def _pool_start(fn, shared: tuple, n_threads: int) -> None:
+    _POOL.update(fn=fn, shared=shared, threads=n_threads)
+
+
+def _pool_run(job: tuple):
+    with threads(_POOL["threads"]):
+        return _POOL["fn"](*_POOL["shared"], *job)
+
+
+def process_map(fn, jobs: list[tuple], *, shared: tuple = (), workers: int = 1, threads_per_worker: int = 1,
+                device: torch.device | str = "cpu", desc: str = "jobs") -> list:
+    """`[fn(*shared, *job) for job in jobs]` in `workers` processes side by side, each on `threads_per_worker`
+    intra-op threads, results in the order of `jobs`; `shared` goes to each worker once. The workers' threads
+    together stay within `OMP_NUM_THREADS` when it is set; where that leaves one worker (or there is one job) the
+    jobs run one after another in this process. Workers are forked where `device` is the CPU and spawned
+    otherwise (`fn` must then be importable)."""
+    from paperbook.core.display import progress
+
+    workers = min(workers, len(jobs), max(1, thread_ceiling(workers * threads_per_worker) // threads_per_worker))
+    if workers <= 1:
+        with threads(threads_per_worker, device):
+            return [fn(*shared, *job) for job in progress(jobs, desc=desc)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    fork = torch.device(device).type == "cpu" and "fork" in mp.get_all_start_methods()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if fork else "spawn"),
+                             initializer=_pool_start, initargs=(fn, shared, threads_per_worker)) as pool:
+        return list(progress(pool.map(_pool_run, jobs), total=len(jobs), desc=desc))
 
 # %% ../nbs/00a_dist.ipynb #5c1e0a72
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)

@@ -31,3 +31,14 @@ def one_and_two_processes(script, tmp_path) -> tuple[dict, dict]:
         records.append(json.loads(out.read_text()))
     assert records[1]["world"] == 2
     return records[0], records[1]
+
+
+def pid_after(x, wait: float) -> tuple:
+    """For `process_map`'s tests: `x` back after `wait` seconds, with this process's id, whether it holds the mark a
+    test sets on this module at run time (a forked worker does, a spawned one does not) and its torch threads."""
+    import time
+
+    import torch
+
+    time.sleep(wait)
+    return x, os.getpid(), hasattr(sys.modules[__name__], "MARK"), torch.get_num_threads()

@@ -614,41 +614,27 @@ def _small(**over):
 
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])  # cpu: forked workers; otherwise (as under a GPU) spawned
-def test_seeds_in_worker_processes_compute_what_one_process_computes(device):
-    from paperbook.ctnas.chapter import map_seeds
-
-    spaces = {"nas-bench-201": load_nasbench201()}
-    jobs = [(3, True), (4, False), (5, True)]
-    alone = map_seeds(spaces, _small(workers=1), jobs, "cpu")
-    side = map_seeds(spaces, _small(workers=2), jobs, device)
-    assert len(alone) == len(side) == 3 and [f is None for _, f in side] == [False, True, False]
-    weights = lambda m: [p.detach().numpy() for p in m.parameters()]
-    for (r1, f1), (r2, f2) in zip(alone, side, strict=True):
-        for b, x in r1["nas-bench-201"].items():
-            y = r2["nas-bench-201"][b]
-            assert (x["nac"], x["predictor"], x["labels"]) == (y["nac"], y["predictor"], y["labels"])
-            assert np.array_equal(x["lab"], y["lab"]) and np.array_equal(x["held"], y["held"])
-            for m1, m2 in zip(x["models"], y["models"], strict=True):
-                assert all(np.array_equal(a, b) for a, b in zip(weights(m1), weights(m2), strict=True))
-        assert f1 == f2
-    seeds_of = lambda out: [r["nas-bench-201"][0.01]["lab"][0] for r, _ in out]  # each seed draws its own labels
-    assert len(set(seeds_of(side))) == 3
-
-
-def test_workers_run_seeds_in_other_processes_in_order(monkeypatch):
-    import os
-    import time
+def test_seeds_in_worker_processes_give_the_metrics_of_one_process(monkeypatch, device):
+    from types import SimpleNamespace
 
     import paperbook.ctnas.chapter as chapter
+    from paperbook.dist import process_map
 
-    def stand_in(spaces, cfg, seed, search):
-        time.sleep(0.2)  # long enough that both workers take jobs
-        return os.getpid(), (seed, search, torch.get_num_threads())
-
-    monkeypatch.setattr(chapter, "seed_study", stand_in)  # forked workers see it
-    out = chapter.map_seeds({}, _small(workers=2), [(s, s < 2) for s in range(6)], "cpu")
-    assert [r for _, r in out] == [(s, s < 2, 1) for s in range(6)]  # in order, on cpu_threads threads
-    assert os.getpid() not in {p for p, _ in out} and len({p for p, _ in out}) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # room for two workers of one thread (a parallel test run sets 1)
+    calls = []
+    monkeypatch.setattr(chapter, "process_map", lambda *a, **kw: calls.append(kw) or process_map(*a, **kw))
+    info = SimpleNamespace(device=torch.device(device))
+    alone = chapter.experiment(_small(workers=1, seeds=2, **{"study.seeds": 3}), info)
+    side = chapter.experiment(_small(workers=2, seeds=2, **{"study.seeds": 3}), info)
+    assert [(kw["workers"], kw["threads_per_worker"], kw["device"]) for kw in calls] == [
+        (1, 1, info.device), (2, 1, info.device)]
+    assert alone.metrics == side.metrics and list(side.metrics["search"]) == [0, 1]
+    assert len({r[0.01]["nac"] for r in side.metrics["tau"]["nas-bench-201"].values()}) == 3  # seeds differ
+    for s, per in alone.extras["rank"]["nas-bench-201"].items():  # the trained comparators, to the weight
+        for b, x in per.items():
+            y = side.extras["rank"]["nas-bench-201"][s][b]
+            for m1, m2 in zip(x["models"], y["models"], strict=True):
+                assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters(), strict=True))
 
 
 def test_claims_follow_crafted_results():

@@ -1,6 +1,7 @@
 """paperbook.dist under torchrun (gloo on the CPU): results equal the single-process ones."""
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -220,3 +221,37 @@ def test_an_empty_environment_variable_is_not_a_number(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "")
     with pytest.raises(ValueError, match="WORLD_SIZE='' is not an integer"):
         init_distributed("cpu")
+
+
+@pytest.mark.parametrize("device, forked", [("cpu", True), ("meta", False)])  # meta: as a parent that holds a GPU
+def test_process_map_runs_the_jobs_in_workers_and_returns_them_in_order(monkeypatch, device, forked):
+    import helpers
+    from paperbook.dist import process_map
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(helpers, "MARK", True, raising=False)
+    jobs = [(k, 0.6 if k == 0 else 0.1) for k in range(6)]  # the first job finishes last
+    out = process_map(helpers.pid_after, jobs, workers=2, device=device)
+    assert [x for x, *_ in out] == list(range(6))
+    pids = {pid for _, pid, _, _ in out}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert {(mark, n) for *_, mark, n in out} == {(forked, 1)}  # forked or spawned; one thread each
+    two = process_map(helpers.pid_after, [(0, 0.0)], shared=(), workers=2, threads_per_worker=2)  # one job: here
+    assert two == [(0, os.getpid(), True, 2)]
+
+
+def test_process_map_keeps_within_omp_num_threads(monkeypatch):
+    # under `paperbook batch` or a parallel test run the cores are taken: the jobs run here, one after another
+    import helpers
+    from paperbook.dist import process_map
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(helpers, "MARK", True, raising=False)
+    assert process_map(helpers.pid_after, [(1, 0.0), (2, 0.0)], workers=2) == [(k, os.getpid(), True, 1)
+                                                                              for k in (1, 2)]
+    assert process_map(pow, [(5,), (6,)], shared=(2,), workers=2) == [32, 64]  # shared arguments come first
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # two workers of two threads fit; three would not
+    out = process_map(helpers.pid_after, [(k, 0.3) for k in range(4)], workers=3, threads_per_worker=2)
+    assert len({pid for _, pid, _, _ in out}) == 2 and {n for *_, n in out} == {2}
+    assert process_map(pow, [(2, 5)], shared=(), workers=2) == [32]
+    assert process_map(pow, [(5,), (6,)], shared=(2,), workers=2) == [32, 64]  # shared arguments come first

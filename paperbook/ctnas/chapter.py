@@ -10,15 +10,15 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from ..core import BaseConfig, Bound, Chapter, Count, NonNegFloat, PositiveFloat, Result, paired_claim, progress
+from ..core import BaseConfig, Bound, Chapter, Count, NonNegFloat, PositiveFloat, Result, paired_claim
 from .model import (NAC, Predictor, batch_graphs, kendall_from_verdicts, nac_matrix, predictor_pick,
                                    regularized_evolution, search, train_nac, train_predictor)
 from .spaces import load_nasbench201, load_nasbench_macro
-from ..dist import threads
+from ..dist import process_map
 
 # %% auto #0
 __all__ = ['PRESETS', 'CHAPTER', 'load_spaces', 'labelled', 'ranking_study', 'search_study', 'make_claims', 'seed_study',
-           'map_seeds', 'experiment', 'StudyConfig', 'NACConfig', 'SearchConfig', 'Config']
+           'experiment', 'StudyConfig', 'NACConfig', 'SearchConfig', 'Config']
 
 # %% ../../nbs/03_ctnas.ipynb #70f5713f
 def load_spaces(names) -> dict:
@@ -152,44 +152,15 @@ def seed_study(spaces: dict, cfg: Config, seed: int, search: bool) -> tuple[dict
     return rank, search_study(spaces[cfg.search.space], cfg, rank[cfg.search.space], seed) if search else None
 
 
-_WORKER = {}  # a worker process's spaces and config, given once when it starts
-
-
-def _start_worker(spaces: dict, cfg: Config) -> None:
-    _WORKER.update(spaces=spaces, cfg=cfg)
-
-
-def _seed_job(job: tuple[int, bool]):
-    "`seed_study` in a worker process, on `cpu_threads` threads."
-    with threads(_WORKER["cfg"].cpu_threads):
-        return seed_study(_WORKER["spaces"], _WORKER["cfg"], *job)
-
-
-def map_seeds(spaces: dict, cfg: Config, jobs: list[tuple[int, bool]], device) -> list:
-    """`seed_study` of each (seed, search) job, in order: in `cfg.workers` processes side by side, else one after
-    another in this process. Each seed seeds its own draws, so both ways compute the same numbers. The chapter
-    computes on the CPU on every preset; a worker is forked where the run's device is the CPU, and started afresh
-    (spawn) where the parent may hold a GPU."""
-    if cfg.workers == 1 or len(jobs) == 1:
-        with threads(cfg.cpu_threads, device):
-            return [seed_study(spaces, cfg, *job) for job in progress(jobs, desc="seeds")]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    fork = torch.device(device).type == "cpu" and "fork" in mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if fork else "spawn")
-    with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx, initializer=_start_worker,
-                             initargs=(spaces, cfg)) as pool:
-        return list(progress(pool.map(_seed_job, jobs), total=len(jobs), desc="seeds"))
-
-
 def experiment(cfg: Config, info) -> Result:
     "The chapter's experiment (`paperbook run ctnas`)."
     spaces = load_spaces(cfg.study.spaces)
     if cfg.search.space not in spaces:
         raise ValueError(f"search.space {cfg.search.space!r} is not available here; loaded: {list(spaces)}")
     seeds = range(cfg.seed, cfg.seed + (cfg.study.seeds or cfg.seeds))
-    done = dict(zip(seeds, map_seeds(spaces, cfg, [(s, s < cfg.seed + cfg.seeds) for s in seeds], info.device)))
+    jobs = [(s, s < cfg.seed + cfg.seeds) for s in seeds]  # (seed, search it too); the seeds side by side
+    done = dict(zip(seeds, process_map(seed_study, jobs, shared=(spaces, cfg), workers=cfg.workers,
+                                       threads_per_worker=cfg.cpu_threads, device=info.device, desc="seeds")))
     rank = {n: {s: r[n] for s, (r, _) in done.items()} for n in spaces}
     found = {s: f for s, (_, f) in done.items() if f is not None}
     strip = lambda r: {b: {k: v for k, v in x.items() if k not in ("models", "lab", "held")} for b, x in r.items()}
