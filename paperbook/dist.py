@@ -164,6 +164,7 @@ _POOL: dict = {}  # a worker's function, shared arguments and thread count, give
 
 def _pool_start(fn, shared: tuple, n_threads: int) -> None:
     _POOL.update(fn=fn, shared=shared, threads=n_threads)
+    os.environ["PAPERBOOK_PROGRESS"] = "0"  # the caller's bar counts the finished jobs; a worker draws none
 
 
 def _pool_run(job: tuple):
@@ -174,7 +175,8 @@ def _pool_run(job: tuple):
 def process_map(fn, jobs: list[tuple], *, shared: tuple = (), workers: int = 1, threads_per_worker: int = 1,
                 device: torch.device | str = "cpu", desc: str = "jobs") -> list:
     """`[fn(*shared, *job) for job in jobs]` in `workers` processes side by side, each on `threads_per_worker`
-    intra-op threads, results in the order of `jobs`; `shared` goes to each worker once. The workers' threads
+    intra-op threads, results in the order of `jobs`; `shared` goes to each worker once, and a worker draws no
+    progress bars (the caller's counts the finished jobs). The workers' threads
     together stay within `OMP_NUM_THREADS` when it is set; where that leaves one worker (or there is one job) the
     jobs run one after another in this process. Workers are forked where `device` is the CPU and spawned
     otherwise (`fn` must then be importable)."""

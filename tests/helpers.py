@@ -42,3 +42,8 @@ def pid_after(x, wait: float) -> tuple:
 
     time.sleep(wait)
     return x, os.getpid(), hasattr(sys.modules[__name__], "MARK"), torch.get_num_threads()
+
+
+def env(name: str) -> str | None:
+    "For `process_map`'s tests: an environment variable as this process sees it."
+    return os.environ.get(name)

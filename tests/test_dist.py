@@ -237,6 +237,9 @@ def test_process_map_runs_the_jobs_in_workers_and_returns_them_in_order(monkeypa
     assert len(pids) == 2 and os.getpid() not in pids
     assert {(mark, n) for *_, mark, n in out} == {(forked, 1)}  # forked or spawned; one thread each
     two = process_map(helpers.pid_after, [(0, 0.0)], shared=(), workers=2, threads_per_worker=2)  # one job: here
+    monkeypatch.setenv("PAPERBOOK_PROGRESS", "1")
+    bars = process_map(helpers.env, [("PAPERBOOK_PROGRESS",)] * 2, workers=2, device=device)
+    assert bars == ["0", "0"] and os.environ["PAPERBOOK_PROGRESS"] == "1"  # workers draw no bars; ours still does
     assert two == [(0, os.getpid(), True, 2)]
 
 

@@ -1,7 +1,6 @@
 """Chapter 5's glue (paperbook.weight_info.chapter) with data, training and measures replaced by stand-ins: what
 each step is given (seeds, labels, settings) and what a run records from their answers, by hand."""
 
-import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -110,23 +109,25 @@ def test_experiment_runs_the_seeds_and_the_code_lengths(monkeypatch):
 
     monkeypatch.setattr(ch, "prequential_bits", preq)
 
-    @contextlib.contextmanager
-    def threads(n, device):
-        calls.append(("threads", n, device))
-        yield
+    from paperbook.dist import process_map
 
-    monkeypatch.setattr(ch, "threads", threads)
+    def in_order(*a, **kw):  # the jobs run here, one after another, so that the stand-ins record them
+        calls.append(("map", kw["workers"], kw["threads_per_worker"], kw["device"]))
+        return process_map(*a, **kw | {"workers": 1})
+
+    monkeypatch.setattr(ch, "process_map", in_order)
     monkeypatch.setattr(ch, "make_claims", lambda runs, preq, cfg: [])
     cfg = resolve("weight-info", overrides={"seed": 3, "train.seeds": 2, "train.levels": [0.0, 0.5, 1.0],
                                             "cpu_threads": 2, "measure.preq_epochs": 6, "train.lr": 0.2,
                                             "train.batch": 8})
     res = ch.experiment(cfg, SimpleNamespace(device="cpu"))
-    assert calls[0] == ("threads", 2, "cpu")
-    # per seed: its split, its runs, then the code lengths of its labels, corrupted with its seed
+    assert calls[0] == ("map", 2, 2, "cpu")  # the config's workers and threads, the run's device
+    # each run on its seed's split; then per seed the code lengths of its labels, corrupted with its seed
     kw = lambda s: {"epochs": 6, "lr": 0.2, "batch": 8, "seed": s}
     preqs = lambda s: [("preq", [100.0 * s + v + 10 * p for v in (0, 1, 2, 0)], kw(s)) for p in (0.0, 0.5, 1.0)]
-    assert calls[1:] == [("splits", 3), ("run", 0.0, 3), ("run", 0.5, 3), ("run", 1.0, 3), *preqs(3),
-                         ("splits", 4), ("run", 0.0, 4), ("run", 0.5, 4), ("run", 1.0, 4), *preqs(4)]
+    run = lambda p, s: [("splits", s), ("run", p, s)]
+    assert calls[1:] == [*run(0.0, 3), *run(0.5, 3), *run(1.0, 3), *run(0.0, 4), *run(0.5, 4), *run(1.0, 4),
+                         ("splits", 3), *preqs(3), ("splits", 4), *preqs(4)]
     assert res.metrics["prequential_bits"] == {s: {0.0: 1.0, 0.5: 1.0, 1.0: 1.0} for s in (3, 4)}
     assert len(res.metrics["runs"]) == 6
 
@@ -170,8 +171,34 @@ def test_code_lengths_train_on_the_runs_device(monkeypatch):
     got = []  # and the experiment hands them the run's device
     monkeypatch.setattr(ch, "splits", lambda cfg, s: data)
     monkeypatch.setattr(ch, "one_run", lambda cfg, d, p, s, info: dict.fromkeys(RUN_KEYS, 0))
-    monkeypatch.setattr(ch, "threads", lambda n, device: contextlib.nullcontext())
     monkeypatch.setattr(ch, "code_lengths", lambda cfg, d, s, device: got.append((s, device)) or {})
     monkeypatch.setattr(ch, "make_claims", lambda runs, preq, cfg: [])
-    ch.experiment(cfg, SimpleNamespace(device="meta"))
-    assert got == [(0, "meta"), (1, "meta"), (2, "meta")]
+    ch.experiment(resolve("weight-info", overrides={"train.levels": [0.0, 0.5, 1.0], "workers": 1}),
+                  SimpleNamespace(device="meta"))
+    assert got == [(s, "meta") for s in range(6)]  # cpu-toy: six seeds
+
+
+SMALL = {"train.seeds": 3, "train.levels": (0.0, 0.5, 1.0), "train.max_epochs": 3, "measure.preq_epochs": 2,
+         "data.n_train": 200, "data.n_val": 100, "data.n_test": 100}
+
+
+def test_runs_in_worker_processes_give_the_metrics_of_one_process(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # room for two workers of one thread (a parallel test run sets 1)
+    from paperbook.dist import DistInfo
+
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+    alone = ch.experiment(resolve("weight-info", overrides=SMALL | {"workers": 1}), info)
+    side = ch.experiment(resolve("weight-info", overrides=SMALL | {"workers": 2}), info)
+    assert alone.metrics == side.metrics
+    assert [(r["seed"], r["p"]) for r in side.metrics["runs"]] == [(s, p) for s in range(3) for p in (0.0, 0.5, 1.0)]
+    assert len({r["distance"] for r in side.metrics["runs"]}) == 9 and list(side.metrics["prequential_bits"]) == [
+        0, 1, 2]
+    assert [c["per_seed"] for c in alone.claims] == [c["per_seed"] for c in side.claims]
+
+
+def test_worker_processes_are_refused_under_torchrun():
+    with pytest.raises(ValueError, match="workers=2 runs jobs in worker processes, which cannot join the 2 processes "
+                                         "of torchrun's group: set workers=1"):
+        resolve("weight-info", overrides={"nproc_per_node": 2})
+    assert resolve("weight-info", overrides={"nproc_per_node": 2, "workers": 1}).world_size == 2
+    assert resolve("weight-info", "node-8").workers == 1 and resolve("weight-info", "gpu-1").workers == 1

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 
 from ..core import BaseConfig, Bound, Chapter, Count, NonNegFloat, PositiveFloat, Result, claim, paired_claim
-from ..core import Share, progress
-from ..dist import threads
+from ..core import Share
+from ..dist import process_map
 from .data import Split, corrupt, load_cifar10, load_images, make_model
 from .measures import (calibrate, distance_stop, invert, kl_bits, layer_distances,
                                             prequential_bits, sharpness_sigma, train_recording, validation_stop)
 
 # %% auto #0
 __all__ = ['PRESETS', 'CHAPTER', 'splits', 'one_run', 'estimation_errors', 'make_claims', 'data_used', 'code_lengths',
-           'experiment', 'DataConfig', 'TrainConfig', 'MeasureConfig', 'Config']
+           'experiment_job', 'experiment', 'DataConfig', 'TrainConfig', 'MeasureConfig', 'Config']
 
 # %% ../../nbs/05_weight_info.ipynb #944c955a
 def splits(cfg: Config, seed: int) -> dict[str, Split]:
@@ -130,16 +130,21 @@ def code_lengths(cfg: Config, data: dict[str, Split], seed: int, device="cpu") -
             for p in t.levels}
 
 
+def experiment_job(cfg: Config, info, seed: int, p: float | None):
+    "One job of the experiment: the run of seed `seed` at level `p`, or (`p` None) that seed's code lengths."
+    data = splits(cfg, seed)
+    return code_lengths(cfg, data, seed, info.device) if p is None else one_run(cfg, data, p, seed, info)
+
+
 def experiment(cfg: Config, info) -> Result:
     "The chapter's experiment (`paperbook run weight-info`)."
     t = cfg.train
     seeds = list(range(cfg.seed, cfg.seed + t.seeds))
-    runs, preq = [], {}
-    with threads(cfg.cpu_threads, info.device):  # small networks: see paperbook.dist.threads
-        for s in progress(seeds, desc="seeds"):
-            data = splits(cfg, s)
-            runs += [one_run(cfg, data, p, s, info) for p in t.levels]
-            preq[s] = code_lengths(cfg, data, s, info.device)
+    jobs = [(s, p) for s in seeds for p in t.levels] + [(s, None) for s in seeds]  # the runs, then code lengths
+    # small networks run fastest on one thread each, so the jobs run side by side (paperbook.dist.process_map)
+    done = process_map(experiment_job, jobs, shared=(cfg, info), workers=cfg.workers,
+                       threads_per_worker=cfg.cpu_threads, device=info.device, desc="runs")
+    runs, preq = done[:-len(seeds)], dict(zip(seeds, done[-len(seeds):]))
     keep = ("p", "seed", "fitted", "distance", "path", "sigma", "kl_bits", "layers", "changed", "stop", "test_at",
             "probe_train_acc")
     metrics = {"runs": [{k: r[k] for k in keep} for r in runs], "prequential_bits": preq}
@@ -194,18 +199,23 @@ class Config(BaseConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     cpu_threads: Count = 1  # intra-op threads on a CPU (small networks run faster on one)
+    workers: Count = 2  # processes that run the (seed, level) runs side by side, each on cpu_threads (1: here)
 
     def __post_init__(self):
         if self.train.batch % self.world_size:
             raise ValueError(f"train.batch {self.train.batch} is not divisible by the {self.world_size} processes")
+        if self.workers > 1 and self.world_size > 1:
+            raise ValueError(f"workers={self.workers} runs jobs in worker processes, which cannot join the "
+                             f"{self.world_size} processes of torchrun's group: set workers=1")
 
 # %% ../../nbs/05_weight_info.ipynb #d572bfb5
 PRESETS = {
-    "cpu-toy": Config(),
-    "gpu-1": Config(data=DataConfig(images="cifar10", folder="data/cifar-10-batches-py"),
+    "cpu-toy": Config(train=TrainConfig(seeds=6)),  # ~80 CPU-s, two runs at a time (workers): ~45 s on 2 cores
+    "gpu-1": Config(data=DataConfig(images="cifar10", folder="data/cifar-10-batches-py"), workers=1,  # one GPU
                     train=TrainConfig(model="cnn", width=512, lr=0.01, batch=128, max_epochs=300, seeds=3)),
     "node-8": Config(nproc_per_node=8, data=DataConfig(images="cifar10", folder="data/cifar-10-batches-py"),
-                     train=TrainConfig(model="cnn", width=512, lr=0.01, batch=256, max_epochs=300, seeds=3)),
+                     train=TrainConfig(model="cnn", width=512, lr=0.01, batch=256, max_epochs=300, seeds=3),
+                     workers=1),
 }
 
 # %% ../../nbs/05_weight_info.ipynb #992bd72e
