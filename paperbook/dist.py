@@ -176,9 +176,9 @@ def process_map(fn, jobs: list[tuple], *, shared: tuple = (), workers: int = 1, 
                 device: torch.device | str = "cpu", desc: str = "jobs") -> list:
     """`[fn(*shared, *job) for job in jobs]` in `workers` processes side by side, each on `threads_per_worker`
     intra-op threads, results in the order of `jobs`; `shared` goes to each worker once, and a worker draws no
-    progress bars (the caller's counts the finished jobs). The workers' threads
-    together stay within `OMP_NUM_THREADS` when it is set; where that leaves one worker (or there is one job) the
-    jobs run one after another in this process. Workers are forked where `device` is the CPU and spawned
+    progress bars (the caller's counts the finished jobs). The workers' threads together stay within
+    `OMP_NUM_THREADS` when it is set; where that leaves one worker (or there is one job) the jobs run one after
+    another in this process. Workers are forked where `device` is the CPU and spawned
     otherwise (`fn` must then be importable)."""
     from paperbook.core.display import progress
 

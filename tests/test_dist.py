@@ -236,11 +236,11 @@ def test_process_map_runs_the_jobs_in_workers_and_returns_them_in_order(monkeypa
     pids = {pid for _, pid, _, _ in out}
     assert len(pids) == 2 and os.getpid() not in pids
     assert {(mark, n) for *_, mark, n in out} == {(forked, 1)}  # forked or spawned; one thread each
-    two = process_map(helpers.pid_after, [(0, 0.0)], shared=(), workers=2, threads_per_worker=2)  # one job: here
+    one = process_map(helpers.pid_after, [(0, 0.0)], workers=2, threads_per_worker=2, device=device)
+    assert one == [(0, os.getpid(), True, 2)]  # a single job runs here, on the threads asked for
     monkeypatch.setenv("PAPERBOOK_PROGRESS", "1")
     bars = process_map(helpers.env, [("PAPERBOOK_PROGRESS",)] * 2, workers=2, device=device)
     assert bars == ["0", "0"] and os.environ["PAPERBOOK_PROGRESS"] == "1"  # workers draw no bars; ours still does
-    assert two == [(0, os.getpid(), True, 2)]
 
 
 def test_process_map_keeps_within_omp_num_threads(monkeypatch):
@@ -252,9 +252,8 @@ def test_process_map_keeps_within_omp_num_threads(monkeypatch):
     monkeypatch.setattr(helpers, "MARK", True, raising=False)
     assert process_map(helpers.pid_after, [(1, 0.0), (2, 0.0)], workers=2) == [(k, os.getpid(), True, 1)
                                                                               for k in (1, 2)]
-    assert process_map(pow, [(5,), (6,)], shared=(2,), workers=2) == [32, 64]  # shared arguments come first
+    assert process_map(pow, [(5,), (6,)], shared=(2,), workers=2) == [32, 64]  # here: shared arguments first
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # two workers of two threads fit; three would not
     out = process_map(helpers.pid_after, [(k, 0.3) for k in range(4)], workers=3, threads_per_worker=2)
     assert len({pid for _, pid, _, _ in out}) == 2 and {n for *_, n in out} == {2}
-    assert process_map(pow, [(2, 5)], shared=(), workers=2) == [32]
-    assert process_map(pow, [(5,), (6,)], shared=(2,), workers=2) == [32, 64]  # shared arguments come first
+    assert process_map(pow, [(5,), (6,)], shared=(2,), workers=2) == [32, 64]  # in two workers: the same
