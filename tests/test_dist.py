@@ -236,7 +236,7 @@ def test_process_map_runs_the_jobs_in_workers_and_returns_them_in_order(monkeypa
     pids = {pid for _, pid, _, _ in out}
     assert len(pids) == 2 and os.getpid() not in pids
     assert {(mark, n) for *_, mark, n in out} == {(forked, 1)}  # forked or spawned; one thread each
-    one = process_map(helpers.pid_after, [(0, 0.0)], workers=2, threads_per_worker=2, device=device)
+    one = process_map(helpers.pid_after, [(0, 0.0)], workers=2, threads_per_worker=2)  # threads: a CPU setting
     assert one == [(0, os.getpid(), True, 2)]  # a single job runs here, on the threads asked for
     monkeypatch.setenv("PAPERBOOK_PROGRESS", "1")
     bars = process_map(helpers.env, [("PAPERBOOK_PROGRESS",)] * 2, workers=2, device=device)
